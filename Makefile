@@ -1,0 +1,82 @@
+# fnsession entry points. `make help` lists them. Everything expensive is cached outside the checkout
+# in $(FNSESSION_CACHE) (default ~/.cache/fnsession), keyed by version.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+FNSESSION_CACHE ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/fnsession
+export FNSESSION_CACHE
+PYTHON ?= python3.11
+VENV ?= .venv
+KWOK_NODES ?= 0
+export KWOK_NODES
+
+# Which cluster the deploy and test targets talk to:
+#   local (default)  the cluster `make cluster-up` runs on this machine
+#   kind             the kind cluster `make kind-up` made (Docker needed), images loaded with `kind load`
+#   other            whatever KUBECONFIG names; IMAGE_LOADER says how to load images (see hack/images/load.sh)
+CLUSTER ?= local
+ifeq ($(CLUSTER),local)
+  export KUBECONFIG := $(FNSESSION_CACHE)/pki/admin.kubeconfig
+  export IMAGE_LOADER := local
+else ifeq ($(CLUSTER),kind)
+  export KUBECONFIG := $(FNSESSION_CACHE)/kind.kubeconfig
+  export IMAGE_LOADER := kind
+endif
+export FNSESSION_CLUSTER := $(CLUSTER)
+
+PYTEST ?= $(VENV)/bin/pytest
+PYTEST_ARGS ?=
+
+.PHONY: help
+help: ## list the targets
+	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  \033[1m%-15s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+# --- local cluster --------------------------------------------------------------------------------
+.PHONY: cluster-up cluster-down cluster-status
+cluster-up: ## install what is missing, build Kubernetes from Go modules (cached), start a one-node cluster (KWOK_NODES=N adds fake nodes)
+	@hack/cluster/up.sh
+
+cluster-down: ## stop the local cluster and remove every process, mount, netns, bridge and iptables chain it made (RESET=1 wipes its data)
+	@hack/cluster/down.sh
+
+cluster-status: ## show the local cluster's components, nodes, images and KUBECONFIG
+	@hack/cluster/status.sh
+
+# --- images and deployment ------------------------------------------------------------------------
+.PHONY: images deploy undeploy kind-up
+images: ## build the project, sample-function and tenant-init images (no registry) and load them into the cluster
+	@hack/images/build-all.sh
+
+deploy: ## apply crds/ and manifests/ to the cluster
+	@hack/deploy.sh
+
+undeploy: ## delete what deploy applied
+	@UNDEPLOY=1 hack/deploy.sh
+
+kind-up: ## for machines with Docker: create a kind cluster, `kind load` the images, deploy (then use CLUSTER=kind)
+	@hack/kind/up.sh
+
+# --- Python environment ---------------------------------------------------------------------------
+$(VENV)/.installed: pyproject.toml
+	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found (fnsession needs Python 3.11+; set PYTHON=...)" >&2; exit 1; }
+	@echo "==> creating $(VENV) and installing fnsession with its test dependencies"
+	@$(PYTHON) -m venv $(VENV)
+	@$(VENV)/bin/pip install --quiet --disable-pip-version-check -e '.[test]'
+	@touch $@
+
+.PHONY: venv
+venv: $(VENV)/.installed ## create .venv with fnsession installed in editable mode
+
+# --- demo and tests -------------------------------------------------------------------------------
+.PHONY: demo test test-unit test-e2e
+demo: images deploy ## on the local cluster: run the sample function as two tenants sharing one volume, and show what each can see
+	@hack/demo.sh
+
+test-unit: $(VENV)/.installed ## unit tests: pure logic, no cluster
+	$(PYTEST) tests/unit $(PYTEST_ARGS)
+
+test-e2e: $(VENV)/.installed images deploy ## integration tests against the cluster (CLUSTER=local|kind|other)
+	$(PYTEST) tests/integration $(PYTEST_ARGS)
+
+test: $(VENV)/.installed images deploy ## everything CI runs: unit and integration tests, every test required to run
+	FNSESSION_REQUIRE_ALL=1 $(PYTEST) tests $(PYTEST_ARGS)

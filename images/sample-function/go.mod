@@ -1,0 +1,3 @@
+module fnsession.dev/sample-function
+
+go 1.22

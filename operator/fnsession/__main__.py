@@ -1,0 +1,3 @@
+from fnsession.cli import main
+
+raise SystemExit(main())

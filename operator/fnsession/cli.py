@@ -1,0 +1,62 @@
+"""The ``fnsession`` command line.
+
+Subcommands are added as the parts they drive land; each one lives in its own function that parses
+nothing itself, so ``--help`` stays the single description of the command line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import sys
+from collections.abc import Sequence
+
+from fnsession import __version__
+
+API_GROUP = "fnsession.dev"
+API_VERSION = "v1alpha1"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fnsession",
+        description=(
+            "Function sessions on Kubernetes: sticky, time-bounded sessions bound to function "
+            "instance pods, with an Alibaba Cloud Function Compute compatible session API."
+        ),
+        epilog=(
+            "examples:\n"
+            "  fnsession --version\n"
+            "  fnsession version --verbose\n"
+            "\n"
+            "Docs and the local cluster: see README.md (make cluster-up, make images, make test)."
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"fnsession {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    version = sub.add_parser("version", help="print the version (and, with --verbose, the API and runtime)")
+    version.add_argument("--verbose", "-v", action="store_true", help="also print API group/version and Python")
+    version.set_defaults(func=cmd_version)
+    return parser
+
+
+def cmd_version(args: argparse.Namespace) -> int:
+    print(f"fnsession {__version__}")
+    if args.verbose:
+        print(f"api: {API_GROUP}/{API_VERSION}")
+        print(f"python: {platform.python_version()} ({sys.executable})")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "func", None) is None:
+        parser.print_help()
+        return 0
+    return int(args.func(args))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())
