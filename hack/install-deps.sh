@@ -7,7 +7,25 @@
 #   gcc: the pause image (a static C binary); curl, openssl, iproute2: used by the scripts
 set -euo pipefail
 . "$(dirname "$0")/cluster/env.sh"
-PKGS="containerd runc containernetworking-plugins iptables buildah mmdebstrap busybox-static gcc libc6-dev curl openssl iproute2 procps"
+PKGS="unzip containerd runc containernetworking-plugins iptables buildah mmdebstrap busybox-static gcc libc6-dev curl openssl iproute2 procps"
+
+# Go >= 1.GO_MIN_MINOR builds Kubernetes; without it, fetch the toolchain from the Go module proxy.
+go_ok() { command -v go >/dev/null && [ "$(go env GOVERSION 2>/dev/null | sed -n 's/^go1\.\([0-9]*\).*/\1/p')" -ge "$GO_MIN_MINOR" ] 2>/dev/null; }
+if ! go_ok; then
+  step "fetching Go $GO_TOOLCHAIN_VERSION from the Go module proxy (no recent go on PATH)"
+  command -v curl >/dev/null && command -v unzip >/dev/null || { apt-get update -qq && apt-get install -y -qq curl unzip >/dev/null; }
+  mod=golang.org/toolchain@v0.0.1-go$GO_TOOLCHAIN_VERSION.linux-amd64
+  tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
+  curl -fsSL "${GOPROXY_URL:-https://proxy.golang.org}/golang.org/toolchain/@v/v0.0.1-go$GO_TOOLCHAIN_VERSION.linux-amd64.zip" -o "$tmp/go.zip"
+  unzip -q "$tmp/go.zip" -d "$tmp"
+  rm -rf "$CACHE/go-$GO_TOOLCHAIN_VERSION"; mkdir -p "$CACHE"
+  mv "$tmp/$mod" "$CACHE/go-$GO_TOOLCHAIN_VERSION"
+  chmod -R u+w "$CACHE/go-$GO_TOOLCHAIN_VERSION"; chmod +x "$CACHE/go-$GO_TOOLCHAIN_VERSION"/bin/* "$CACHE/go-$GO_TOOLCHAIN_VERSION"/pkg/tool/*/*
+  PATH=$CACHE/go-$GO_TOOLCHAIN_VERSION/bin:$PATH
+  go_ok || die "the fetched Go does not run: $CACHE/go-$GO_TOOLCHAIN_VERSION"
+  log "$(go version)"
+fi
+
 missing=()
 for p in $PKGS; do dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p"); done
 if [ ${#missing[@]} -eq 0 ]; then log "system packages present"; exit 0; fi

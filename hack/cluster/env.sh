@@ -11,6 +11,11 @@ BIN=$CACHE/bin; PKI=$CACHE/pki; STATE=$CACHE/state; LOGS=$CACHE/logs; CFG=$CACHE
 : "${K8S_VERSION:=v1.35.8}"
 : "${ETCD_VERSION:=v3.6.14}"
 : "${KWOK_VERSION:=v0.8.0}"
+# Go for the builds: the one on PATH when it is recent enough, else this toolchain, fetched once from
+# the Go module proxy (golang.org/toolchain) by install-deps.sh into the cache.
+: "${GO_TOOLCHAIN_VERSION:=1.25.14}"
+GO_MIN_MINOR=25
+[ -x "$CACHE/go-$GO_TOOLCHAIN_VERSION/bin/go" ] && PATH=$CACHE/go-$GO_TOOLCHAIN_VERSION/bin:$PATH
 ALL_BINARIES="kube-apiserver kube-controller-manager kube-scheduler kubelet kubectl kube-proxy etcd etcdctl kwok"
 
 # Addresses. Pods on the cni0 bridge, Services from kube-proxy, fake IPs for kwok pods (never dialled).

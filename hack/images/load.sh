@@ -12,7 +12,7 @@ for tar in "$@"; do
     local)
       [ -S "$SOCK" ] || die "the local cluster is not running (make cluster-up), or set IMAGE_LOADER=kind"
       ctr_k8s images import "$tar" >/dev/null ;;
-    kind) kind load image-archive "$tar" --name "${KIND_CLUSTER:-fnsession}" ;;
+    kind) "${KIND:-kind}" load image-archive "$tar" --name "${KIND_CLUSTER:-fnsession}" ;;
     *) $IMAGE_LOADER "$tar" ;;
   esac
   log "loaded $(basename "$tar") ($IMAGE_LOADER)"

@@ -6,15 +6,15 @@
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd); REPO=$(cd "$HERE/../.." && pwd)
 . "$HERE/../cluster/env.sh"
-: "${KIND:=kind}" "${KIND_CLUSTER:=fnsession}"
+: "${KIND:=kind}" "${KIND_CLUSTER:=fnsession}" "${KIND_KUBECONFIG:=$CACHE/kind.kubeconfig}"
 command -v "$KIND" >/dev/null || die "kind is not installed: go install sigs.k8s.io/kind@v0.33.0 (needs Docker)"
 if ! "$KIND" get clusters 2>/dev/null | grep -qx "$KIND_CLUSTER"; then
   step "creating kind cluster $KIND_CLUSTER"
   "$KIND" create cluster --name "$KIND_CLUSTER" --config "$HERE/cluster.yaml" --wait 120s
 fi
-mkdir -p "$CACHE"
-"$KIND" get kubeconfig --name "$KIND_CLUSTER" > "$CACHE/kind.kubeconfig"
+mkdir -p "$(dirname "$KIND_KUBECONFIG")"
+"$KIND" get kubeconfig --name "$KIND_CLUSTER" > "$KIND_KUBECONFIG"
 step "building and loading images into kind"
-IMAGE_LOADER="$KIND" KIND_CLUSTER=$KIND_CLUSTER "$REPO/hack/images/build-all.sh"
-KUBECONFIG=$CACHE/kind.kubeconfig "$REPO/hack/deploy.sh"
-echo "KUBECONFIG=$CACHE/kind.kubeconfig"
+IMAGE_LOADER=kind KIND=$KIND KIND_CLUSTER=$KIND_CLUSTER "$REPO/hack/images/build-all.sh"
+KUBECONFIG=$KIND_KUBECONFIG "$REPO/hack/deploy.sh"
+echo "KUBECONFIG=$KIND_KUBECONFIG"

@@ -10,10 +10,11 @@ import socket
 import time
 
 import pytest
+import yaml
 from kubernetes import client
 
 from .cluster import (
-    CLUSTER_KIND, FNSESSION_IMAGE, eventually, http, http_json, require_local_node, restricted_container,
+    CLUSTER_KIND, FNSESSION_IMAGE, REPO, eventually, http, http_json, require_local_node, restricted_container,
     sample_function_pod, wait_pod,
 )
 
@@ -30,14 +31,16 @@ def test_node_is_ready_and_runs_the_pinned_kubernetes(core: client.CoreV1Api) ->
 
 
 def test_sample_function_answers_at_its_pod_ip_from_the_host(core: client.CoreV1Api, namespace: str) -> None:
+    """Applies examples/sample-function.yaml, the file the README's demo applies."""
     require_local_node("the host reaches pod IPs on cni0")
-    core.create_namespaced_pod(namespace, sample_function_pod("fn-a"))
-    pod = wait_pod(core, namespace, "fn-a")
+    manifest = yaml.safe_load((REPO / "examples" / "sample-function.yaml").read_text())
+    core.create_namespaced_pod(namespace, manifest)
+    pod = wait_pod(core, namespace, manifest["metadata"]["name"])
     base = f"http://{pod.status.pod_ip}:9000"
 
     status, info = http_json("GET", f"{base}/some/path?q=1", headers={"X-Fc-Session-Id": "abc"})
     assert status == 200
-    assert info["pod"] == "fn-a"
+    assert info["pod"] == "sample-function"
     assert (info["uid"], info["gid"]) == (65532, 65532)  # the image's non-root user
     assert info["path"] == "/some/path" and info["query"] == "q=1"
     assert info["headers"]["x-fc-session-id"] == "abc"
