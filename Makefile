@@ -43,7 +43,10 @@ cluster-status: ## show the local cluster's components, nodes, images and KUBECO
 	@hack/cluster/status.sh
 
 # --- images and deployment ------------------------------------------------------------------------
-.PHONY: images deploy undeploy kind-up
+.PHONY: crds images deploy undeploy kind-up
+crds: $(VENV)/.installed ## regenerate crds/ from the models in operator/fnsession/api (a unit test fails when they drift)
+	@$(VENV)/bin/python -m fnsession.api.crds crds
+
 images: ## build the project, sample-function and tenant-init images (no registry) and load them into the cluster
 	@hack/images/build-all.sh
 

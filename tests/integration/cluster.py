@@ -123,10 +123,11 @@ def http_json(method: str, url: str, **kw: Any) -> tuple[int, dict[str, Any]]:
     return status, json.loads(body)
 
 
-def run(*cmd: str | Path, check: bool = True, timeout: float = 300, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def run(*cmd: str | Path, check: bool = True, timeout: float = 300, env: dict[str, str] | None = None,
+        input_: str | None = None) -> subprocess.CompletedProcess[str]:
     """Run a command; on failure, show its output in the assertion."""
     proc = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, **(env or {})})
+                          env={**os.environ, **(env or {})}, input=input_)
     if check and proc.returncode != 0:
         raise AssertionError(f"{' '.join(map(str, cmd))} exited {proc.returncode}\n"
                              f"stdout:\n{proc.stdout[-4000:]}\nstderr:\n{proc.stderr[-4000:]}")
