@@ -21,6 +21,15 @@ ifeq ($(CLUSTER),local)
 else ifeq ($(CLUSTER),kind)
   export KUBECONFIG := $(FNSESSION_CACHE)/kind.kubeconfig
   export IMAGE_LOADER := kind
+else ifeq ($(CLUSTER),other)
+  ifeq ($(strip $(KUBECONFIG)),)
+    $(error CLUSTER=other needs KUBECONFIG=<path> naming the cluster)
+  endif
+  ifeq ($(strip $(IMAGE_LOADER)),)
+    $(error CLUSTER=other needs IMAGE_LOADER='<command>', run as <command> <image archive>, to load images)
+  endif
+else
+  $(error CLUSTER must be local, kind or other, not '$(CLUSTER)')
 endif
 export FNSESSION_CLUSTER := $(CLUSTER)
 

@@ -5,6 +5,8 @@
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd); REPO=$(cd "$HERE/.." && pwd)
 . "$HERE/cluster/env.sh"
+# The demo talks to the pod's address from this host: only the local cluster's pods are reachable here.
+[ "${FNSESSION_CLUSTER:-local}" = local ] || die "make demo runs on the local cluster (make cluster-up), not CLUSTER=${FNSESSION_CLUSTER}"
 K=("$BIN/kubectl" --kubeconfig "${KUBECONFIG:-$KUBECONFIG_ADMIN}")
 NS=fnsession-demo
 "${K[@]}" create namespace $NS --dry-run=client -o yaml | "${K[@]}" apply -f - >/dev/null
@@ -15,9 +17,9 @@ step "kubectl apply -n $NS -f examples/sample-function.yaml"
 IP=$("${K[@]}" -n $NS get pod sample-function -o jsonpath='{.status.podIP}')
 "${K[@]}" -n $NS get pod sample-function -o wide
 step "curl http://$IP:9000/hello -H 'X-Fc-Session-Id: demo-1'"
-curl -s "http://$IP:9000/hello" -H 'X-Fc-Session-Id: demo-1'; echo
+curl -s --max-time 5 "http://$IP:9000/hello" -H 'X-Fc-Session-Id: demo-1'; echo
 step "curl http://$IP:9000/slow?ms=500"
-curl -s -w '  (%{time_total}s)\n' "http://$IP:9000/slow?ms=500"
+curl -s --max-time 5 -w '  (%{time_total}s)\n' "http://$IP:9000/slow?ms=500"
 step "curl -N 'http://$IP:9000/sse?n=3&ms=300'  (events arrive one by one)"
-curl -sN "http://$IP:9000/sse?n=3&ms=300"
+curl -sN --max-time 5 "http://$IP:9000/sse?n=3&ms=300"
 log "demo done; clean up with: KUBECONFIG=$KUBECONFIG_ADMIN kubectl delete namespace $NS"

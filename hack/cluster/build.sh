@@ -13,7 +13,7 @@ set -euo pipefail
 mkdir -p "$BIN" "$CACHE/build"
 export GOTOOLCHAIN=local GOFLAGS=-buildvcs=false CGO_ENABLED=0
 stamp=$BIN/.versions; want="$K8S_VERSION $ETCD_VERSION $KWOK_VERSION"
-all_present() { for b in $ALL_BINARIES; do [ -x "$BIN/$b" ] || return 1; done; }
+all_present() { for b in $ALL_BINARIES; do [ -x "$BIN/$b" ] || return 1; done; [ -d "$CACHE/kwok-stages/pod" ]; }
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && all_present; then
   log "binaries cached in $BIN ($want)"; exit 0
 fi

@@ -1,17 +1,23 @@
 #!/usr/bin/env bash
-# Stop what up.sh started, by pid, in reverse order, and leave no process, mount, network namespace,
-# bridge, iptables chain or rule behind; put back the kernel settings the kubelet changed.
+# Stop what up.sh started, by pid, and leave no process, mount, network namespace, bridge, iptables
+# or ip6tables chain or rule behind; put back the kernel settings the kubelet changed.
 # Works on a healthy cluster and on the remains of one that was killed. Keeps binaries, certificates,
-# image archives and (unless RESET=1) etcd and containerd data.
+# image archives and (unless RESET=1) etcd and containerd data. Refuses to touch a cluster that was
+# started from another cache and still runs (the machine-wide parts are shared).
 #   RESET=1        also wipe etcd, kubelet and containerd state (imported images go too: `make images`)
 set -u
 HERE=$(cd "$(dirname "$0")" && pwd)
 . "$HERE/env.sh"; . "$HERE/procs.sh"
+take_lock
+check_owner
 
-# Let the kubelet tear pods down itself (CNI DEL frees IPs and NAT rules), then stop it.
+# Let the kubelet tear pods down itself (CNI DEL frees addresses and NAT rules). Controllers go first,
+# or ReplicaSets would put the pods straight back; the deletion is graceful, so a pod object goes
+# away only once the kubelet has stopped its sandbox.
+stop controller-manager; stop scheduler
 if alive kubelet && alive apiserver && kc get --raw /readyz >/dev/null 2>&1; then
   log "deleting pods so that the kubelet releases their network"
-  kc delete pods --all --all-namespaces --grace-period=0 --force --wait=false >/dev/null 2>&1
+  kc delete pods --all --all-namespaces --grace-period=1 --wait=false >/dev/null 2>&1
   for _ in $(seq 60); do
     [ -z "$(kc get pods -A --field-selector spec.nodeName="$NODE_NAME" -o name 2>/dev/null)" ] && break; sleep 0.5
   done
@@ -24,34 +30,45 @@ if alive containerd; then
   for t in $(ctr_k8s tasks ls -q 2>/dev/null); do ctr_k8s tasks delete -f "$t" >/dev/null 2>&1; done
   for c in $(ctr_k8s containers ls -q 2>/dev/null); do ctr_k8s containers rm "$c" >/dev/null 2>&1; done
 fi
-log "stopping scheduler, controller-manager, apiserver, containerd, etcd"
-stop scheduler; stop controller-manager; stop apiserver; stop containerd; stop etcd
-# Whatever is still running from our binaries or our containerd (a killed run, a lost pid file):
+log "stopping apiserver, containerd, etcd"
+stop apiserver; stop containerd; stop etcd
+# Whatever still runs from our binaries or our containerd (a killed run, a lost pid file):
 for p in $(pgrep -f "containerd-shim-runc-v2 .*-address $SOCK_DIR/" 2>/dev/null) \
          $(pgrep -f "^$BIN/" 2>/dev/null) $(pgrep -f "^containerd --config $CFG/" 2>/dev/null); do
   kill -9 "$p" 2>/dev/null
 done
-# Container processes whose shim is gone live on in their cgroups; the pause and workload processes
-# of our pods are in kubepods cgroups.
-for f in /sys/fs/cgroup/*/kubepods/cgroup.procs /sys/fs/cgroup/*/kubepods/*/cgroup.procs \
-         /sys/fs/cgroup/*/kubepods/*/*/cgroup.procs /sys/fs/cgroup/*/kubepods/*/*/*/cgroup.procs; do
-  [ -f "$f" ] && while read -r p; do kill -9 "$p" 2>/dev/null; done < "$f"
-done
-# The kubelet's (now empty) kubepods cgroups, deepest first.
-find /sys/fs/cgroup/*/kubepods -depth -type d -exec rmdir {} + 2>/dev/null
-grep -E " ($STATE|$SOCK_DIR|/run/netns/cni-)" /proc/self/mountinfo | awk '{print $5}' | sort -r |
-  while read -r m; do umount -l "$m" 2>/dev/null; done
+# Container processes whose shim is gone live on in the kubelet's kubepods cgroups (cgroup v1: one
+# per controller; v2: one tree). Kill them, wait until each cgroup is empty, remove the cgroups.
+kubepods=$(find /sys/fs/cgroup -maxdepth 2 -name kubepods -type d 2>/dev/null)
+if [ -n "$kubepods" ]; then
+  for _ in $(seq 50); do
+    # shellcheck disable=SC2086
+    procs=$(find $kubepods -name cgroup.procs -exec cat {} + 2>/dev/null)
+    [ -z "$procs" ] && break
+    for p in $procs; do kill -9 "$p" 2>/dev/null; done; sleep 0.1
+  done
+  # shellcheck disable=SC2086
+  find $kubepods -depth -type d -exec rmdir {} + 2>/dev/null
+fi
+# Mounts under our state and socket directories and the pods' network namespaces (mount point = field 5).
+awk -v s="$STATE/" -v r="$SOCK_DIR" 'index($5, s) == 1 || index($5, r) == 1 || index($5, "/run/netns/cni-") == 1 {print $5}' \
+  /proc/self/mountinfo | sort -r | while read -r m; do umount -l "$m" 2>/dev/null; done
 for n in $(ip netns list 2>/dev/null | awk '/^cni-/{print $1}'); do ip netns delete "$n" 2>/dev/null; done
 ip link del cni0 2>/dev/null
-# Chains the kubelet, kube-proxy and the CNI bridge plugin made (KUBE-*, CNI-*): unhook, flush, delete.
-for t in filter nat mangle; do
-  iptables -t $t -S 2>/dev/null | grep -E '^-A .* -j (KUBE|CNI)-' | grep -vE '^-A (KUBE|CNI)-' | sed 's/^-A/-D/' |
-    while read -r r; do eval iptables -t $t "$r" 2>/dev/null; done
-  for c in $(iptables -t $t -S 2>/dev/null | awk '$1=="-N" && $2 ~ /^(KUBE|CNI)-/ {print $2}'); do iptables -t $t -F "$c" 2>/dev/null; done
-  for c in $(iptables -t $t -S 2>/dev/null | awk '$1=="-N" && $2 ~ /^(KUBE|CNI)-/ {print $2}'); do iptables -t $t -X "$c" 2>/dev/null; done
+# Chains the kubelet, kube-proxy and the CNI plugins made (KUBE-*, CNI-*), IPv4 and IPv6: unhook, flush, delete.
+for ipt in iptables ip6tables; do
+  command -v $ipt >/dev/null || continue
+  for t in filter nat mangle; do
+    $ipt -t $t -S 2>/dev/null | grep -E '^-A .* -j (KUBE|CNI)-' | grep -vE '^-A (KUBE|CNI)-' | sed 's/^-A/-D/' |
+      while read -r r; do eval $ipt -t $t "$r" 2>/dev/null; done
+    for c in $($ipt -t $t -S 2>/dev/null | awk '$1=="-N" && $2 ~ /^(KUBE|CNI)-/ {print $2}'); do $ipt -t $t -F "$c" 2>/dev/null; done
+    for c in $($ipt -t $t -S 2>/dev/null | awk '$1=="-N" && $2 ~ /^(KUBE|CNI)-/ {print $2}'); do $ipt -t $t -X "$c" 2>/dev/null; done
+  done
 done
-for chain in OUTPUT FORWARD; do for cidr in $SVC_CIDR $KWOK_CIDR; do
-  while iptables -D $chain -d $cidr -m comment --comment $GUARD_COMMENT -j REJECT 2>/dev/null; do :; done; done; done
+guard_rules | while read -r chain rule; do
+  # shellcheck disable=SC2086
+  while iptables -D "$chain" $rule 2>/dev/null; do :; done
+done
 # Pods are gone, so are their address leases.
 rm -rf "$STATE/cni-ipam"
 if [ -f "$STATE/sysctl.before" ]; then
@@ -62,4 +79,5 @@ if [ "${RESET:-0}" = 1 ]; then
   rm -rf "$STATE/etcd" "$STATE/etcd.broken" "$STATE/kubelet" "$STATE/kubelet-pki" "$STATE/containerd"
 fi
 rm -rf "$SOCK_DIR"
+rm -f "$OWNER_FILE"
 log "cluster down"

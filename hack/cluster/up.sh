@@ -13,14 +13,21 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 . "$HERE/env.sh"; . "$HERE/procs.sh"
 KWOK_NODES=${KWOK_NODES:-0}
 [ "$(id -u)" = 0 ] || die "the local cluster runs a kubelet and containerd, which need root"
+take_lock
+check_owner
 
 "$HERE/../install-deps.sh"
 "$HERE/build.sh"
 
-healthy() {
-  for c in $COMPONENTS; do alive "$c" || return 1; done
-  kc get --raw /readyz >/dev/null 2>&1 &&
-    [ "$(kc get node "$NODE_NAME" -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}' 2>/dev/null)" = True ]
+running() { for c in $COMPONENTS; do alive "$c" || return 1; done; }
+node_ready() {
+  [ "$(kc get node "$NODE_NAME" -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}' 2>/dev/null)" = True ]
+}
+add_guards() {
+  guard_rules | while read -r chain rule; do
+    # shellcheck disable=SC2086
+    iptables -C "$chain" $rule 2>/dev/null || iptables -I "$chain" 1 $rule
+  done
 }
 
 add_kwok_nodes() {
@@ -53,7 +60,9 @@ YAML
   log "kwok nodes Ready: $(kc get nodes -l type=kwok -o name | wc -l)"
 }
 
-if healthy; then
+# Every process of ours runs: the cluster is up or still starting; give it time before repairing.
+if running && wait_for "node $NODE_NAME Ready" 60 node_ready; then
+  add_guards
   log "cluster already up (node $NODE_NAME Ready)"
   add_kwok_nodes
   echo "KUBECONFIG=$KUBECONFIG_ADMIN"
@@ -65,11 +74,12 @@ if ls "$STATE"/*.pid >/dev/null 2>&1 || ip link show cni0 >/dev/null 2>&1 || [ -
   step "cleaning up a previous cluster that is not healthy"
   "$HERE/down.sh" | sed 's/^/    /'
 fi
+echo "$CACHE" > "$OWNER_FILE"
 mkdir -p "$STATE" "$LOGS" "$CFG/cni" "$PKI" "$IMAGES"
 NODE_IP=$(node_ip); [ -n "$NODE_IP" ] || die "no IPv4 address on the default route's interface"
 
 # --- PKI: one CA, a cert per component, identities as in hack/local-up-cluster.sh ---
-if [ ! -f "$PKI/admin.kubeconfig" ] || [ "$(cat "$PKI/node-ip" 2>/dev/null)" != "$NODE_IP" ]; then
+if [ ! -f "$PKI/admin.kubeconfig" ] || [ "$(cat "$PKI/node" 2>/dev/null)" != "$NODE_NAME $NODE_IP" ]; then
   step "creating certificates in $PKI"
   rm -rf "$PKI"; mkdir -p "$PKI"
   (
@@ -101,7 +111,7 @@ current-context: fnsession-local
 KC
   done
   chmod 600 ./*.key ./*.kubeconfig
-  echo "$NODE_IP" > node-ip
+  echo "$NODE_NAME $NODE_IP" > node
   )
 fi
 
@@ -177,17 +187,21 @@ conntrack: {maxPerCore: 0, tcpEstablishedTimeout: 0s, tcpCloseWaitTimeout: 0s}
 YAML
 
 # --- the pause image every pod sandbox needs, built here (nothing can be pulled) ---
-if [ ! -f "$IMAGES/pause.tar" ]; then
+pause_sum=$(sha256sum "$HERE/pause.c" | cut -d' ' -f1)
+if [ ! -f "$IMAGES/pause.tar" ] || [ "$(cat "$IMAGES/pause.inputs" 2>/dev/null)" != "$pause_sum" ]; then
   step "building the pause image"
-  mkdir -p "$IMAGES/pause-root"
-  gcc -Os -static -o "$IMAGES/pause-root/pause" "$HERE/pause.c" && strip "$IMAGES/pause-root/pause"
-  "$HERE/../images/mkimage.sh" registry.k8s.io/pause:3.10 "$IMAGES/pause-root" '["/pause"]' "$IMAGES/pause.tar"
+  rm -rf "$IMAGES/pause-root"; mkdir -p "$IMAGES/pause-root"
+  gcc -Os -static -o "$IMAGES/pause-root/pause" "$HERE/pause.c" || die "gcc could not build the pause binary"
+  strip "$IMAGES/pause-root/pause"
+  "$HERE/../images/mkimage.sh" registry.k8s.io/pause:3.10 "$IMAGES/pause-root" '["/pause"]' "$IMAGES/pause.tar.tmp"
+  mv -f "$IMAGES/pause.tar.tmp" "$IMAGES/pause.tar"
+  echo "$pause_sum" > "$IMAGES/pause.inputs"
 fi
 
 # --- processes ---
 # The kubelet rewrites VM-wide kernel settings; record them once, down.sh puts them back.
-[ -f "$STATE/sysctl.before" ] || sysctl vm.overcommit_memory vm.panic_on_oom kernel.panic kernel.panic_on_oops \
-  net.ipv4.ip_forward fs.inotify.max_user_instances > "$STATE/sysctl.before"
+# shellcheck disable=SC2086
+[ -f "$STATE/sysctl.before" ] || sysctl $KERNEL_SETTINGS > "$STATE/sysctl.before"
 sysctl -qw fs.inotify.max_user_instances=1024
 
 start_etcd() {
@@ -199,12 +213,12 @@ start_etcd() {
 step "starting etcd and containerd"
 start_etcd
 start containerd containerd --config "$CFG/containerd.toml"
-if ! wait_for etcd 20 curl -fs http://127.0.0.1:2379/health; then
+if ! wait_for etcd 20 curl -fs --max-time 2 http://127.0.0.1:2379/health; then
   # etcd runs with --unsafe-no-fsync (a test cluster): a SIGKILL can leave data it cannot open
-  log "etcd did not come up on its old data (see $LOGS/etcd.log); moving it aside and starting empty"
+  log "etcd did not come up on its old data (see $LOGS/etcd.log.1); moving it aside and starting empty"
   stop etcd; rm -rf "$STATE/etcd.broken"; mv "$STATE/etcd" "$STATE/etcd.broken"
   start_etcd
-  wait_for etcd 30 curl -fs http://127.0.0.1:2379/health || die "etcd does not start; see $LOGS/etcd.log"
+  wait_for etcd 30 curl -fs --max-time 2 http://127.0.0.1:2379/health || die "etcd does not start; see $LOGS/etcd.log"
 fi
 step "starting kube-apiserver"
 start apiserver "$BIN/kube-apiserver" --etcd-servers=http://127.0.0.1:2379 --bind-address=0.0.0.0 --secure-port=6443 \
@@ -229,13 +243,7 @@ ctr_k8s images import "$IMAGES/pause.tar" >/dev/null
 step "starting kubelet and kube-proxy on node $NODE_NAME ($NODE_IP)"
 start kubelet "$BIN/kubelet" --config="$CFG/kubelet.yaml" --kubeconfig="$PKI/kubelet.kubeconfig" --root-dir="$STATE/kubelet" \
   --cert-dir="$STATE/kubelet-pki" --hostname-override="$NODE_NAME" --node-ip="$NODE_IP" --v=1
-# Traffic to a ClusterIP that kube-proxy did not translate, or to a kwok pod's fake IP, must never leave
-# the machine (this kernel has no dummy netdev, so it would follow the default route). REJECT sits after
-# kube-proxy's DNAT, so real Services still work.
-for cidr in $SVC_CIDR $KWOK_CIDR; do for chain in OUTPUT FORWARD; do
-  iptables -C $chain -d $cidr -m comment --comment $GUARD_COMMENT -j REJECT 2>/dev/null ||
-    iptables -I $chain 1 -d $cidr -m comment --comment $GUARD_COMMENT -j REJECT
-done; done
+add_guards
 start kube-proxy "$BIN/kube-proxy" --config="$CFG/kube-proxy.yaml" --v=1
 wait_for "node registration" 60 kc get node "$NODE_NAME" || die "the kubelet did not register; see $LOGS/kubelet.log"
 kc wait --for=condition=Ready node/"$NODE_NAME" --timeout=120s >/dev/null || die "node not Ready; see $LOGS/kubelet.log"

@@ -6,12 +6,12 @@
 #   tenant-init           makes a tenant directory owned by the session's uid/gid, mode 0700 (busybox)
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd); . "$here/common.sh"
-REPO=$(cd "$here/../.." && pwd)
 "$here/../install-deps.sh"
+. "$here/common.sh"   # again: install-deps may just have fetched Go into the cache
 
 # sample function: a static binary in a single-layer image, user 65532 unless the pod says otherwise
 src=$REPO/images/sample-function
-if inputs_changed sample-function "$src/main.go" "$src/go.mod" "$here/mkimage.sh" <(go version); then
+if inputs_changed sample-function "$src"/* <(go version); then
   step "building $SAMPLE_FUNCTION_IMAGE"
   root=$IMAGES/sample-function-root; rm -rf "$root"; mkdir -p "$root"
   (cd "$src" && GOTOOLCHAIN=local GOFLAGS=-buildvcs=false CGO_ENABLED=0 go build -trimpath -ldflags '-s -w' -o "$root/sample-function" .)
@@ -21,7 +21,7 @@ else log "$SAMPLE_FUNCTION_IMAGE unchanged"; fi
 
 # tenant init: Debian's static busybox; the pod gives the command (chown/chmod of the tenant directory)
 bb=/bin/busybox
-if inputs_changed tenant-init "$bb" "$here/mkimage.sh"; then
+if inputs_changed tenant-init "$bb"; then
   step "building $TENANT_INIT_IMAGE"
   root=$IMAGES/tenant-init-root; rm -rf "$root"; mkdir -p "$root/bin"
   cp "$bb" "$root/bin/busybox"
@@ -31,8 +31,10 @@ if inputs_changed tenant-init "$bb" "$here/mkimage.sh"; then
 else log "$TENANT_INIT_IMAGE unchanged"; fi
 
 # the project image, from the repo's Dockerfile
-mapfile -t ctx_files < <(cd "$REPO" && git ls-files -co --exclude-standard Dockerfile .dockerignore pyproject.toml README.md operator | sort)
-if inputs_changed fnsession "${ctx_files[@]/#/$REPO/}" "$here/build-image.sh"; then
+listing=$(cd "$REPO" && git ls-files -co --exclude-standard Dockerfile .dockerignore pyproject.toml README.md operator) ||
+  die "git could not list the image's build context in $REPO"
+mapfile -t ctx_files < <(sort <<< "$listing")
+if inputs_changed fnsession "${ctx_files[@]/#/$REPO/}"; then
   step "building $FNSESSION_IMAGE from $REPO/Dockerfile (buildah; first time about 1 minute)"
   "$here/build-image.sh" "$REPO" "$FNSESSION_IMAGE" "$IMAGES/fnsession.tar"
   record_inputs fnsession

@@ -8,7 +8,7 @@ HERE=$(cd "$(dirname "$0")" && pwd); REPO=$(cd "$HERE/../.." && pwd)
 . "$HERE/../cluster/env.sh"
 : "${KIND:=kind}" "${KIND_CLUSTER:=fnsession}" "${KIND_KUBECONFIG:=$CACHE/kind.kubeconfig}"
 command -v "$KIND" >/dev/null || die "kind is not installed: go install sigs.k8s.io/kind@v0.33.0 (needs Docker)"
-if ! "$KIND" get clusters 2>/dev/null | grep -qx "$KIND_CLUSTER"; then
+if ! "$KIND" get clusters 2>/dev/null | grep -x "$KIND_CLUSTER" >/dev/null; then
   step "creating kind cluster $KIND_CLUSTER"
   "$KIND" create cluster --name "$KIND_CLUSTER" --config "$HERE/cluster.yaml" --wait 120s
 fi

@@ -81,6 +81,10 @@ def test_cluster_down_leaves_nothing_behind_and_up_comes_back(core: client.CoreV
     require_local_node("inspects this host after stopping the local cluster")
     kwok = kwok_nodes(core)
     before = dict(line.split(" = ", 1) for line in (STATE / "sysctl.before").read_text().splitlines())
+    assert {"vm.overcommit_memory", "kernel.panic", "kernel.keys.root_maxkeys"} <= set(before)
+    assert Path("/run/fnsession-cluster.owner").read_text().strip() == str(CACHE.resolve())
+    guards = subprocess.run(["iptables", "-S", "OUTPUT"], capture_output=True, text=True, check=True).stdout
+    assert guards.count("fnsession-local-guard") == 3, guards  # Services, kwok and pod ranges
     assert our_processes(), "the cluster should be running before this test"
 
     run("make", "-s", "-C", REPO, "cluster-down", timeout=300)
@@ -91,14 +95,33 @@ def test_cluster_down_leaves_nothing_behind_and_up_comes_back(core: client.CoreV
     netns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     assert not re.search(r"^cni-", netns, re.M), netns
     assert subprocess.run(["ip", "link", "show", "cni0"], capture_output=True).returncode != 0, "cni0 still exists"
-    for table in ("filter", "nat", "mangle"):
-        rules = subprocess.run(["iptables", "-t", table, "-S"], capture_output=True, text=True, check=True).stdout
-        assert not re.search(r"(KUBE|CNI)-", rules), f"{table}: {rules}"
-        assert "fnsession-local-guard" not in rules
+    for ipt in ("iptables", "ip6tables"):
+        for table in ("filter", "nat", "mangle"):
+            rules = subprocess.run([ipt, "-t", table, "-S"], capture_output=True, text=True, check=True).stdout
+            assert not re.search(r"(KUBE|CNI)-", rules), f"{ipt} {table}: {rules}"
+            assert "fnsession-local-guard" not in rules
+    assert not Path("/run/fnsession-cluster.owner").exists()
     assert sysctls(list(before)) == before
-    assert not list(Path("/sys/fs/cgroup").glob("*/kubepods")), "kubepods cgroups left behind"
+    assert not list(Path("/sys/fs/cgroup").glob("*/kubepods")) and not Path("/sys/fs/cgroup/kubepods").exists(), \
+        "kubepods cgroups left behind"
 
     cluster_up(kwok)
     node = next(n for n in core.list_node().items if (n.metadata.labels or {}).get("type") != "kwok")
     assert {c.type: c.status for c in node.status.conditions}["Ready"] == "True"
     assert kwok_nodes(core) == kwok
+
+
+def test_scripts_from_another_cache_refuse_to_touch_the_running_cluster(
+    core: client.CoreV1Api, namespace: str, tmp_path: Path
+) -> None:
+    require_local_node("runs the cluster scripts of a second cache on this host")
+    other = tmp_path / "other-cache"
+    for target in ("cluster-down", "cluster-up"):
+        proc = run("make", "-s", "-C", REPO, target, check=False, env={"FNSESSION_CACHE": str(other)})
+        assert proc.returncode != 0, f"{target} from another cache succeeded"
+        assert f"a local cluster from another cache ({CACHE.resolve()}) is running" in proc.stderr, proc.stderr
+    assert our_processes(), "the running cluster was stopped"
+    core.create_namespaced_pod(namespace, sample_function_pod("still-serving"))
+    pod = wait_pod(core, namespace, "still-serving")
+    status, info = http_json("GET", f"http://{pod.status.pod_ip}:9000/")
+    assert (status, info["pod"]) == (200, "still-serving")
