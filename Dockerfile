@@ -17,6 +17,9 @@ RUN /opt/venv/bin/pip install --quiet --no-deps /src \
 FROM ${BASE}
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PATH=/opt/venv/bin:$PATH
 COPY --from=build /opt/venv /opt/venv
+# A name for uid 65532: tools that look the user up (getpass, kopf's identity) must not fail.
+RUN echo "fnsession:x:65532:65532:fnsession:/nonexistent:/usr/sbin/nologin" >> /etc/passwd \
+ && echo "fnsession:x:65532:" >> /etc/group
 USER 65532:65532
 ENTRYPOINT ["fnsession"]
 CMD ["--help"]

@@ -18,3 +18,10 @@ if [ -n "$crds" ]; then
   "$K" wait --for=condition=Established --timeout=60s -f "$REPO/crds" >/dev/null
 fi
 "$K" apply --server-side --force-conflicts -k "$REPO/manifests"
+# The image keeps its tag (:dev) when rebuilt: roll the operator when the image's inputs changed.
+inputs=$(cat "$IMAGES/fnsession.inputs" 2>/dev/null || true)
+if [ -n "$inputs" ]; then
+  "$K" -n fnsession-system patch deployment fnsession-operator --type merge \
+    -p "{\"spec\":{\"template\":{\"metadata\":{\"annotations\":{\"fnsession.dev/image-inputs\":\"${inputs:0:16}\"}}}}}" >/dev/null
+fi
+"$K" -n fnsession-system rollout status deployment/fnsession-operator --timeout=120s

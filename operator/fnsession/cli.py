@@ -28,6 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
             "examples:\n"
             "  fnsession --version\n"
             "  fnsession version --verbose\n"
+            "  fnsession operator --liveness none     # run the operator against the current kubeconfig\n"
             "\n"
             "Docs and the local cluster: see README.md (make cluster-up, make images, make test)."
         ),
@@ -38,6 +39,15 @@ def build_parser() -> argparse.ArgumentParser:
     version = sub.add_parser("version", help="print the version (and, with --verbose, the API and runtime)")
     version.add_argument("--verbose", "-v", action="store_true", help="also print API group/version and Python")
     version.set_defaults(func=cmd_version)
+
+    op = sub.add_parser("operator", help="run the operator (in the cluster, or against the current kubeconfig)",
+                        description="Run the fnsession operator: binds FunctionSessions to instance pods of their "
+                                    "Function, scales instances, expires and fences sessions. Needs the CRDs "
+                                    "(make deploy) and RBAC as in manifests/.")
+    op.add_argument("--liveness", default="http://0.0.0.0:8080/healthz", metavar="URL",
+                    help="where to serve the liveness probe (default: %(default)s); 'none' to disable")
+    op.add_argument("--verbose", "-v", action="store_true", help="debug logging")
+    op.set_defaults(func=cmd_operator)
     return parser
 
 
@@ -46,6 +56,13 @@ def cmd_version(args: argparse.Namespace) -> int:
     if args.verbose:
         print(f"api: {API_GROUP}/{API_VERSION}")
         print(f"python: {platform.python_version()} ({sys.executable})")
+    return 0
+
+
+def cmd_operator(args: argparse.Namespace) -> int:
+    from fnsession.controller.app import run
+
+    run(liveness=None if args.liveness == "none" else args.liveness, verbose=args.verbose)
     return 0
 
 

@@ -105,7 +105,8 @@ COLUMNS: dict[str, list[dict[str, Any]]] = {
         column("Function", ".spec.functionName"),
         column("Session-Id", ".status.sessionId", priority=1),
         column("Instance", ".status.instance.podName"),
-        column("Expires", ".status.expireTime", "date"),
+        # a string: kubectl shows future dates in "date" columns as <invalid>
+        column("Expires", ".status.expireTime", description="When the session expires (TTL or idle timeout)"),
         column("Age", ".metadata.creationTimestamp", "date"),
     ],
 }

@@ -1,0 +1,79 @@
+"""kopf handlers: each a few lines over the session service.
+
+Bookkeeping stays in ``status.kopf`` (one status PATCH per handled create, measured in
+``../shared/reference/kopf-measured.md``); sessions get no finalizer and no per-object timer. Only
+our own Events are posted, never kopf's per-handler ones.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from datetime import timedelta
+from typing import Any
+
+import kopf
+
+from fnsession.api.names import FUNCTION, GROUP, SESSION
+from fnsession.controller.service import Config, SessionService
+from fnsession.core.pods import LABEL_FUNCTION
+from fnsession.kube.client import connect
+
+log = logging.getLogger(__name__)
+
+
+def config_from_env() -> Config:
+    return Config(
+        tenant_init_image=os.environ.get("FNSESSION_TENANT_INIT_IMAGE", Config.tenant_init_image),
+        expired_retention=timedelta(seconds=int(os.environ.get("FNSESSION_EXPIRED_RETENTION_SECONDS", "3600"))),
+    )
+
+
+@kopf.on.startup()
+async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    settings.persistence.diffbase_storage = kopf.StatusDiffBaseStorage()
+    settings.persistence.progress_storage = kopf.StatusProgressStorage()
+    settings.posting.level = logging.WARNING  # only failures; our own Events are posted by the service
+    settings.scanning.disabled = True          # the CRDs are installed before the operator (make deploy)
+    settings.peering.standalone = True         # one replica; no peering objects
+    settings.watching.server_timeout = 300
+    clients = await connect()
+    memo.service = SessionService(clients, config_from_env())
+    memo.tasks = [asyncio.create_task(memo.service.run_deadlines(), name="fnsession-deadlines"),
+                  asyncio.create_task(memo.service.run_function_status(), name="fnsession-function-status")]
+
+
+@kopf.on.cleanup()
+async def cleanup(memo: kopf.Memo, **_: Any) -> None:
+    for task in memo.tasks:
+        task.cancel()
+    await memo.service.clients.close()
+
+
+@kopf.on.resume(GROUP, FUNCTION.plural)
+@kopf.on.create(GROUP, FUNCTION.plural)
+@kopf.on.update(GROUP, FUNCTION.plural, field="spec")
+async def function_changed(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    await memo.service.function_changed(dict(body))
+
+
+@kopf.on.event(GROUP, FUNCTION.plural)
+def function_deleted(type: str, name: str, namespace: str, memo: kopf.Memo, **_: Any) -> None:
+    if type == "DELETED":
+        memo.service.function_deleted(namespace, name)
+
+
+@kopf.on.event("", "v1", "pods", labels={LABEL_FUNCTION: kopf.PRESENT})
+async def instance_pod(type: str, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    await memo.service.pod_changed(type or "ADDED", dict(body))
+
+
+@kopf.on.create(GROUP, SESSION.plural)
+async def session_created(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
+    patch.status.update(await memo.service.create_session(dict(body)))
+
+
+@kopf.on.event(GROUP, SESSION.plural)
+async def session_observed(type: str, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    await memo.service.session_observed(type or "ADDED", dict(body))

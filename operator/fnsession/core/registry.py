@@ -1,0 +1,79 @@
+"""What the operator knows about Functions, their instances and which session holds which slot.
+
+Built from watch events (and rebuilt the same way after a restart: a session's ``status.instance``
+says where it is bound), changed only under the Function's lock, never by I/O. The binding plan of
+:mod:`fnsession.core.binding` reads it as a list of :class:`InstanceLoad`.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from fnsession.api.function import FunctionSpec
+from fnsession.core.binding import InstanceLoad
+
+Key = tuple[str, str]  # (namespace, name)
+
+
+@dataclass
+class Instance:
+    name: str
+    ready: bool = False
+    ip: str | None = None
+    node: str | None = None
+    container_id: str | None = None
+    deleting: bool = False
+    exclusive_for: str | None = None  # a SESSION_EXCLUSIVE instance belongs to this session
+    sessions: set[str] = field(default_factory=set)  # bound (Active) or reserved (Pending) session names
+    empty_since: datetime | None = None
+    seen: bool = False  # a pod event confirmed it exists (after a restart, bindings may arrive first)
+
+
+@dataclass
+class FunctionState:
+    namespace: str
+    name: str
+    uid: str = ""
+    spec: FunctionSpec | None = None
+    instances: dict[str, Instance] = field(default_factory=dict)
+    waiting: deque[str] = field(default_factory=deque)  # sessions with no slot (maxInstances), oldest first
+
+    def loads(self) -> list[InstanceLoad]:
+        return [InstanceLoad(i.name, i.ready, len(i.sessions), i.deleting, i.empty_since)
+                for i in self.instances.values() if i.exclusive_for is None]
+
+    def instance_of(self, session: str) -> Instance | None:
+        return next((i for i in self.instances.values() if session in i.sessions), None)
+
+    def take_slot(self, instance: str, session: str) -> Instance:
+        inst = self.instances.setdefault(instance, Instance(instance))
+        inst.sessions.add(session)
+        inst.empty_since = None
+        if session in self.waiting:
+            self.waiting.remove(session)
+        return inst
+
+    def release(self, session: str, now: datetime) -> Instance | None:
+        """Free the session's slot (or its place in the queue); returns the instance it was on."""
+        if session in self.waiting:
+            self.waiting.remove(session)
+        inst = self.instance_of(session)
+        if inst is not None:
+            inst.sessions.discard(session)
+            if not inst.sessions:
+                inst.empty_since = now
+        return inst
+
+
+class Registry:
+    def __init__(self) -> None:
+        self.functions: dict[Key, FunctionState] = {}
+
+    def function(self, namespace: str, name: str) -> FunctionState:
+        return self.functions.setdefault((namespace, name), FunctionState(namespace, name))
+
+    def known_function(self, namespace: str, name: str) -> FunctionState | None:
+        state = self.functions.get((namespace, name))
+        return state if state is not None and state.spec is not None else None

@@ -1,0 +1,66 @@
+"""Writes the operator makes outside kopf's handler patches: session status, pods, Events.
+
+Every function here is one API call; callers decide when (and how rarely) to make them.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from kubernetes_asyncio.client.exceptions import ApiException
+
+from fnsession.api.names import GROUP, SESSION, VERSION
+from fnsession.kube.client import Clients
+
+log = logging.getLogger(__name__)
+MERGE_PATCH = "application/merge-patch+json"
+COMPONENT = "fnsession-operator"
+
+
+async def patch_session_status(clients: Clients, namespace: str, name: str, status: dict[str, Any]) -> bool:
+    """Merge ``status`` into the session's status; False when the session is gone."""
+    try:
+        await clients.custom.patch_namespaced_custom_object_status(
+            GROUP, VERSION, namespace, SESSION.plural, name, {"status": status}, _content_type=MERGE_PATCH)
+        return True
+    except ApiException as exc:
+        if exc.status == 404:
+            return False
+        raise
+
+
+async def create_pod(clients: Clients, pod: dict[str, Any]) -> None:
+    await clients.core.create_namespaced_pod(pod["metadata"]["namespace"], pod)
+
+
+async def delete_pod(clients: Clients, namespace: str, name: str, *, grace_seconds: int | None = None) -> bool:
+    """Delete a pod (``grace_seconds=0``: kill at once, the fencing path); False when already gone."""
+    try:
+        await clients.core.delete_namespaced_pod(name, namespace, grace_period_seconds=grace_seconds)
+        return True
+    except ApiException as exc:
+        if exc.status == 404:
+            return False
+        raise
+
+
+async def post_event(clients: Clients, obj: dict[str, Any], *, reason: str, message: str, type_: str = "Normal") -> None:
+    """A Kubernetes Event on ``obj`` (what `kubectl describe` shows). Failures are logged, not raised:
+    an Event is a courtesy to the user, never a reason to fail the work it describes."""
+    meta = obj["metadata"]
+    now = datetime.now(UTC).isoformat().replace("+00:00", "Z")
+    body = {
+        "metadata": {"name": f"{meta['name']}.{uuid.uuid4().hex[:12]}", "namespace": meta["namespace"]},
+        "involvedObject": {"apiVersion": obj.get("apiVersion"), "kind": obj.get("kind"), "name": meta["name"],
+                           "namespace": meta["namespace"], "uid": meta.get("uid")},
+        "reason": reason, "message": message[:1024], "type": type_,
+        "source": {"component": COMPONENT}, "reportingComponent": COMPONENT, "reportingInstance": COMPONENT,
+        "firstTimestamp": now, "lastTimestamp": now, "count": 1,
+    }
+    try:
+        await clients.core.create_namespaced_event(meta["namespace"], body)
+    except ApiException as exc:  # pragma: no cover - depends on RBAC and API server health
+        log.warning("could not post Event %s on %s/%s: %s", reason, meta["namespace"], meta["name"], exc.reason)

@@ -1,0 +1,234 @@
+"""The operator, deployed by manifests/ from the project image, on real pods: binding and scale-out,
+TTL and idle expiry on time, updates, fencing, refusals that touch nothing, maxInstances, and no
+instance over its limit under 100 concurrent creates."""
+
+from __future__ import annotations
+
+import copy
+import time
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
+from typing import Any
+
+import pytest
+import yaml
+from kubernetes import client
+
+from .cluster import REPO, eventually, http_json, require_local_node, run
+from .test_api_validation import kubectl
+
+GROUP, VERSION, SESSIONS, FUNCTIONS = "fnsession.dev", "v1alpha1", "functionsessions", "functions"
+
+
+@pytest.fixture(scope="module")
+def operator_running(api: client.ApiClient) -> None:
+    apps = client.AppsV1Api(api)
+    dep = apps.read_namespaced_deployment("fnsession-operator", "fnsession-system")
+    assert (dep.status.available_replicas or 0) >= 1, "the operator is not running: make deploy"
+
+
+@pytest.fixture
+def objects(api: client.ApiClient) -> client.CustomObjectsApi:
+    return client.CustomObjectsApi(api)
+
+
+def example(name: str) -> list[dict[str, Any]]:
+    return [d for d in yaml.safe_load_all((REPO / "examples" / name).read_text()) if d]
+
+
+def function(name: str = "echo", **spec: Any) -> dict[str, Any]:
+    fn = copy.deepcopy(example("function-shared.yaml")[0])
+    fn["metadata"]["name"] = name
+    for key, value in spec.items():
+        if isinstance(value, dict) and isinstance(fn["spec"].get(key), dict):
+            fn["spec"][key].update(value)
+        else:
+            fn["spec"][key] = value
+    return fn
+
+
+def session(name: str, fn: str = "echo", **spec: Any) -> dict[str, Any]:
+    return {"apiVersion": f"{GROUP}/{VERSION}", "kind": "FunctionSession", "metadata": {"name": name},
+            "spec": {"functionName": fn, **spec}}
+
+
+def create(objects: client.CustomObjectsApi, ns: str, *docs: dict[str, Any]) -> None:
+    for doc in docs:
+        plural = FUNCTIONS if doc["kind"] == "Function" else SESSIONS
+        objects.create_namespaced_custom_object(GROUP, VERSION, ns, plural, doc)
+
+
+def get(objects: client.CustomObjectsApi, ns: str, name: str) -> dict[str, Any]:
+    return objects.get_namespaced_custom_object(GROUP, VERSION, ns, SESSIONS, name)
+
+
+def status_of(objects: client.CustomObjectsApi, ns: str, name: str) -> dict[str, Any]:
+    return get(objects, ns, name).get("status") or {}
+
+
+def wait_status(objects: client.CustomObjectsApi, ns: str, name: str, state: str, timeout: float = 60) -> dict[str, Any]:
+    return eventually(f"session {ns}/{name} {state}",
+                      lambda: (s := status_of(objects, ns, name)).get("sessionStatus") == state and s, timeout=timeout)
+
+
+def cond(status: dict[str, Any], type_: str) -> dict[str, Any]:
+    return next(c for c in status.get("conditions", []) if c["type"] == type_)
+
+
+def ts(value: str) -> datetime:
+    return datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+
+def events_of(core: client.CoreV1Api, ns: str, name: str) -> list[str]:
+    return [f"{e.reason}: {e.message}" for e in core.list_namespaced_event(ns, field_selector=f"involvedObject.name={name}").items]
+
+
+pytestmark = pytest.mark.usefixtures("operator_running")
+
+
+def test_sessions_fill_an_instance_then_a_new_one_starts(core: client.CoreV1Api, objects: client.CustomObjectsApi, namespace: str) -> None:
+    """examples/: 2 sessions per instance, so the third session lands on a new instance (seeds 002/003)."""
+    run(kubectl(), "apply", "-n", namespace, "-f", REPO / "examples" / "function-shared.yaml", "-f", REPO / "examples" / "sessions.yaml")
+    run(kubectl(), "wait", "-n", namespace, "--for=condition=Ready", "fsess/alice", "fsess/bob", "fsess/carol", "--timeout=60s")
+    st = {n: status_of(objects, namespace, n) for n in ("alice", "bob", "carol")}
+    assert st["alice"]["instance"]["podName"] == st["bob"]["instance"]["podName"] != st["carol"]["instance"]["podName"]
+    for name, s in st.items():
+        assert s["sessionStatus"] == "Active" and s["sessionAffinityType"] == "HEADER_FIELD"
+        pod = core.read_namespaced_pod(s["instance"]["podName"], namespace)
+        assert s["instance"]["podIP"] == pod.status.pod_ip and s["instance"]["node"] == pod.spec.node_name
+        assert s["instance"]["containerId"] == pod.status.container_statuses[0].container_id
+        assert cond(s, "Ready")["status"] == cond(s, "Bound")["status"] == "True"
+        assert ts(s["createdTime"]).microsecond or ts(s["lastModifiedTime"]).microsecond  # sub-second precision
+        assert any(e.startswith("Bound: bound to instance") for e in events_of(core, namespace, name))
+    pods = core.list_namespaced_pod(namespace, label_selector="fnsession.dev/function=echo").items
+    assert len(pods) == 2
+    printed = run(kubectl(), "get", "fsess", "-n", namespace).stdout
+    assert printed.split()[:6] == ["NAME", "STATUS", "FUNCTION", "INSTANCE", "EXPIRES", "AGE"]
+    if require_local_node_quietly():
+        status, info = http_json("GET", f"http://{st['carol']['instance']['podIP']}:9000/")
+        assert (status, info["pod"]) == (200, st["carol"]["instance"]["podName"])
+    fn = eventually("Function status counts", lambda: (f := objects.get_namespaced_custom_object(
+        GROUP, VERSION, namespace, FUNCTIONS, "echo").get("status", {})).get("activeSessions") == 3 and f)
+    assert (fn["instances"], fn["readyInstances"]) == (2, 2)
+
+
+def require_local_node_quietly() -> bool:
+    try:
+        require_local_node("pod IPs")
+        return True
+    except pytest.skip.Exception:
+        return False
+
+
+def test_ttl_is_hard_from_creation_and_expiry_is_on_time(objects: client.CustomObjectsApi, namespace: str) -> None:
+    create(objects, namespace, function(), session("short", sessionTTLInSeconds=3, sessionIdleTimeoutInSeconds=0))
+    wait_status(objects, namespace, "short", "Active")
+    st = wait_status(objects, namespace, "short", "Expired", timeout=20)
+    expired = cond(st, "Expired")
+    assert expired["reason"] == "TTL" and expired["status"] == "True"
+    late = (ts(expired["lastTransitionTime"]) - ts(st["createdTime"])).total_seconds() - 3
+    assert 0 <= late < 1.0, f"expired {late:+.3f}s from the deadline"
+
+
+def test_activity_resets_the_idle_timeout_and_update_takes_effect_at_once(objects: client.CustomObjectsApi, namespace: str) -> None:
+    create(objects, namespace, function(scaling={"warmInstances": 1}))
+    eventually("a warm instance", lambda: objects.get_namespaced_custom_object(
+        GROUP, VERSION, namespace, FUNCTIONS, "echo").get("status", {}).get("readyInstances") == 1)
+    create(objects, namespace, session("idle", sessionTTLInSeconds=600, sessionIdleTimeoutInSeconds=4))
+    created = ts(wait_status(objects, namespace, "idle", "Active")["createdTime"])
+    time.sleep(max(0.0, 2.5 - (datetime.now(created.tzinfo) - created).total_seconds()))
+    activity = datetime.now(created.tzinfo)
+    objects.patch_namespaced_custom_object_status(GROUP, VERSION, namespace, SESSIONS, "idle", {
+        "status": {"lastActivityTime": activity.strftime("%Y-%m-%dT%H:%M:%S.%fZ")}})  # as the gateway will
+    time.sleep(max(0.0, 5 - (datetime.now(created.tzinfo) - created).total_seconds()))
+    assert status_of(objects, namespace, "idle")["sessionStatus"] == "Active", "activity did not reset the idle timeout"
+    st = wait_status(objects, namespace, "idle", "Expired", timeout=20)
+    assert cond(st, "Expired")["reason"] == "IdleTimeout"
+    late = (ts(cond(st, "Expired")["lastTransitionTime"]) - activity).total_seconds() - 4
+    assert 0 <= late < 1.0, f"expired {late:+.3f}s from activity + idle"
+
+    # an update of the TTL takes effect at once and still counts from creation
+    create(objects, namespace, session("updated", sessionTTLInSeconds=600, sessionIdleTimeoutInSeconds=0))
+    created = ts(wait_status(objects, namespace, "updated", "Active")["createdTime"])
+    objects.patch_namespaced_custom_object(GROUP, VERSION, namespace, SESSIONS, "updated", {"spec": {"sessionTTLInSeconds": 5}})
+    st = eventually("new expireTime", lambda: (s := status_of(objects, namespace, "updated")).get("observedGeneration") == 2 and s)
+    assert abs((ts(st["expireTime"]) - created).total_seconds() - 5) < 0.01
+    st = wait_status(objects, namespace, "updated", "Expired", timeout=20)
+    late = (ts(cond(st, "Expired")["lastTransitionTime"]) - created).total_seconds() - 5
+    assert 0 <= late < 1.0 and cond(st, "Expired")["reason"] == "TTL"
+
+
+def test_fencing_a_shared_session_keeps_the_instance_for_the_others(core: client.CoreV1Api, objects: client.CustomObjectsApi, namespace: str) -> None:
+    create(objects, namespace, function(), session("a"), session("b"))
+    a = wait_status(objects, namespace, "a", "Active")
+    b = wait_status(objects, namespace, "b", "Active")
+    assert a["instance"]["podName"] == b["instance"]["podName"]
+    objects.patch_namespaced_custom_object(GROUP, VERSION, namespace, SESSIONS, "a", {"spec": {"fenced": True}})
+    st = wait_status(objects, namespace, "a", "Expired", timeout=10)
+    assert cond(st, "Expired")["reason"] == "Fenced"
+    assert status_of(objects, namespace, "b")["sessionStatus"] == "Active"
+    pod = core.read_namespaced_pod(b["instance"]["podName"], namespace)
+    assert pod.metadata.deletion_timestamp is None, "a shared instance must survive a fenced session"
+    # the freed slot is taken by the next session
+    create(objects, namespace, session("c"))
+    assert wait_status(objects, namespace, "c", "Active")["instance"]["podName"] == b["instance"]["podName"]
+
+
+def test_refused_sessions_say_why_and_touch_nothing(core: client.CoreV1Api, objects: client.CustomObjectsApi, namespace: str) -> None:
+    create(objects, namespace, session("orphan", fn="no-such-function"))
+    st = eventually("FunctionNotFound", lambda: (s := status_of(objects, namespace, "orphan")).get("conditions") and s)
+    assert st["sessionStatus"] == "Pending" and cond(st, "Bound")["reason"] == "FunctionNotFound"
+    assert any(e.startswith("FunctionNotFound: Function no-such-function does not exist") for e in events_of(core, namespace, "orphan"))
+
+    create(objects, namespace, function())
+    create(objects, namespace, session("first", sessionId="same-id"))
+    wait_status(objects, namespace, "first", "Active")
+    create(objects, namespace, session("second", sessionId="same-id"))
+    st = eventually("DuplicateSessionId", lambda: (s := status_of(objects, namespace, "second")).get("conditions") and s)
+    assert cond(st, "Bound")["reason"] == "DuplicateSessionId" and "FunctionSession first" in cond(st, "Bound")["message"]
+
+    # the missing Function appears: the waiting session binds
+    create(objects, namespace, function("no-such-function"))
+    assert wait_status(objects, namespace, "orphan", "Active")["instance"]["podName"].startswith("no-such-function-")
+    assert status_of(objects, namespace, "first")["sessionStatus"] == "Active"
+
+
+def test_max_instances_makes_sessions_wait_until_a_slot_frees(core: client.CoreV1Api, objects: client.CustomObjectsApi, namespace: str) -> None:
+    create(objects, namespace, function("tiny", sessionAffinityConfig={"sessionConcurrencyPerInstance": 1}, scaling={"maxInstances": 1}))
+    create(objects, namespace, session("one", fn="tiny"))
+    wait_status(objects, namespace, "one", "Active")
+    create(objects, namespace, session("two", fn="tiny"))
+    st = eventually("MaxInstancesReached", lambda: (s := status_of(objects, namespace, "two")).get("conditions") and s)
+    assert st["sessionStatus"] == "Pending" and cond(st, "Ready")["reason"] == "MaxInstancesReached"
+    assert "maxInstances is 1" in cond(st, "Ready")["message"]
+    assert len(core.list_namespaced_pod(namespace, label_selector="fnsession.dev/function=tiny").items) == 1
+    objects.patch_namespaced_custom_object(GROUP, VERSION, namespace, SESSIONS, "one", {"spec": {"fenced": True}})
+    assert wait_status(objects, namespace, "two", "Active")["instance"]["podName"] == status_of(objects, namespace, "one")["instance"]["podName"]
+
+
+def test_no_instance_exceeds_its_limit_under_100_concurrent_creates(core: client.CoreV1Api, objects: client.CustomObjectsApi, namespace: str) -> None:
+    """Instances on kwok nodes (fake pods, never dialled) so that 20 of them start at once."""
+    if not core.list_node(label_selector="type=kwok").items:
+        pytest.skip("no kwok nodes: make cluster-up KWOK_NODES=2")
+    fn = function("busy", sessionAffinityConfig={"sessionConcurrencyPerInstance": 5}, scaling={"maxInstances": 30})
+    fn["spec"]["template"]["spec"].update({
+        "nodeSelector": {"type": "kwok"},
+        "tolerations": [{"key": "kwok.x-k8s.io/node", "operator": "Exists", "effect": "NoSchedule"}]})
+    create(objects, namespace, fn)
+    names = [f"s{i:03d}" for i in range(100)]
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        list(pool.map(lambda n: create(objects, namespace, session(n, fn="busy")), names))
+
+    def all_active() -> list[dict[str, Any]] | None:
+        items = objects.list_namespaced_custom_object(GROUP, VERSION, namespace, SESSIONS)["items"]
+        return items if sum((i.get("status") or {}).get("sessionStatus") == "Active" for i in items) == 100 else None
+
+    items = eventually("100 sessions Active", all_active, timeout=120)
+    per_pod: dict[str, int] = {}
+    for item in items:
+        pod = item["status"]["instance"]["podName"]
+        per_pod[pod] = per_pod.get(pod, 0) + 1
+    assert max(per_pod.values()) <= 5, per_pod
+    assert len(per_pod) == 20, f"100 sessions at 5 per instance fill exactly 20 instances: {per_pod}"
+    pods = core.list_namespaced_pod(namespace, label_selector="fnsession.dev/function=busy").items
+    assert len(pods) == 20
