@@ -16,6 +16,7 @@ from kubernetes import client
 
 from .cluster import REPO, eventually, http_json, require_local_node, run
 from .test_api_validation import kubectl
+from .test_tenant_storage import CLAIM, shared_volume  # noqa: F401 - a fixture
 
 GROUP, VERSION, SESSIONS, FUNCTIONS = "fnsession.dev", "v1alpha1", "functionsessions", "functions"
 
@@ -232,3 +233,72 @@ def test_no_instance_exceeds_its_limit_under_100_concurrent_creates(core: client
     assert len(per_pod) == 20, f"100 sessions at 5 per instance fill exactly 20 instances: {per_pod}"
     pods = core.list_namespaced_pod(namespace, label_selector="fnsession.dev/function=busy").items
     assert len(pods) == 20
+
+
+def test_exclusive_sessions_get_their_own_pod_identity_and_storage_and_delete_fences(
+    core: client.CoreV1Api, objects: client.CustomObjectsApi, namespace: str, shared_volume: Any
+) -> None:
+    require_local_node("tenant files are checked on the host and pods dialled at their IPs")
+    policy = {"allowedClaims": [CLAIM], "uidRange": {"min": 1000, "max": 1999}, "gidRange": {"min": 1000, "max": 1999}}
+    create(objects, namespace, function("tenant-fn", instanceIsolation="SESSION_EXCLUSIVE", sessionStorage=policy))
+
+    def tenant(name: str, uid: int) -> dict[str, Any]:
+        return session(name, fn="tenant-fn", storage={"runAsUser": uid, "runAsGroup": uid, "mounts": [
+            {"claimName": CLAIM, "subPath": f"tenants/{name}", "mountPath": "/data"}]})
+
+    create(objects, namespace, tenant("t1", 1001), tenant("t2", 1002), tenant("t3", 5000))
+    a = wait_status(objects, namespace, "t1", "Active", timeout=90)
+    b = wait_status(objects, namespace, "t2", "Active", timeout=90)
+    assert a["instance"]["podName"] != b["instance"]["podName"]
+    for st, uid, name in ((a, 1001, "t1"), (b, 1002, "t2")):
+        status, wrote = http_json("PUT", f"http://{st['instance']['podIP']}:9000/file?path=/data/{name}.txt", body=name.encode())
+        assert status == 200 and (wrote["uid"], wrote["gid"]) == (uid, uid), wrote
+        d = shared_volume / "tenants" / name
+        assert (d.stat().st_uid, d.stat().st_gid, d.stat().st_mode & 0o777) == (uid, uid, 0o700)
+        assert (d / f"{name}.txt").stat().st_uid == uid
+        pod = core.read_namespaced_pod(st["instance"]["podName"], namespace)
+        assert pod.metadata.labels["fnsession.dev/session"] == name
+        assert pod.spec.security_context.fs_group is None
+
+    # outside the Function's policy: refused, no pod
+    st = eventually("t3 refused", lambda: (s := status_of(objects, namespace, "t3")).get("conditions") and s)
+    assert cond(st, "Bound")["reason"] == "StorageNotAllowed" and "uidRange 1000-1999" in cond(st, "Bound")["message"]
+    assert not core.list_namespaced_pod(namespace, label_selector="fnsession.dev/session=t3").items
+
+    # deleting an exclusive session fences it: its pod dies at once, a running request is cut off
+    pool = ThreadPoolExecutor(max_workers=1)
+    slow = pool.submit(http_json, "GET", f"http://{a['instance']['podIP']}:9000/slow?ms=20000", timeout=30)
+    time.sleep(0.5)
+    started = time.monotonic()
+    objects.delete_namespaced_custom_object(GROUP, VERSION, namespace, SESSIONS, "t1")
+    with pytest.raises(Exception):
+        slow.result(timeout=15)
+    assert time.monotonic() - started < 10, "the running request was not cut off promptly"
+    eventually("t1's pod gone", lambda: not core.list_namespaced_pod(namespace, label_selector="fnsession.dev/session=t1").items, timeout=30)
+    assert status_of(objects, namespace, "t2")["sessionStatus"] == "Active"
+    assert (shared_volume / "tenants" / "t1" / "t1.txt").exists(), "fencing must not touch the tenant's files"
+
+
+def test_an_instance_deleted_by_someone_else_is_replaced_and_sessions_rebind(
+    core: client.CoreV1Api, objects: client.CustomObjectsApi, namespace: str
+) -> None:
+    create(objects, namespace, function(), session("x"), session("y"))
+    first = wait_status(objects, namespace, "x", "Active")["instance"]["podName"]
+    assert wait_status(objects, namespace, "y", "Active")["instance"]["podName"] == first
+    core.delete_namespaced_pod(first, namespace, grace_period_seconds=0)
+    for name in ("x", "y"):
+        st = eventually(f"{name} re-bound", lambda n=name: (s := status_of(objects, namespace, n)).get("sessionStatus") == "Active"
+                        and s["instance"]["podName"] != first and s, timeout=60)
+        assert any(e.startswith("InstanceLost: instance " + first) for e in events_of(core, namespace, name))
+    assert status_of(objects, namespace, "x")["instance"]["podName"] == st["instance"]["podName"]
+
+
+def test_the_operator_never_writes_spec_so_gitops_sees_no_drift(objects: client.CustomObjectsApi, namespace: str, tmp_path: Any) -> None:
+    manifests = [REPO / "examples" / "function-shared.yaml", REPO / "examples" / "sessions.yaml"]
+    run(kubectl(), "apply", "--server-side", "-n", namespace, *[a for m in manifests for a in ("-f", m)])
+    run(kubectl(), "wait", "-n", namespace, "--for=condition=Ready", "fsess/alice", "fsess/bob", "--timeout=60s")
+    for extra in ([], ["--server-side"]):
+        diff = run(kubectl(), "diff", *extra, "-n", namespace, *[a for m in manifests for a in ("-f", m)], check=False)
+        assert diff.returncode == 0, f"drift after binding ({' '.join(extra) or 'client-side'}):\n{diff.stdout}{diff.stderr}"
+    managers = {f["manager"] for f in get(objects, namespace, "alice")["metadata"]["managedFields"] if f.get("subresource") != "status"}
+    assert managers == {"kubectl"}, f"something other than kubectl manages alice's spec: {managers}"
