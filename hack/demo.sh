@@ -1,25 +1,31 @@
 #!/usr/bin/env bash
-# The demo on the local cluster: the sample function from examples/ runs as a real pod, and the host
-# talks to it directly (a plain request, a slow one, a stream of Server-Sent Events).
-# Function and FunctionSession objects join this demo when the operator lands.
+# The demo on the local cluster (make demo: images, deploy, then this): a Function whose instances
+# take 2 sessions each, three sessions (the third starts a second instance), a request to a session's
+# own pod, and carol's 10-second TTL running out.
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd); REPO=$(cd "$HERE/.." && pwd)
 . "$HERE/cluster/env.sh"
-# The demo talks to the pod's address from this host: only the local cluster's pods are reachable here.
+# The demo talks to pod addresses from this host: only the local cluster's pods are reachable here.
 [ "${FNSESSION_CLUSTER:-local}" = local ] || die "make demo runs on the local cluster (make cluster-up), not CLUSTER=${FNSESSION_CLUSTER}"
 K=("$BIN/kubectl" --kubeconfig "${KUBECONFIG:-$KUBECONFIG_ADMIN}")
 NS=fnsession-demo
-"${K[@]}" create namespace $NS --dry-run=client -o yaml | "${K[@]}" apply -f - >/dev/null
-"${K[@]}" -n $NS delete pod sample-function --ignore-not-found --wait=true >/dev/null
-step "kubectl apply -n $NS -f examples/sample-function.yaml"
-"${K[@]}" -n $NS apply -f "$REPO/examples/sample-function.yaml"
-"${K[@]}" -n $NS wait --for=condition=Ready pod/sample-function --timeout=90s
-IP=$("${K[@]}" -n $NS get pod sample-function -o jsonpath='{.status.podIP}')
-"${K[@]}" -n $NS get pod sample-function -o wide
-step "curl http://$IP:9000/hello -H 'X-Fc-Session-Id: demo-1'"
-curl -s --max-time 5 "http://$IP:9000/hello" -H 'X-Fc-Session-Id: demo-1'; echo
-step "curl http://$IP:9000/slow?ms=500"
-curl -s --max-time 5 -w '  (%{time_total}s)\n' "http://$IP:9000/slow?ms=500"
-step "curl -N 'http://$IP:9000/sse?n=3&ms=300'  (events arrive one by one)"
-curl -sN --max-time 5 "http://$IP:9000/sse?n=3&ms=300"
-log "demo done; clean up with: KUBECONFIG=$KUBECONFIG_ADMIN kubectl delete namespace $NS"
+show() { printf '\n\033[1m$ %s\033[0m\n' "$*"; "$@"; }
+"${K[@]}" delete namespace $NS --ignore-not-found --wait=true >/dev/null
+"${K[@]}" create namespace $NS >/dev/null
+
+step "a Function (2 sessions per instance) and three sessions, from examples/"
+show "${K[@]}" -n $NS apply -f "$REPO/examples/function-shared.yaml" -f "$REPO/examples/sessions.yaml"
+show "${K[@]}" -n $NS wait --for=condition=Ready fsess/alice fsess/bob fsess/carol --timeout=90s
+show "${K[@]}" -n $NS get fn,fsess,pods -o wide
+
+step "alice and bob share one instance; carol, the third, got a new one"
+POD=$("${K[@]}" -n $NS get fsess alice -o jsonpath='{.status.instance.podName}')
+IP=$("${K[@]}" -n $NS get fsess alice -o jsonpath='{.status.instance.podIP}')
+show curl -s --max-time 5 "http://$IP:9000/hello" -H 'x-session-id: alice-1'; echo
+log "alice's requests reach pod $POD (the gateway will route them by the x-session-id header)"
+
+step "carol's TTL is 10 seconds; waiting for it to expire"
+show "${K[@]}" -n $NS wait --for=jsonpath='{.status.sessionStatus}'=Expired fsess/carol --timeout=30s
+show "${K[@]}" -n $NS get fsess
+show "${K[@]}" -n $NS describe fsess carol
+log "demo done; its objects stay in namespace $NS (kubectl delete namespace $NS)"

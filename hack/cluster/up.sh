@@ -146,6 +146,21 @@ state = "$SOCK_DIR"
     bin_dir = "/usr/lib/cni"
     conf_dir = "$CFG/cni"
 TOML
+# Audit log of writes to fnsession's kinds, pods and Events (metadata only): tests count from it the
+# API writes a session costs. Reads and everything else are not logged.
+cat > "$CFG/audit-policy.yaml" <<YAML
+apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: [RequestReceived, ResponseStarted]
+rules:
+  - level: Metadata
+    verbs: [create, update, patch, delete, deletecollection]
+    resources:
+      - {group: fnsession.dev}
+      - {group: "", resources: [pods, events]}
+      - {group: events.k8s.io, resources: [events]}
+  - level: None
+YAML
 cat > "$CFG/scheduler.yaml" <<YAML
 apiVersion: kubescheduler.config.k8s.io/v1
 kind: KubeSchedulerConfiguration
@@ -228,7 +243,9 @@ start apiserver "$BIN/kube-apiserver" --etcd-servers=http://127.0.0.1:2379 --bin
   --service-account-signing-key-file="$PKI/sa.key" --service-cluster-ip-range=$SVC_CIDR \
   --authorization-mode=Node,RBAC --enable-admission-plugins=NodeRestriction --allow-privileged=true \
   --kubelet-client-certificate="$PKI/apiserver-kubelet-client.crt" --kubelet-client-key="$PKI/apiserver-kubelet-client.key" \
-  --kubelet-preferred-address-types=InternalIP,Hostname --v=1
+  --kubelet-preferred-address-types=InternalIP,Hostname \
+  --audit-policy-file="$CFG/audit-policy.yaml" --audit-log-path="$LOGS/audit.log" --audit-log-maxsize=200 \
+  --audit-log-maxbackup=1 --audit-log-mode=batch --audit-log-batch-max-wait=1s --v=1
 wait_for kube-apiserver 120 kc get --raw /readyz || die "kube-apiserver is not ready; see $LOGS/apiserver.log"
 step "starting controller-manager and scheduler"
 start controller-manager "$BIN/kube-controller-manager" --kubeconfig="$PKI/controller-manager.kubeconfig" \

@@ -5,6 +5,7 @@ instance over its limit under 100 concurrent creates."""
 from __future__ import annotations
 
 import copy
+import json
 import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
@@ -14,7 +15,7 @@ import pytest
 import yaml
 from kubernetes import client
 
-from .cluster import REPO, eventually, http_json, require_local_node, run
+from .cluster import CACHE, REPO, eventually, http_json, require_local_node, run
 from .test_api_validation import kubectl
 from .test_tenant_storage import CLAIM, shared_volume  # noqa: F401 - a fixture
 
@@ -302,3 +303,77 @@ def test_the_operator_never_writes_spec_so_gitops_sees_no_drift(objects: client.
         assert diff.returncode == 0, f"drift after binding ({' '.join(extra) or 'client-side'}):\n{diff.stdout}{diff.stderr}"
     managers = {f["manager"] for f in get(objects, namespace, "alice")["metadata"]["managedFields"] if f.get("subresource") != "status"}
     assert managers == {"kubectl"}, f"something other than kubectl manages alice's spec: {managers}"
+
+
+def audit_writes(namespace: str, name: str) -> list[tuple[str, str, str]]:
+    """(user, verb, resource[/subresource]) of every write to the session (from the API server's audit log)."""
+    out = []
+    for path in sorted((CACHE / "logs").glob("audit*.log*")):
+        for line in path.read_text().splitlines():
+            entry = json.loads(line)
+            ref = entry.get("objectRef") or {}
+            if entry.get("stage") != "ResponseComplete" or ref.get("namespace") != namespace:
+                continue
+            if ref.get("resource") == "functionsessions" and ref.get("name") == name:
+                res = ref["resource"] + (f"/{ref['subresource']}" if ref.get("subresource") else "")
+                out.append((entry["user"]["username"], entry["verb"], res))
+    return out
+
+
+def test_a_session_lifecycle_costs_four_writes_on_the_common_path(
+    core: client.CoreV1Api, objects: client.CustomObjectsApi, namespace: str
+) -> None:
+    """create (client), bind (operator), expire (operator), remove (client): counted from the audit log."""
+    require_local_node("reads the API server's audit log on this host")
+    create(objects, namespace, function(scaling={"warmInstances": 1}))
+    eventually("a warm instance", lambda: objects.get_namespaced_custom_object(
+        GROUP, VERSION, namespace, FUNCTIONS, "echo").get("status", {}).get("readyInstances") == 1)
+    create(objects, namespace, session("counted", sessionTTLInSeconds=2, sessionIdleTimeoutInSeconds=0))
+    wait_status(objects, namespace, "counted", "Expired", timeout=20)
+    objects.delete_namespaced_custom_object(GROUP, VERSION, namespace, SESSIONS, "counted")
+    writes = eventually("the delete in the audit log", lambda: (w := audit_writes(namespace, "counted"))
+                        and any(v == "delete" for _, v, _ in w) and w, timeout=15)
+    operator = "system:serviceaccount:fnsession-system:fnsession-operator"
+    by_operator = [w for w in writes if w[0] == operator]
+    assert len(writes) <= 4, writes
+    assert [v for _, v, _ in by_operator] == ["patch", "patch"], writes  # bind (Active at once), expire
+    events = [e for e in core.list_namespaced_event(namespace).items if e.involved_object.name == "counted"]
+    assert sorted(e.reason for e in events) == ["Bound", "Expired"]
+
+
+def test_operator_killed_while_binding_50_sessions_converges(
+    core: client.CoreV1Api, objects: client.CustomObjectsApi, namespace: str
+) -> None:
+    """SIGKILL (grace 0) the operator while 50 sessions are being bound; after its restart every
+    session is Active and no instance holds more than its limit. Instances run on kwok nodes."""
+    if not core.list_node(label_selector="type=kwok").items:
+        pytest.skip("no kwok nodes: make cluster-up KWOK_NODES=2")
+    fn = function("crash", sessionAffinityConfig={"sessionConcurrencyPerInstance": 5}, scaling={"maxInstances": 40})
+    fn["spec"]["template"]["spec"].update({
+        "nodeSelector": {"type": "kwok"},
+        "tolerations": [{"key": "kwok.x-k8s.io/node", "operator": "Exists", "effect": "NoSchedule"}]})
+    create(objects, namespace, fn)
+    op = core.list_namespaced_pod("fnsession-system", label_selector="app.kubernetes.io/name=fnsession-operator").items[0]
+    names = [f"k{i:02d}" for i in range(50)]
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        futures = [pool.submit(create, objects, namespace, session(n, fn="crash")) for n in names]
+        eventually("some sessions handled", lambda: sum(bool((i.get("status") or {}).get("sessionStatus")) for i in
+                   objects.list_namespaced_custom_object(GROUP, VERSION, namespace, SESSIONS)["items"]) >= 5, timeout=30, interval=0.05)
+        core.delete_namespaced_pod(op.metadata.name, "fnsession-system", grace_period_seconds=0)
+        for f in futures:
+            f.result()
+
+    def all_active() -> list[dict[str, Any]] | None:
+        items = objects.list_namespaced_custom_object(GROUP, VERSION, namespace, SESSIONS)["items"]
+        return items if sum((i.get("status") or {}).get("sessionStatus") == "Active" for i in items) == 50 else None
+
+    items = eventually("50 sessions Active after the restart", all_active, timeout=120)
+    per_pod: dict[str, int] = {}
+    for item in items:
+        pod = item["status"]["instance"]["podName"]
+        per_pod[pod] = per_pod.get(pod, 0) + 1
+    assert max(per_pod.values()) <= 5, per_pod
+    existing = {p.metadata.name for p in core.list_namespaced_pod(namespace, label_selector="fnsession.dev/function=crash").items}
+    assert set(per_pod) <= existing, f"sessions bound to pods that do not exist: {set(per_pod) - existing}"
+    new_op = core.list_namespaced_pod("fnsession-system", label_selector="app.kubernetes.io/name=fnsession-operator").items
+    assert [p.metadata.name for p in new_op] != [op.metadata.name]

@@ -34,7 +34,8 @@ from fnsession.kube import writes
 from fnsession.kube.client import Clients
 
 log = logging.getLogger(__name__)
-DeadlineKind = Literal["expire", "remove", "scale-in"]
+DeadlineKind = Literal["expire", "remove", "scale-in", "verify"]
+RESTORE_GRACE = timedelta(seconds=15)  # after a restart, how long a binding's pod has to show up in the watch
 DeadlineKey = tuple[DeadlineKind, str, str]
 
 
@@ -339,6 +340,10 @@ class SessionService:
             if not status.get("sessionStatus"):
                 return  # not handled yet: the create handler binds it
             session = self.restore(body)
+            fn = self.registry.function(session.namespace, session.function)
+            inst = fn.instance_of(session.name)
+            if session.state == "Pending" and inst is not None and inst.ready and fn.spec is not None:
+                await self.activate(session, fn, inst)  # its pod became Ready while we were away
         session.spec = FunctionSessionSpec.model_validate(body["spec"])
         updated = meta.get("generation") != session.generation
         session.generation = meta.get("generation")
@@ -368,9 +373,23 @@ class SessionService:
             self.deadlines.schedule(("remove", *session.key), session.expired_at + self.config.expired_retention)
         elif pod:
             fn.take_slot(pod, session.name)
+            # the pod may have gone while the operator was down: if no watch event shows it, re-bind
+            self.deadlines.schedule(("verify", *session.key), now() + RESTORE_GRACE)
+            self.wake.set()
         else:
             fn.waiting.append(session.name)
         return session
+
+    async def verify_binding(self, namespace: str, name: str) -> None:
+        """A binding restored from status whose pod never appeared in the watch: the pod is gone."""
+        session = self.sessions.get((namespace, name))
+        if session is None or session.state == "Expired":
+            return
+        fn = self.registry.function(namespace, session.function)
+        inst = fn.instance_of(name)
+        if inst is not None and not inst.seen:
+            fn.instances.pop(inst.name, None)
+            await self.rebind(fn, inst)
 
     async def expire(self, key: Key, reason: str) -> None:
         session = self.sessions.get(key)
@@ -494,6 +513,8 @@ class SessionService:
                             await self.expire((namespace, name), reason)
                     elif kind == "scale-in":
                         await self.scale_in(namespace, name)
+                    elif kind == "verify":
+                        await self.verify_binding(namespace, name)
                     else:
                         await self.remove_record(namespace, name)
                 except Exception:  # one failed deadline must not stop the others
