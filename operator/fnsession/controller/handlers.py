@@ -40,6 +40,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     settings.watching.server_timeout = 300
     clients = await connect()
     memo.service = SessionService(clients, config_from_env())
+    await memo.service.initial_sync()  # before any handler: planning after a restart sees every binding
     memo.tasks = [asyncio.create_task(memo.service.run_deadlines(), name="fnsession-deadlines"),
                   asyncio.create_task(memo.service.run_function_status(), name="fnsession-function-status")]
 
@@ -59,9 +60,9 @@ async def function_changed(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
 
 
 @kopf.on.event(GROUP, FUNCTION.plural)
-def function_deleted(type: str, name: str, namespace: str, memo: kopf.Memo, **_: Any) -> None:
+async def function_deleted(type: str, name: str, namespace: str, memo: kopf.Memo, **_: Any) -> None:
     if type == "DELETED":
-        memo.service.function_deleted(namespace, name)
+        await memo.service.function_deleted(namespace, name)
 
 
 @kopf.on.event("", "v1", "pods", labels={LABEL_FUNCTION: kopf.PRESENT})
@@ -71,7 +72,9 @@ async def instance_pod(type: str, body: kopf.Body, memo: kopf.Memo, **_: Any) ->
 
 @kopf.on.create(GROUP, SESSION.plural)
 async def session_created(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
-    patch.status.update(await memo.service.create_session(dict(body)))
+    doc = await memo.service.create_session(dict(body))
+    if doc is not None:  # None: deleted while it was being placed
+        patch.status.update(doc)
 
 
 @kopf.on.event(GROUP, SESSION.plural)

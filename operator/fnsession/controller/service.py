@@ -1,14 +1,15 @@
 """The session service: binds sessions to instances, scales instances, expires and fences sessions.
 
-State lives in memory (:class:`~fnsession.core.registry.Registry`), fed by watch events and rebuilt
-from the API after a restart; the API server holds the truth (``status.instance`` of each session).
-One lock per Function serialises planning, so no instance ever takes more sessions than its limit
-however many creates arrive at once. One task serves every deadline (TTL, idle, scale-in, removal of
-expired records) from one heap: no timer or daemon per session.
+State lives in memory (:class:`~fnsession.core.registry.Registry`), seeded from one list of pods,
+Functions and sessions at start-up and then fed by watch events; the API server holds the truth
+(``status.instance`` of each session). One lock per Function covers every plan and registry change,
+with no ``await`` inside, so no instance ever takes more sessions than its limit however many
+creates arrive at once. After every ``await`` the session is checked again: it may have been
+deleted, fenced or expired meanwhile, and a status never moves backwards. One task serves every
+deadline (TTL, idle, scale-in, removal of expired records, checks after a restart) from one heap.
 
 Writes on the common path: the create handler's status patch (Active at once with a warm instance),
-one status patch when a Pending session's pod becomes Ready, one at expiry. Events go to the Events
-API, never to the session.
+one patch when a Pending session's pod becomes Ready, one at expiry. Events go to the Events API.
 """
 
 from __future__ import annotations
@@ -17,26 +18,28 @@ import asyncio
 import logging
 import secrets
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 from fnsession.api.function import FunctionSpec
-from fnsession.api.names import API_VERSION, SESSION
+from fnsession.api.names import FUNCTION, GROUP, SESSION, VERSION
 from fnsession.api.session import FunctionSessionSpec
+from fnsession.core import status as docs
 from fnsession.core.binding import Bind, CreateInstance, Wait, instance_for, instances_to_remove, next_scale_in, warm_deficit
 from fnsession.core.deadlines import DeadlineQueue, expire_deadline
 from fnsession.core.pods import LABEL_FUNCTION, LABEL_SESSION, instance_pod
-from fnsession.core.registry import FunctionState, Instance, Key, Registry
-from fnsession.core.status import condition, merge_conditions, parse_time, stamp
+from fnsession.core.registry import FunctionState, Instance, Key, Registry, Session
 from fnsession.core.storage import storage_violations
 from fnsession.kube import writes
 from fnsession.kube.client import Clients
 
 log = logging.getLogger(__name__)
-DeadlineKind = Literal["expire", "remove", "scale-in", "verify"]
-RESTORE_GRACE = timedelta(seconds=15)  # after a restart, how long a binding's pod has to show up in the watch
+DeadlineKind = Literal["expire", "remove", "scale-in", "verify", "sweep"]
 DeadlineKey = tuple[DeadlineKind, str, str]
+RESTORE_GRACE = timedelta(seconds=15)  # after start-up, how long a restored binding's pod has to show up
+ID_REUSE_REFUSAL = timedelta(days=3)   # FC: with disableSessionIdReuse an expired id is refused this long
+RETRY = timedelta(seconds=1)
 
 
 def now() -> datetime:
@@ -47,32 +50,6 @@ def now() -> datetime:
 class Config:
     tenant_init_image: str = "localhost/fnsession-tenant-init:dev"
     expired_retention: timedelta = timedelta(hours=1)
-
-
-@dataclass
-class Session:
-    """What the service keeps of one FunctionSession."""
-
-    namespace: str
-    name: str
-    uid: str
-    function: str
-    session_id: str
-    created: datetime
-    spec: FunctionSessionSpec
-    state: str = "Pending"
-    generation: int | None = None
-    last_activity: datetime | None = None
-    expired_at: datetime | None = None
-    conditions: list[dict[str, Any]] = field(default_factory=list)
-
-    @property
-    def key(self) -> Key:
-        return (self.namespace, self.name)
-
-    def ref(self) -> dict[str, Any]:
-        return {"apiVersion": API_VERSION, "kind": SESSION.kind,
-                "metadata": {"name": self.name, "namespace": self.namespace, "uid": self.uid}}
 
 
 class SessionService:
@@ -86,6 +63,39 @@ class SessionService:
         self.wake = asyncio.Event()
         self.function_status: dict[Key, dict[str, int]] = {}  # last written, to write only changes
 
+    def lock(self, fn: FunctionState) -> asyncio.Lock:
+        return self.locks[(fn.namespace, fn.name)]
+
+    def fn_of(self, session: Session) -> FunctionState:
+        return self.registry.function(session.namespace, session.function)
+
+    def live(self, session: Session) -> bool:
+        """Still the session we hold, and not over."""
+        return self.sessions.get(session.key) is session and session.state != "Expired"
+
+    # --- start-up -------------------------------------------------------------------------------
+
+    async def initial_sync(self) -> None:
+        """Seed the registry from one list of pods, Functions and sessions, before any handler runs,
+        so that planning after a restart sees every existing binding."""
+        pods = await self.clients.core.list_pod_for_all_namespaces(label_selector=LABEL_FUNCTION)
+        for pod in pods.items:
+            await self.pod_changed("ADDED", self.clients.api.sanitize_for_serialization(pod))
+        for fn in (await self.clients.custom.list_cluster_custom_object(GROUP, VERSION, FUNCTION.plural))["items"]:
+            state = self.registry.function(fn["metadata"]["namespace"], fn["metadata"]["name"])
+            state.spec, state.uid = FunctionSpec.model_validate(fn["spec"]), fn["metadata"]["uid"]
+        for body in (await self.clients.custom.list_cluster_custom_object(GROUP, VERSION, SESSION.plural))["items"]:
+            if (body.get("status") or {}).get("sessionStatus"):
+                self.restore(body)
+        for session in list(self.sessions.values()):  # pods that became Ready while we were away
+            fn = self.fn_of(session)
+            inst = fn.instance_of(session.name)
+            if session.state == "Pending" and inst is not None and inst.ready:
+                await self.guarded(self.activate(session, fn, inst), f"activating {session.name}")
+        self.deadlines.schedule(("sweep", "", ""), now() + RESTORE_GRACE)
+        self.wake.set()
+        log.info("initial sync: %d sessions, %d functions", len(self.sessions), len(self.registry.functions))
+
     # --- Functions ------------------------------------------------------------------------------
 
     async def function_changed(self, body: dict[str, Any]) -> None:
@@ -93,10 +103,13 @@ class SessionService:
         fn = self.registry.function(meta["namespace"], meta["name"])
         fn.spec = FunctionSpec.model_validate(body["spec"])
         fn.uid = meta["uid"]
+        for session in [s for s in self.sessions.values() if s.namespace == fn.namespace and s.function == fn.name]:
+            if session.state != "Expired":
+                self.schedule_expiry(session)  # the Function's default timeouts may have changed
         await self.ensure_warm(fn)
         await self.place_waiting(fn)
 
-    def function_deleted(self, namespace: str, name: str) -> None:
+    async def function_deleted(self, namespace: str, name: str) -> None:
         fn = self.registry.functions.get((namespace, name))
         if fn is not None:
             fn.spec = None  # its pods go with it (owner references); sessions stay as records
@@ -108,45 +121,52 @@ class SessionService:
         fn = self.registry.function(meta["namespace"], meta["labels"][LABEL_FUNCTION])
         name = meta["name"]
         if event_type == "DELETED" or meta.get("deletionTimestamp"):
-            lost = fn.instances.pop(name, None)
+            async with self.lock(fn):
+                lost = fn.instances.pop(name, None)
             if lost is not None and lost.sessions and not lost.deleting:
                 await self.rebind(fn, lost)
             return
-        inst = fn.instances.setdefault(name, Instance(name))
-        inst.seen = True
-        inst.exclusive_for = meta["labels"].get(LABEL_SESSION)
-        was_ready = inst.ready
-        inst.ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or [])
-        inst.ip, inst.node = status.get("podIP"), pod.get("spec", {}).get("nodeName")
-        statuses = status.get("containerStatuses") or []
-        inst.container_id = statuses[0].get("containerID") if statuses else None
-        if inst.ready and not was_ready:
-            for session_name in sorted(inst.sessions):
-                session = self.sessions.get((fn.namespace, session_name))
-                if session is not None and session.state == "Pending":
-                    await self.activate(session, fn, inst)
+        async with self.lock(fn):
+            inst = fn.instances.get(name)
+            if inst is None:
+                inst = fn.instances[name] = Instance(name, empty_since=now())
+            inst.seen = True
+            inst.exclusive_for = meta["labels"].get(LABEL_SESSION)
+            was_ready = inst.ready
+            inst.ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or [])
+            inst.ip, inst.node = status.get("podIP"), (pod.get("spec") or {}).get("nodeName")
+            statuses = status.get("containerStatuses") or []
+            inst.container_id = statuses[0].get("containerID") if statuses else None
+            waiting = sorted(inst.sessions) if inst.ready and not was_ready else []
+        for session_name in waiting:
+            session = self.sessions.get((fn.namespace, session_name))
+            if session is not None and session.state == "Pending":
+                await self.guarded(self.activate(session, fn, inst), f"activating {session_name}")
 
     async def rebind(self, fn: FunctionState, lost: Instance) -> None:
         """The instance went away under its sessions (deleted by someone, node gone): bind them again."""
         for session_name in sorted(lost.sessions):
             session = self.sessions.get((fn.namespace, session_name))
-            if session is None or session.state == "Expired":
+            if session is None or not self.live(session):
                 continue
             session.state = "Pending"
             await writes.post_event(self.clients, session.ref(), reason="InstanceLost", type_="Warning",
                                     message=f"instance {lost.name} is gone; binding the session again")
-            status = await self.place(session, fn, rebinding=lost.name)
-            await self.write_status(session, status)
+            await self.guarded(self.place_and_write(session, rebinding=lost.name), f"re-binding {session_name}")
 
     async def ensure_warm(self, fn: FunctionState) -> None:
         spec = fn.spec
-        if spec is None or spec.instance_isolation == "SESSION_EXCLUSIVE":
+        if spec is None or spec.instance_isolation == "SESSION_EXCLUSIVE" or spec.scaling.warm_instances == 0:
             return
-        async with self.locks[(fn.namespace, fn.name)]:
+        async with self.lock(fn):
             missing = warm_deficit(fn.loads(), spec.scaling.warm_instances, spec.scaling.max_instances)
             names = [self.new_instance(fn) for _ in range(missing)]
         for name in names:
-            await self.create_instance(fn, name)
+            try:
+                await self.create_instance(fn, name)
+            except Exception:
+                await self.instance_failed(fn, name)
+                raise
 
     def new_instance(self, fn: FunctionState, exclusive_for: str | None = None) -> str:
         name = f"{fn.name[:50]}-{secrets.token_hex(3)}"
@@ -155,59 +175,77 @@ class SessionService:
 
     async def create_instance(self, fn: FunctionState, name: str, session: Session | None = None) -> None:
         assert fn.spec is not None
+        policy = fn.spec.session_storage
         pod = instance_pod(function_name=fn.name, function_uid=fn.uid, namespace=fn.namespace, pod_name=name,
                            spec=fn.spec, session_name=session.name if session else None,
                            storage=session.spec.storage if session else None,
-                           tenant_init_image=self.config.tenant_init_image)
+                           tenant_init_image=(policy.tenant_init_image if policy else None) or self.config.tenant_init_image)
         await writes.create_pod(self.clients, pod)
         log.info("created instance %s/%s for Function %s", fn.namespace, name, fn.name)
 
-    # --- sessions: create and bind ------------------------------------------------------------------
+    async def instance_failed(self, fn: FunctionState, name: str) -> None:
+        """A pod we planned could not be created: forget it; sessions that reserved it bind again."""
+        async with self.lock(fn):
+            lost = fn.instances.pop(name, None)
+        if lost is not None and lost.sessions:
+            await self.rebind(fn, lost)
 
-    async def create_session(self, body: dict[str, Any]) -> dict[str, Any]:
-        """Bind a new session; returns the status to write (the create handler writes it in one patch)."""
-        meta = body["metadata"]
-        spec = FunctionSessionSpec.model_validate(body["spec"])
-        created = parse_time((body.get("status") or {}).get("createdTime")) or now()
-        session = Session(meta["namespace"], meta["name"], meta["uid"], spec.function_name,
-                          spec.session_id or meta["name"], created, spec, generation=meta.get("generation"))
-        self.sessions[session.key] = session
-        fn = self.registry.function(session.namespace, spec.function_name)
-        self.schedule_expiry(session, fn)
+    # --- sessions: admission, create and bind -------------------------------------------------------
 
+    def admission(self, session: Session, fn: FunctionState) -> tuple[str, str] | None:
+        """Why the session cannot take a slot now (reason, message), checked on every path that
+        places a session: first create, the waiting queue, re-binding, a restart."""
         if fn.spec is None:
-            fn.waiting.append(session.name)
-            message = (f"Function {spec.function_name} does not exist in namespace {session.namespace}; "
-                       f"the session binds when it is created")
-            await writes.post_event(self.clients, session.ref(), reason="FunctionNotFound", message=message, type_="Warning")
-            return self.pending_status(session, "FunctionNotFound", message)
-        problems = storage_violations(fn.name, fn.spec, spec.storage)
+            return "FunctionNotFound", (f"Function {session.function} does not exist in namespace {session.namespace}; "
+                                        f"the session binds when it is created")
+        problems = storage_violations(fn.name, fn.spec, session.spec.storage)
         if problems:
-            message = "; ".join(problems)
-            await writes.post_event(self.clients, session.ref(), reason="StorageNotAllowed", message=message, type_="Warning")
-            return self.pending_status(session, "StorageNotAllowed", message)
-        twin = self.live_twin(session)
-        if twin is not None:
-            message = (f"session id {session.session_id!r} is already live for Function {fn.name} "
-                       f"(FunctionSession {twin.name}); expire or delete it first")
-            await writes.post_event(self.clients, session.ref(), reason="DuplicateSessionId", message=message, type_="Warning")
-            return self.pending_status(session, "DuplicateSessionId", message)
-        return await self.place(session, fn)
-
-    def live_twin(self, session: Session) -> Session | None:
-        return next((s for s in self.sessions.values() if s is not session and s.namespace == session.namespace
+            return "StorageNotAllowed", "; ".join(problems)
+        twin = next((s for s in self.sessions.values() if s is not session and s.namespace == session.namespace
                      and s.function == session.function and s.session_id == session.session_id
                      and s.state != "Expired"), None)
+        if twin is not None:
+            return "DuplicateSessionId", (f"session id {session.session_id!r} is already live for Function {fn.name} "
+                                          f"(FunctionSession {twin.name}); expire or delete it first")
+        return None
 
-    async def place(self, session: Session, fn: FunctionState, rebinding: str | None = None) -> dict[str, Any]:
+    async def create_session(self, body: dict[str, Any]) -> dict[str, Any] | None:
+        """Bind a new session; returns the status for the create handler to write in one patch."""
+        meta = body["metadata"]
+        key = (meta["namespace"], meta["name"])
+        spec = FunctionSessionSpec.model_validate(body["spec"])
+        known = self.sessions.get(key)
+        if known is not None and known.uid == meta["uid"] and known.last_status is not None:
+            return known.last_status  # a retried handler: the session is placed already
+        session = Session(meta["namespace"], meta["name"], meta["uid"], spec.function_name,
+                          spec.session_id or meta["name"], now(), spec, generation=meta.get("generation"))
+        self.sessions[key] = session
+        self.schedule_expiry(session)
+        if spec.fenced:
+            await self.expire(key, "Fenced", write=False)
+            return session.last_status
+        return await self.place(session)
+
+    async def place(self, session: Session, rebinding: str | None = None) -> dict[str, Any] | None:
+        """Take a slot for the session (or queue it); returns its status document, None if it died."""
+        fn = self.fn_of(session)
+        refusal = self.admission(session, fn)
+        if refusal is not None:
+            reason, message = refusal
+            async with self.lock(fn):
+                if reason == "FunctionNotFound" and session.name not in fn.waiting:
+                    fn.waiting.append(session.name)
+            await writes.post_event(self.clients, session.ref(), reason=reason, message=message, type_="Warning")
+            return self.pending_doc(session, reason, message)
         assert fn.spec is not None
-        spec = fn.spec
-        create: str | None = None
-        async with self.locks[(fn.namespace, fn.name)]:
+        spec, create = fn.spec, None
+        async with self.lock(fn):
+            if not self.live(session):
+                return None
             if spec.instance_isolation == "SESSION_EXCLUSIVE":
-                live = sum(1 for i in fn.instances.values() if not i.deleting)
-                plan: Bind | CreateInstance | Wait = CreateInstance() if live < spec.scaling.max_instances else Wait(
-                    "MaxInstancesReached", f"{live} instances exist and spec.scaling.maxInstances is {spec.scaling.max_instances}")
+                count = sum(1 for i in fn.instances.values() if not i.deleting)
+                plan: Bind | CreateInstance | Wait = CreateInstance() if count < spec.scaling.max_instances else Wait(
+                    "MaxInstancesReached", f"{count} instances exist and spec.scaling.maxInstances is {spec.scaling.max_instances}")
             else:
                 plan = instance_for(fn.loads(), spec.sessions_per_instance, spec.scaling.max_instances)
             if isinstance(plan, CreateInstance):
@@ -215,46 +253,69 @@ class SessionService:
                 create = self.new_instance(fn, exclusive_for=exclusive)
                 plan = Bind(create, ready=False)
             if isinstance(plan, Wait):
-                fn.waiting.append(session.name)
+                if session.name not in fn.waiting:
+                    fn.waiting.append(session.name)
                 inst = None
             else:
                 inst = fn.take_slot(plan.instance, session.name)
         if isinstance(plan, Wait):
             await writes.post_event(self.clients, session.ref(), reason=plan.reason, message=plan.message, type_="Warning")
-            return self.pending_status(session, plan.reason, plan.message)
+            return self.pending_doc(session, plan.reason, plan.message)
         assert inst is not None
         if create is not None:
             try:
-                await self.create_instance(fn, create, session if spec.instance_isolation == "SESSION_EXCLUSIVE" else None)
+                await self.create_instance(fn, create, session if inst.exclusive_for else None)
             except Exception:
-                async with self.locks[(fn.namespace, fn.name)]:
+                async with self.lock(fn):
                     fn.release(session.name, now())
-                    fn.instances.pop(create, None)
+                await self.instance_failed(fn, create)
                 raise
-            await writes.post_event(self.clients, session.ref(), reason="ScaledOut",
-                                    message=f"created instance {create} for this session")
+            if not self.live(session):  # deleted or fenced while its pod was being created
+                await self.after_release(fn, self.release(fn, session), fence=True)
+                return None
+            await writes.post_event(self.clients, session.ref(), reason="ScaledOut", message=f"created instance {create} for this session")
+        await self.ensure_warm(fn)
+        if not self.live(session):
+            return None
         if inst.ready:
             session.state = "Active"
             await writes.post_event(self.clients, session.ref(), reason="Bound", message=self.bound_message(inst, rebinding))
-            return self.active_status(session, fn, inst)
-        return self.pending_status(session, "InstanceStarting", f"bound to instance {inst.name}, waiting for it to be Ready",
-                                   bound=True, inst=inst)
+            return self.active_doc(session, fn, inst)
+        return self.pending_doc(session, "InstanceStarting", f"bound to instance {inst.name}, waiting for it to be Ready", instance=inst)
+
+    def release(self, fn: FunctionState, session: Session) -> Instance | None:
+        """Free the session's slot (no await: callers hold or need no lock)."""
+        return fn.release(session.name, now())
+
+    async def place_and_write(self, session: Session, rebinding: str | None = None) -> None:
+        doc = await self.place(session, rebinding)
+        if doc is not None:
+            await self.write_status(session, doc)
 
     async def place_waiting(self, fn: FunctionState) -> None:
-        while fn.waiting and fn.spec is not None:
-            session = self.sessions.get((fn.namespace, fn.waiting[0]))
-            if session is None or session.state == "Expired":
-                fn.waiting.popleft()
+        while fn.spec is not None:
+            async with self.lock(fn):
+                if not fn.waiting:
+                    return
+                name = fn.waiting.popleft()
+            session = self.sessions.get((fn.namespace, name))
+            if session is None or not self.live(session):
                 continue
-            fn.waiting.popleft()
-            status = await self.place(session, fn)
-            await self.write_status(session, status)
-            if session.name in fn.waiting:  # still no room
-                break
+            try:
+                await self.place_and_write(session)
+            except Exception:
+                async with self.lock(fn):
+                    if name not in fn.waiting and fn.instance_of(name) is None:
+                        fn.waiting.appendleft(name)
+                raise
+            if name in fn.waiting:  # still no room
+                return
 
     async def activate(self, session: Session, fn: FunctionState, inst: Instance) -> None:
+        if not self.live(session) or session.state != "Pending" or fn.spec is None:
+            return
         session.state = "Active"
-        await self.write_status(session, self.active_status(session, fn, inst))
+        await self.write_status(session, self.active_doc(session, fn, inst))
         await writes.post_event(self.clients, session.ref(), reason="Bound", message=self.bound_message(inst, None))
 
     @staticmethod
@@ -262,66 +323,51 @@ class SessionService:
         where = f"instance {inst.name} ({inst.ip} on {inst.node})"
         return f"re-bound to {where} after losing {rebinding}" if rebinding else f"bound to {where}"
 
-    # --- status documents ----------------------------------------------------------------------------
+    # --- status documents ---------------------------------------------------------------------------
 
-    def base_status(self, session: Session, fn: FunctionState | None = None) -> dict[str, Any]:
-        at = now()
-        fn = fn or self.registry.functions.get((session.namespace, session.function))
-        status: dict[str, Any] = {
-            "sessionId": session.session_id, "createdTime": stamp(session.created), "lastModifiedTime": stamp(at),
-            "observedGeneration": session.generation,
-        }
-        if fn is not None and fn.spec is not None:
-            status["sessionAffinityType"] = fn.spec.session_affinity
-        deadline = self.deadlines.deadline(("expire", session.namespace, session.name))
-        if deadline is not None:
-            status["expireTime"] = stamp(deadline)
-        return status
+    def _context(self, session: Session) -> tuple[datetime, str | None, datetime | None]:
+        fn = self.registry.functions.get((session.namespace, session.function))
+        affinity = fn.spec.session_affinity if fn is not None and fn.spec is not None else None
+        return now(), affinity, self.deadlines.deadline(("expire", *session.key))
 
-    def with_conditions(self, session: Session, status: dict[str, Any], new: list[dict[str, Any]]) -> dict[str, Any]:
-        session.conditions = merge_conditions(session.conditions, new)
-        return {**status, "conditions": session.conditions}
+    def pending_doc(self, session: Session, reason: str, message: str, instance: Instance | None = None) -> dict[str, Any]:
+        session.last_status = docs.pending(session, *self._context(session), reason, message, instance=instance)
+        return session.last_status
 
-    def pending_status(self, session: Session, reason: str, message: str, *, bound: bool = False,
-                       inst: Instance | None = None) -> dict[str, Any]:
-        at, gen = now(), session.generation
-        status = {**self.base_status(session), "sessionStatus": "Pending"}
-        if inst is not None:
-            status["instance"] = {"podName": inst.name}
-        return self.with_conditions(session, status, [
-            condition("Bound", bound, reason, message, at, gen),
-            condition("Ready", False, reason, message, at, gen),
-        ])
-
-    def active_status(self, session: Session, fn: FunctionState, inst: Instance) -> dict[str, Any]:
-        at, gen = now(), session.generation
+    def active_doc(self, session: Session, fn: FunctionState, inst: Instance) -> dict[str, Any]:
         assert fn.spec is not None
-        status = {**self.base_status(session, fn), "sessionStatus": "Active", "instance": {
-            "podName": inst.name, "podIP": inst.ip, "port": fn.spec.port, "containerId": inst.container_id,
-            "node": inst.node}}
-        message = f"bound to instance {inst.name}"
-        return self.with_conditions(session, status, [
-            condition("Bound", True, "InstanceReady", message, at, gen),
-            condition("Ready", True, "InstanceReady", message, at, gen),
-        ])
+        session.last_status = docs.active(session, *self._context(session), inst, fn.spec.port)
+        return session.last_status
 
-    async def write_status(self, session: Session, status: dict[str, Any]) -> None:
-        await writes.patch_session_status(self.clients, session.namespace, session.name, status)
+    async def write_status(self, session: Session, doc: dict[str, Any]) -> None:
+        """Write a status document, unless it would move the session backwards (a late writer)."""
+        if doc["sessionStatus"] != session.state:
+            return  # the session moved on (expired, fenced, re-bound) while this document was prepared
+        await writes.patch_session_status(self.clients, session.namespace, session.name, doc)
 
     # --- lifecycle: activity, updates, fencing, expiry, deletion ----------------------------------
 
-    def timeouts(self, session: Session, fn: FunctionState | None) -> tuple[int, int]:
-        defaults = fn.spec.session_affinity_config if fn is not None and fn.spec is not None else None
-        ttl = session.spec.session_ttl_in_seconds or (defaults.session_ttl_in_seconds if defaults else 21600)
-        idle = session.spec.session_idle_timeout_in_seconds
-        if idle is None:
-            idle = defaults.session_idle_timeout_in_seconds if defaults else 1800
+    def timeouts(self, session: Session) -> tuple[int, int] | None:
+        """(ttl, idle) in force, or None while the Function (and so its defaults) is unknown."""
+        fn = self.registry.functions.get((session.namespace, session.function))
+        spec = session.spec
+        if fn is None or fn.spec is None:
+            if spec.session_ttl_in_seconds is None or spec.session_idle_timeout_in_seconds is None:
+                return None
+            return spec.session_ttl_in_seconds, min(spec.session_idle_timeout_in_seconds, spec.session_ttl_in_seconds)
+        defaults = fn.spec.session_affinity_config
+        ttl = spec.session_ttl_in_seconds or defaults.session_ttl_in_seconds
+        idle = spec.session_idle_timeout_in_seconds
+        idle = defaults.session_idle_timeout_in_seconds if idle is None else idle
         return ttl, min(idle, ttl)
 
-    def schedule_expiry(self, session: Session, fn: FunctionState | None) -> None:
-        ttl, idle = self.timeouts(session, fn)
-        expiry = expire_deadline(session.created, ttl, session.last_activity, idle)
-        key: DeadlineKey = ("expire", session.namespace, session.name)
+    def schedule_expiry(self, session: Session) -> None:
+        timeouts = self.timeouts(session)
+        key: DeadlineKey = ("expire", *session.key)
+        if timeouts is None:
+            self.deadlines.cancel(key)  # scheduled once the Function says what its defaults are
+            return
+        expiry = expire_deadline(session.created, timeouts[0], session.last_activity, timeouts[1])
         if self.deadlines.deadline(key) != expiry.at:
             self.deadlines.schedule(key, expiry.at)
             self.wake.set()
@@ -329,107 +375,134 @@ class SessionService:
     async def session_observed(self, event_type: str, body: dict[str, Any]) -> None:
         """Every watch event of a FunctionSession: keep deadlines in step with the API (timeouts
         updated, activity recorded by the gateway), fence on ``spec.fenced``, release on deletion,
-        and after a restart take the bindings back from ``status``."""
+        and repair a status that a late writer moved backwards."""
         meta, status = body["metadata"], body.get("status") or {}
         key = (meta["namespace"], meta["name"])
         if event_type == "DELETED":
             await self.session_deleted(key)
             return
         session = self.sessions.get(key)
-        if session is None:
+        if session is None or session.uid != meta["uid"]:
             if not status.get("sessionStatus"):
                 return  # not handled yet: the create handler binds it
             session = self.restore(body)
-            fn = self.registry.function(session.namespace, session.function)
-            inst = fn.instance_of(session.name)
-            if session.state == "Pending" and inst is not None and inst.ready and fn.spec is not None:
-                await self.activate(session, fn, inst)  # its pod became Ready while we were away
         session.spec = FunctionSessionSpec.model_validate(body["spec"])
-        updated = meta.get("generation") != session.generation
         session.generation = meta.get("generation")
-        session.last_activity = parse_time(status.get("lastActivityTime")) or session.last_activity
-        if session.state == "Expired":
-            return
-        if session.spec.fenced:
+        session.last_activity = docs.parse_time(status.get("lastActivityTime")) or session.last_activity
+        if session.spec.fenced and session.state != "Expired":
             await self.expire(key, "Fenced")
             return
-        self.schedule_expiry(session, self.registry.functions.get((session.namespace, session.function)))
-        if updated and status.get("observedGeneration") != session.generation:
+        written = status.get("sessionStatus")
+        if written and session.last_status is not None and docs.ORDER.get(written, 0) < docs.ORDER[session.state]:
+            await writes.patch_session_status(self.clients, session.namespace, session.name, session.last_status)
+        if session.state == "Expired":
+            return
+        fn = self.fn_of(session)
+        inst = fn.instance_of(session.name)
+        if session.state == "Pending" and inst is not None and inst.ready and fn.spec is not None:
+            await self.activate(session, fn, inst)  # its pod became Ready while we were away
+        self.schedule_expiry(session)
+        if status.get("observedGeneration") != session.generation and session.last_status is not None:
             # the timeouts changed: they take effect at once (the deadline above), and status says so
-            await self.write_status(session, self.base_status(session))
+            doc = {**session.last_status, **docs.base(session, *self._context(session))}
+            session.last_status = doc
+            await self.write_status(session, doc)
 
     def restore(self, body: dict[str, Any]) -> Session:
+        """A session that was handled before this process started: take its binding back."""
         meta, status = body["metadata"], body.get("status") or {}
         spec = FunctionSessionSpec.model_validate(body["spec"])
         session = Session(meta["namespace"], meta["name"], meta["uid"], spec.function_name,
                           status.get("sessionId") or spec.session_id or meta["name"],
-                          parse_time(status.get("createdTime")) or now(), spec, state=status["sessionStatus"],
-                          generation=meta.get("generation"), conditions=list(status.get("conditions") or []))
+                          docs.parse_time(status.get("createdTime")) or now(), spec, state=status["sessionStatus"],
+                          generation=status.get("observedGeneration"), conditions=list(status.get("conditions") or []),
+                          last_activity=docs.parse_time(status.get("lastActivityTime")), last_status=dict(status))
+        session.last_status.pop("kopf", None)
         self.sessions[session.key] = session
-        fn = self.registry.function(session.namespace, session.function)
+        fn = self.fn_of(session)
         pod = (status.get("instance") or {}).get("podName")
+        bound_reason = next((c.get("reason") for c in session.conditions if c.get("type") == "Bound"), None)
         if session.state == "Expired":
-            session.expired_at = parse_time(status.get("lastModifiedTime")) or now()
-            self.deadlines.schedule(("remove", *session.key), session.expired_at + self.config.expired_retention)
+            session.expired_at = docs.parse_time(status.get("expireTime")) or now()
+            self.schedule_removal(session)
         elif pod:
             fn.take_slot(pod, session.name)
             # the pod may have gone while the operator was down: if no watch event shows it, re-bind
             self.deadlines.schedule(("verify", *session.key), now() + RESTORE_GRACE)
-            self.wake.set()
-        else:
-            fn.waiting.append(session.name)
+        elif bound_reason in ("FunctionNotFound", "MaxInstancesReached", "InstanceStarting", None):
+            fn.waiting.append(session.name)  # refused sessions (storage, duplicate id) stay refused
+        if session.state != "Expired":
+            self.schedule_expiry(session)
+        self.wake.set()
         return session
 
     async def verify_binding(self, namespace: str, name: str) -> None:
         """A binding restored from status whose pod never appeared in the watch: the pod is gone."""
         session = self.sessions.get((namespace, name))
-        if session is None or session.state == "Expired":
+        if session is None or not self.live(session):
             return
-        fn = self.registry.function(namespace, session.function)
+        fn = self.fn_of(session)
         inst = fn.instance_of(name)
         if inst is not None and not inst.seen:
-            fn.instances.pop(inst.name, None)
+            async with self.lock(fn):
+                fn.instances.pop(inst.name, None)
             await self.rebind(fn, inst)
 
-    async def expire(self, key: Key, reason: str) -> None:
+    async def expire(self, key: Key, reason: str, *, write: bool = True) -> None:
+        """End the session: status Expired (written first, so a failed write is retried whole),
+        slot released, an exclusive instance deleted (at once when fenced), waiters placed."""
         session = self.sessions.get(key)
         if session is None or session.state == "Expired":
             return
         at = now()
-        session.state, session.expired_at = "Expired", at
+        _, affinity, _ = self._context(session)
+        doc = docs.expired(session, at, affinity, reason)
+        if write:
+            try:
+                await writes.patch_session_status(self.clients, session.namespace, session.name, doc)
+            except Exception:
+                self.deadlines.schedule(("expire", *key), now() + RETRY)
+                self.wake.set()
+                raise
+        session.state, session.expired_at, session.expiry_reason, session.last_status = "Expired", at, reason, doc
         self.deadlines.cancel(("expire", *key))
-        fn = self.registry.function(session.namespace, session.function)
-        async with self.locks[(fn.namespace, fn.name)]:
+        fn = self.fn_of(session)
+        async with self.lock(fn):
             inst = fn.release(session.name, at)
-        messages = {"TTL": "the session reached its TTL", "IdleTimeout": "the session was idle for its idle timeout",
-                    "Fenced": "the session was fenced (spec.fenced)"}
-        status = {**self.base_status(session, fn), "sessionStatus": "Expired", "expireTime": stamp(at)}
-        status = self.with_conditions(session, status, [
-            condition("Expired", True, reason, messages[reason], at, session.generation),
-            condition("Ready", False, reason, messages[reason], at, session.generation),
-        ])
-        await self.write_status(session, status)
-        await writes.post_event(self.clients, session.ref(), reason="Expired", message=f"{messages[reason]} ({reason})")
-        self.deadlines.schedule(("remove", *key), at + self.config.expired_retention)
+        await writes.post_event(self.clients, session.ref(), reason="Expired", message=f"{docs.EXPIRY_MESSAGES[reason]} ({reason})")
+        self.schedule_removal(session)
         await self.after_release(fn, inst, fence=reason == "Fenced")
+
+    def schedule_removal(self, session: Session) -> None:
+        keep = self.config.expired_retention
+        if session.spec.disable_session_id_reuse:
+            keep = max(keep, ID_REUSE_REFUSAL)  # the record is what refuses the id
+        self.deadlines.schedule(("remove", *session.key), (session.expired_at or now()) + keep)
+        self.wake.set()
 
     async def session_deleted(self, key: Key) -> None:
         session = self.sessions.pop(key, None)
-        self.deadlines.cancel(("expire", *key))
-        self.deadlines.cancel(("remove", *key))
+        for kind in ("expire", "remove", "verify"):
+            self.deadlines.cancel((kind, *key))  # type: ignore[arg-type]
         if session is None:
             return
-        fn = self.registry.function(session.namespace, session.function)
-        async with self.locks[(fn.namespace, fn.name)]:
+        fn = self.fn_of(session)
+        async with self.lock(fn):
             inst = fn.release(session.name, now())
         await self.after_release(fn, inst, fence=True)
 
     async def after_release(self, fn: FunctionState, inst: Instance | None, *, fence: bool) -> None:
-        """A slot came free: an exclusive instance goes (at once when fencing), a shared one may
-        scale in later, and a waiting session may take the slot."""
+        """A slot came free: an exclusive instance goes (at once when fencing), an empty shared one
+        may scale in later, and a waiting session may take the slot."""
         if inst is not None and inst.exclusive_for is not None:
             inst.deleting = True
-            await writes.delete_pod(self.clients, fn.namespace, inst.name, grace_seconds=0 if fence else None)
+            try:
+                await writes.delete_pod(self.clients, fn.namespace, inst.name, grace_seconds=0 if fence else None)
+            except Exception:
+                inst.deleting = False
+                self.deadlines.schedule(("sweep", "", ""), now() + RETRY)  # the sweep deletes it later
+                self.wake.set()
+                raise
         elif inst is not None and not inst.sessions and fn.spec is not None:
             self.schedule_scale_in(fn)
         await self.place_waiting(fn)
@@ -446,21 +519,34 @@ class SessionService:
         if fn is None or fn.spec is None:
             return
         delay = timedelta(seconds=fn.spec.scaling.scale_in_delay_seconds)
-        async with self.locks[(namespace, name)]:
+        async with self.lock(fn):
             doomed = instances_to_remove(fn.loads(), fn.spec.scaling.warm_instances, delay, now())
             for pod in doomed:
                 fn.instances[pod].deleting = True
         for pod in doomed:
-            await writes.delete_pod(self.clients, namespace, pod)
-            log.info("scaled in instance %s/%s (empty for %ss)", namespace, pod, delay.total_seconds())
+            try:
+                await writes.delete_pod(self.clients, namespace, pod)
+                log.info("scaled in instance %s/%s (empty for %ss)", namespace, pod, delay.total_seconds())
+            except Exception:
+                log.exception("scaling in %s/%s failed; retrying", namespace, pod)
+                fn.instances[pod].deleting = False
         self.schedule_scale_in(fn)
+        await self.ensure_warm(fn)
+
+    async def sweep(self) -> None:
+        """Exclusive instances whose session is gone or over (deleted while the operator was down, or
+        a delete that failed): remove them."""
+        for fn in list(self.registry.functions.values()):
+            for inst in list(fn.instances.values()):
+                owner = self.sessions.get((fn.namespace, inst.exclusive_for or ""))
+                if inst.exclusive_for and inst.seen and not inst.deleting and (owner is None or not self.live(owner)):
+                    async with self.lock(fn):
+                        inst.deleting = True
+                    await writes.delete_pod(self.clients, fn.namespace, inst.name, grace_seconds=0)
 
     async def remove_record(self, namespace: str, name: str) -> None:
-        try:
-            await self.clients.custom.delete_namespaced_custom_object(
-                "fnsession.dev", "v1alpha1", namespace, SESSION.plural, name)
-        except Exception as exc:  # noqa: BLE001 - gone already, or retried at the next start
-            log.debug("removing expired session %s/%s: %s", namespace, name, exc)
+        """An expired session past its retention: the record goes (a watch event then forgets it)."""
+        await writes.delete_session(self.clients, namespace, name)
 
     # --- Function status, written coarsely -----------------------------------------------------------
 
@@ -479,7 +565,7 @@ class SessionService:
                 continue
             try:
                 await self.clients.custom.patch_namespaced_custom_object_status(
-                    "fnsession.dev", "v1alpha1", fn.namespace, "functions", fn.name, {"status": counts},
+                    GROUP, VERSION, fn.namespace, FUNCTION.plural, fn.name, {"status": counts},
                     _content_type=writes.MERGE_PATCH)
                 self.function_status[key] = counts
             except Exception as exc:  # noqa: BLE001 - retried at the next flush
@@ -493,6 +579,13 @@ class SessionService:
 
     # --- the one deadline task ---------------------------------------------------------------------
 
+    async def guarded(self, work: Any, what: str) -> None:
+        """Run one piece of work of a loop; a failure is logged and does not stop the others."""
+        try:
+            await work
+        except Exception:
+            log.exception("%s failed", what)
+
     async def run_deadlines(self) -> None:
         while True:
             upcoming = self.deadlines.next_at()
@@ -504,19 +597,33 @@ class SessionService:
             self.wake.clear()
             for kind, namespace, name in self.deadlines.pop_due(now()):
                 try:
-                    if kind == "expire":
-                        session = self.sessions.get((namespace, name))
-                        if session is not None:
-                            fn = self.registry.functions.get((namespace, session.function))
-                            ttl, idle = self.timeouts(session, fn)
-                            reason = expire_deadline(session.created, ttl, session.last_activity, idle).reason
-                            await self.expire((namespace, name), reason)
-                    elif kind == "scale-in":
-                        await self.scale_in(namespace, name)
-                    elif kind == "verify":
-                        await self.verify_binding(namespace, name)
-                    else:
-                        await self.remove_record(namespace, name)
+                    await self.deadline_due(kind, namespace, name)
                 except Exception:  # one failed deadline must not stop the others
                     log.exception("deadline %s for %s/%s failed; retrying in 1 s", kind, namespace, name)
-                    self.deadlines.schedule((kind, namespace, name), now() + timedelta(seconds=1))
+                    if self.deadlines.deadline((kind, namespace, name)) is None:
+                        self.deadlines.schedule((kind, namespace, name), now() + RETRY)
+
+    async def deadline_due(self, kind: DeadlineKind, namespace: str, name: str) -> None:
+        if kind == "expire":
+            session = self.sessions.get((namespace, name))
+            if session is None or session.state == "Expired":
+                return
+            if session.spec.fenced:
+                await self.expire(session.key, "Fenced")
+                return
+            timeouts = self.timeouts(session)
+            if timeouts is None:
+                return
+            expiry = expire_deadline(session.created, timeouts[0], session.last_activity, timeouts[1])
+            if expiry.at > now():  # moved since it was scheduled (activity, an update): not yet
+                self.deadlines.schedule(("expire", namespace, name), expiry.at)
+                return
+            await self.expire(session.key, expiry.reason)
+        elif kind == "scale-in":
+            await self.scale_in(namespace, name)
+        elif kind == "verify":
+            await self.verify_binding(namespace, name)
+        elif kind == "sweep":
+            await self.sweep()
+        else:
+            await self.remove_record(namespace, name)

@@ -10,8 +10,11 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 from fnsession.api.function import FunctionSpec
+from fnsession.api.names import API_VERSION, SESSION
+from fnsession.api.session import FunctionSessionSpec
 from fnsession.core.binding import InstanceLoad
 
 Key = tuple[str, str]  # (namespace, name)
@@ -77,3 +80,31 @@ class Registry:
     def known_function(self, namespace: str, name: str) -> FunctionState | None:
         state = self.functions.get((namespace, name))
         return state if state is not None and state.spec is not None else None
+
+
+@dataclass
+class Session:
+    """What the operator keeps of one FunctionSession (its spec, its place in the lifecycle)."""
+
+    namespace: str
+    name: str
+    uid: str
+    function: str
+    session_id: str
+    created: datetime
+    spec: FunctionSessionSpec
+    state: str = "Pending"
+    generation: int | None = None
+    last_activity: datetime | None = None
+    expired_at: datetime | None = None
+    expiry_reason: str | None = None
+    conditions: list[dict[str, Any]] = field(default_factory=list)
+    last_status: dict[str, Any] | None = None  # the last document written (or handed to kopf)
+
+    @property
+    def key(self) -> Key:
+        return (self.namespace, self.name)
+
+    def ref(self) -> dict[str, Any]:
+        return {"apiVersion": API_VERSION, "kind": SESSION.kind,
+                "metadata": {"name": self.name, "namespace": self.namespace, "uid": self.uid}}

@@ -1,12 +1,20 @@
-"""FunctionSession status documents: timestamps with sub-second precision, conditions as the API
-conventions define them, and the lifecycle's one-way order (Pending → Active → Expired)."""
+"""FunctionSession status documents, as pure functions: timestamps with sub-second precision,
+conditions as the API conventions define them, and the lifecycle's one-way order
+(Pending → Active → Expired)."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
 from typing import Any
 
-ORDER = {"Pending": 0, "Active": 1, "Expired": 2, "Deleted": 3}
+from fnsession.core.registry import Instance, Session
+
+ORDER = {"Pending": 0, "Active": 1, "Expired": 2}
+EXPIRY_MESSAGES = {
+    "TTL": "the session reached its TTL",
+    "IdleTimeout": "the session was idle for its idle timeout",
+    "Fenced": "the session was fenced (spec.fenced)",
+}
 
 
 def stamp(at: datetime) -> str:
@@ -21,8 +29,8 @@ def parse_time(value: str | None) -> datetime | None:
 
 
 def condition(type_: str, status: bool, reason: str, message: str, at: datetime, generation: int | None) -> dict[str, Any]:
-    out = {"type": type_, "status": "True" if status else "False", "reason": reason, "message": message,
-           "lastTransitionTime": stamp(at)}
+    out: dict[str, Any] = {"type": type_, "status": "True" if status else "False", "reason": reason,
+                           "message": message, "lastTransitionTime": stamp(at)}
     if generation is not None:
         out["observedGeneration"] = generation
     return out
@@ -41,3 +49,49 @@ def merge_conditions(old: list[dict[str, Any]] | None, new: list[dict[str, Any]]
 
 def moves_forward(current: str | None, new: str) -> bool:
     return ORDER[new] >= ORDER.get(current or "Pending", 0)
+
+
+def base(session: Session, at: datetime, affinity: str | None, expire_at: datetime | None) -> dict[str, Any]:
+    out: dict[str, Any] = {"sessionId": session.session_id, "createdTime": stamp(session.created),
+                           "lastModifiedTime": stamp(at), "observedGeneration": session.generation}
+    if affinity:
+        out["sessionAffinityType"] = affinity
+    if expire_at is not None:
+        out["expireTime"] = stamp(expire_at)
+    return out
+
+
+def _with(session: Session, doc: dict[str, Any], conditions: list[dict[str, Any]]) -> dict[str, Any]:
+    session.conditions = merge_conditions(session.conditions, conditions)
+    return {**doc, "conditions": session.conditions}
+
+
+NO_INSTANCE = {"podName": None, "podIP": None, "port": None, "containerId": None, "node": None}
+
+
+def pending(session: Session, at: datetime, affinity: str | None, expire_at: datetime | None, reason: str,
+            message: str, *, instance: Instance | None = None) -> dict[str, Any]:
+    """Not bound to a Ready instance. ``instance``: a slot reserved on a starting one. Unset instance
+    fields are written as null, so a merge patch removes what an earlier binding left."""
+    doc = {**base(session, at, affinity, expire_at), "sessionStatus": "Pending",
+           "instance": {**NO_INSTANCE, "podName": instance.name} if instance else NO_INSTANCE}
+    gen = session.generation
+    return _with(session, doc, [condition("Bound", instance is not None, reason, message, at, gen),
+                                condition("Ready", False, reason, message, at, gen)])
+
+
+def active(session: Session, at: datetime, affinity: str | None, expire_at: datetime | None, instance: Instance,
+           port: int) -> dict[str, Any]:
+    doc = {**base(session, at, affinity, expire_at), "sessionStatus": "Active", "instance": {
+        "podName": instance.name, "podIP": instance.ip, "port": port, "containerId": instance.container_id,
+        "node": instance.node}}
+    message, gen = f"bound to instance {instance.name}", session.generation
+    return _with(session, doc, [condition("Bound", True, "InstanceReady", message, at, gen),
+                                condition("Ready", True, "InstanceReady", message, at, gen)])
+
+
+def expired(session: Session, at: datetime, affinity: str | None, reason: str) -> dict[str, Any]:
+    doc = {**base(session, at, affinity, at), "sessionStatus": "Expired"}
+    message, gen = EXPIRY_MESSAGES[reason], session.generation
+    return _with(session, doc, [condition("Expired", True, reason, message, at, gen),
+                                condition("Ready", False, reason, message, at, gen)])

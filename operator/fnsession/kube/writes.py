@@ -32,6 +32,16 @@ async def patch_session_status(clients: Clients, namespace: str, name: str, stat
         raise
 
 
+async def delete_session(clients: Clients, namespace: str, name: str) -> bool:
+    try:
+        await clients.custom.delete_namespaced_custom_object(GROUP, VERSION, namespace, SESSION.plural, name)
+        return True
+    except ApiException as exc:
+        if exc.status == 404:
+            return False
+        raise
+
+
 async def create_pod(clients: Clients, pod: dict[str, Any]) -> None:
     await clients.core.create_namespaced_pod(pod["metadata"]["namespace"], pod)
 
@@ -62,5 +72,5 @@ async def post_event(clients: Clients, obj: dict[str, Any], *, reason: str, mess
     }
     try:
         await clients.core.create_namespaced_event(meta["namespace"], body)
-    except ApiException as exc:  # pragma: no cover - depends on RBAC and API server health
-        log.warning("could not post Event %s on %s/%s: %s", reason, meta["namespace"], meta["name"], exc.reason)
+    except Exception as exc:  # noqa: BLE001 - RBAC, API server health, timeouts: never fail the work
+        log.warning("could not post Event %s on %s/%s: %s", reason, meta["namespace"], meta["name"], getattr(exc, "reason", exc))

@@ -1,0 +1,162 @@
+"""The session service's races and refusals, replayed in memory: the calls to the API (fnsession.kube.
+writes) are recorded instead of sent. The same behaviour on a real cluster is in
+tests/integration/test_operator.py; these cases need an exact interleaving a cluster cannot force."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+from typing import Any
+
+import pytest
+
+from fnsession.controller import service as svc
+from fnsession.controller.service import Config, SessionService
+from tests.cases import GOOD_EXCLUSIVE_FUNCTION, GOOD_FUNCTION, GOOD_SESSION
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, Any]] = []
+        self.fail_creates = 0  # how many of the next pod creates fail
+        self.gate: asyncio.Event | None = None  # when set, create_pod waits on it
+
+    async def patch_session_status(self, clients: Any, ns: str, name: str, status: dict[str, Any]) -> bool:
+        self.calls.append(("status", (name, status["sessionStatus"])))
+        return True
+
+    async def create_pod(self, clients: Any, pod: dict[str, Any]) -> None:
+        if self.gate is not None:
+            await self.gate.wait()
+        if self.fail_creates:
+            self.fail_creates -= 1
+            raise RuntimeError("API server said no")
+        self.calls.append(("create_pod", pod))
+
+    async def delete_pod(self, clients: Any, ns: str, name: str, *, grace_seconds: int | None = None) -> bool:
+        self.calls.append(("delete_pod", (name, grace_seconds)))
+        return True
+
+    async def post_event(self, clients: Any, obj: dict[str, Any], *, reason: str, message: str, type_: str = "Normal") -> None:
+        self.calls.append(("event", (obj["metadata"]["name"], reason)))
+
+    async def delete_session(self, clients: Any, ns: str, name: str) -> bool:
+        return True
+
+    def of(self, kind: str) -> list[Any]:
+        return [c for k, c in self.calls if k == kind]
+
+
+@pytest.fixture
+def rec(monkeypatch: pytest.MonkeyPatch) -> Recorder:
+    r = Recorder()
+    for name in ("patch_session_status", "create_pod", "delete_pod", "post_event", "delete_session"):
+        monkeypatch.setattr(svc.writes, name, getattr(r, name))
+    return r
+
+
+def body(doc: dict[str, Any], name: str, ns: str = "ns", **spec: Any) -> dict[str, Any]:
+    out = copy.deepcopy(doc)
+    out["metadata"] = {"name": name, "namespace": ns, "uid": f"uid-{name}", "generation": 1}
+    out["spec"].update(spec)
+    return out
+
+
+def pod_event(pod: dict[str, Any], ready: bool) -> dict[str, Any]:
+    pod = copy.deepcopy(pod)
+    pod["status"] = {"podIP": "10.88.0.9", "conditions": [{"type": "Ready", "status": "True" if ready else "False"}]}
+    pod["spec"]["nodeName"] = "vm"
+    return pod
+
+
+def run(coro: Any) -> Any:
+    return asyncio.run(coro)
+
+
+def shared(**cfg: Any) -> dict[str, Any]:
+    fn = body(GOOD_FUNCTION, "f")
+    fn["spec"]["sessionAffinityConfig"].update(cfg)
+    return fn
+
+
+def test_a_waiting_session_is_checked_against_the_storage_policy_when_its_function_appears(rec: Recorder) -> None:
+    async def go() -> None:
+        s = SessionService(None, Config())  # type: ignore[arg-type]
+        bad = body(GOOD_SESSION, "root", functionName="good-exclusive-fn",
+                   storage={"runAsUser": 0, "runAsGroup": 0, "mounts": [{"claimName": "other", "subPath": "a", "mountPath": "/a"}]})
+        doc = await s.create_session(bad)
+        assert doc is not None and doc["conditions"][0]["reason"] == "FunctionNotFound"
+        await s.function_changed(body(GOOD_EXCLUSIVE_FUNCTION, "good-exclusive-fn"))
+        assert rec.of("create_pod") == [], "a session outside the storage policy got a pod"
+        assert ("root", "StorageNotAllowed") in rec.of("event")
+    run(go())
+
+
+def test_a_session_deleted_while_its_pod_is_created_leaves_no_slot_and_no_pod(rec: Recorder) -> None:
+    async def go() -> None:
+        s = SessionService(None, Config())  # type: ignore[arg-type]
+        await s.function_changed(body(GOOD_EXCLUSIVE_FUNCTION, "good-exclusive-fn"))
+        rec.gate = asyncio.Event()
+        task = asyncio.create_task(s.create_session(body(GOOD_SESSION, "t1", sessionId="t1")))
+        await asyncio.sleep(0)
+        await s.session_observed("DELETED", body(GOOD_SESSION, "t1"))
+        rec.gate.set()
+        assert await task is None
+        fn = s.registry.function("ns", "good-exclusive-fn")
+        assert all(not i.sessions for i in fn.instances.values())
+        assert [name for name, _ in rec.of("delete_pod")] == [p["metadata"]["name"] for p in rec.of("create_pod")]
+    run(go())
+
+
+def test_a_failed_pod_create_puts_the_other_reservations_back(rec: Recorder) -> None:
+    async def go() -> None:
+        s = SessionService(None, Config())  # type: ignore[arg-type]
+        await s.function_changed(shared())
+        rec.gate = asyncio.Event()
+        rec.fail_creates = 1
+        first = asyncio.create_task(s.create_session(body(GOOD_SESSION, "a", functionName="f", sessionId="a", storage=None)))
+        await asyncio.sleep(0)
+        second = await s.create_session(body(GOOD_SESSION, "b", functionName="f", sessionId="b", storage=None))
+        assert second is not None and second["sessionStatus"] == "Pending"  # reserved on a's starting instance
+        rec.gate.set()
+        with pytest.raises(RuntimeError):
+            await first
+        fn = s.registry.function("ns", "f")
+        holder = fn.instance_of("b")
+        assert holder is not None and holder.name in {p["metadata"]["name"] for p in rec.of("create_pod")}, \
+            "b was left reserved on an instance that was never created"
+        assert fn.instance_of("a") is None
+    run(go())
+
+
+def test_a_status_never_moves_backwards(rec: Recorder) -> None:
+    async def go() -> None:
+        s = SessionService(None, Config())  # type: ignore[arg-type]
+        await s.function_changed(shared())
+        await s.create_session(body(GOOD_SESSION, "a", functionName="f", sessionId="a", storage=None))
+        pod = rec.of("create_pod")[0]
+        await s.session_observed("MODIFIED", body(GOOD_SESSION, "a", functionName="f", sessionId="a", storage=None, fenced=True))
+        await s.pod_changed("MODIFIED", pod_event(pod, ready=True))  # the pod becomes Ready after the fence
+        assert [st for name, st in rec.of("status") if name == "a"] == ["Expired"]
+        assert s.sessions[("ns", "a")].state == "Expired"
+    run(go())
+
+
+def test_instances_never_exceed_the_limit_with_restored_and_new_sessions(rec: Recorder) -> None:
+    async def go() -> None:
+        s = SessionService(None, Config())  # type: ignore[arg-type]
+        await s.function_changed(shared(sessionConcurrencyPerInstance=1))
+        await s.create_session(body(GOOD_SESSION, "old", functionName="f", sessionId="old", storage=None))
+        pod = rec.of("create_pod")[0]
+        # a restart: the registry is rebuilt from the pod and the session's status, then a new session arrives
+        restarted = SessionService(None, Config())  # type: ignore[arg-type]
+        await restarted.function_changed(shared(sessionConcurrencyPerInstance=1))
+        await restarted.pod_changed("ADDED", pod_event(pod, ready=True))
+        old = body(GOOD_SESSION, "old", functionName="f", sessionId="old", storage=None)
+        old["status"] = {"sessionStatus": "Active", "createdTime": "2026-11-22T00:00:00.000000Z",
+                         "instance": {"podName": pod["metadata"]["name"]}}
+        restarted.restore(old)
+        await restarted.create_session(body(GOOD_SESSION, "new", functionName="f", sessionId="new", storage=None))
+        fn = restarted.registry.function("ns", "f")
+        assert max(len(i.sessions) for i in fn.instances.values()) == 1
+    run(go())
