@@ -15,7 +15,7 @@ import pytest
 import yaml
 from kubernetes import client
 
-from .cluster import CACHE, REPO, eventually, http_json, require_local_node, run
+from .cluster import CACHE, REPO, eventually, http, http_json, require_local_node, run
 from .test_api_validation import kubectl
 from .test_tenant_storage import CLAIM, shared_volume  # noqa: F401 - a fixture
 
@@ -266,6 +266,13 @@ def test_exclusive_sessions_get_their_own_pod_identity_and_storage_and_delete_fe
     assert cond(st, "Bound")["reason"] == "StorageNotAllowed" and "uidRange 1000-1999" in cond(st, "Bound")["message"]
     assert not core.list_namespaced_pod(namespace, label_selector="fnsession.dev/session=t3").items
 
+    # an exclusive instance deleted by someone else: the session gets a new pod, its storage mounted again
+    core.delete_namespaced_pod(b["instance"]["podName"], namespace, grace_period_seconds=0)
+    b2 = eventually("t2 re-bound", lambda: (s := status_of(objects, namespace, "t2")).get("sessionStatus") == "Active"
+                    and s["instance"]["podName"] != b["instance"]["podName"] and s, timeout=60)
+    status, body_ = http("GET", f"http://{b2['instance']['podIP']}:9000/file?path=/data/t2.txt")
+    assert (status, body_) == (200, b"t2"), "the re-bound instance does not see the tenant's files"
+
     # deleting an exclusive session fences it: its pod dies at once, a running request is cut off
     pool = ThreadPoolExecutor(max_workers=1)
     slow = pool.submit(http_json, "GET", f"http://{a['instance']['podIP']}:9000/slow?ms=20000", timeout=30)
@@ -377,3 +384,53 @@ def test_operator_killed_while_binding_50_sessions_converges(
     assert set(per_pod) <= existing, f"sessions bound to pods that do not exist: {set(per_pod) - existing}"
     new_op = core.list_namespaced_pod("fnsession-system", label_selector="app.kubernetes.io/name=fnsession-operator").items
     assert [p.metadata.name for p in new_op] != [op.metadata.name]
+
+
+def test_session_id_reuse_new_lifecycle_by_default_refused_with_disable_until_deleted(
+    core: client.CoreV1Api, objects: client.CustomObjectsApi, namespace: str
+) -> None:
+    create(objects, namespace, function())
+    # default: the id of an expired session starts a new session
+    create(objects, namespace, session("r1", sessionId="reused", sessionTTLInSeconds=1, sessionIdleTimeoutInSeconds=0))
+    wait_status(objects, namespace, "r1", "Expired", timeout=15)
+    create(objects, namespace, session("r2", sessionId="reused"))
+    assert wait_status(objects, namespace, "r2", "Active")["sessionId"] == "reused"
+    # disableSessionIdReuse: refused while the expired record exists (3 days), lifted by deleting it
+    create(objects, namespace, session("d1", sessionId="once", disableSessionIdReuse=True,
+                                       sessionTTLInSeconds=1, sessionIdleTimeoutInSeconds=0))
+    wait_status(objects, namespace, "d1", "Expired", timeout=15)
+    create(objects, namespace, session("d2", sessionId="once"))
+    st = eventually("d2 refused", lambda: (s := status_of(objects, namespace, "d2")).get("conditions") and s)
+    assert st["sessionStatus"] == "Pending" and cond(st, "Bound")["reason"] == "SessionIdReuseDisabled"
+    assert "delete FunctionSession d1" in cond(st, "Bound")["message"]
+    assert any(e.startswith("SessionIdReuseDisabled") for e in events_of(core, namespace, "d2"))
+    objects.delete_namespaced_custom_object(GROUP, VERSION, namespace, SESSIONS, "d1")
+    objects.delete_namespaced_custom_object(GROUP, VERSION, namespace, SESSIONS, "d2")
+    eventually("d2 gone", lambda: not [i for i in objects.list_namespaced_custom_object(GROUP, VERSION, namespace, SESSIONS)["items"]
+                                      if i["metadata"]["name"] == "d2"])
+    create(objects, namespace, session("d3", sessionId="once"))
+    assert wait_status(objects, namespace, "d3", "Active")["sessionId"] == "once"
+
+
+def test_empty_instances_scale_in_after_the_delay_and_shared_delete_is_graceful(
+    core: client.CoreV1Api, objects: client.CustomObjectsApi, namespace: str
+) -> None:
+    require_local_node("dials the instance's pod IP")
+    create(objects, namespace, function(scaling={"scaleInDelaySeconds": 2}), session("g1"), session("g2"))
+    st = wait_status(objects, namespace, "g1", "Active")
+    pod = st["instance"]["podName"]
+    assert wait_status(objects, namespace, "g2", "Active")["instance"]["podName"] == pod
+    # SHARED delete is graceful: a running request of the deleted session completes
+    pool = ThreadPoolExecutor(max_workers=1)
+    slow = pool.submit(http_json, "GET", f"http://{st['instance']['podIP']}:9000/slow?ms=1500", timeout=10)
+    time.sleep(0.3)
+    objects.delete_namespaced_custom_object(GROUP, VERSION, namespace, SESSIONS, "g1")
+    status, answer = slow.result(timeout=10)
+    assert (status, answer["sleptMs"]) == (200, 1500)
+    assert core.read_namespaced_pod(pod, namespace).metadata.deletion_timestamp is None
+    # the last session goes: the empty instance is removed after scaleInDelaySeconds, not before
+    objects.delete_namespaced_custom_object(GROUP, VERSION, namespace, SESSIONS, "g2")
+    emptied = time.monotonic()
+    eventually("the empty instance removed", lambda: not [p for p in core.list_namespaced_pod(
+        namespace, label_selector="fnsession.dev/function=echo").items if p.metadata.deletion_timestamp is None], timeout=30)
+    assert time.monotonic() - emptied >= 1.5, "scaled in before scaleInDelaySeconds"

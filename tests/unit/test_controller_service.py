@@ -160,3 +160,30 @@ def test_instances_never_exceed_the_limit_with_restored_and_new_sessions(rec: Re
         fn = restarted.registry.function("ns", "f")
         assert max(len(i.sessions) for i in fn.instances.values()) == 1
     run(go())
+
+
+def test_expired_records_are_removed_after_retention_and_kept_3_days_without_id_reuse(rec: Recorder) -> None:
+    from datetime import timedelta
+
+    removed: list[str] = []
+
+    async def delete_session(clients: Any, ns: str, name: str) -> bool:
+        removed.append(name)
+        return True
+
+    async def go() -> None:
+        s = SessionService(None, Config(expired_retention=timedelta(seconds=60)))  # type: ignore[arg-type]
+        svc.writes.delete_session = delete_session  # type: ignore[assignment]
+        await s.function_changed(shared())
+        for name, extra in (("plain", {}), ("once", {"disableSessionIdReuse": True})):
+            await s.create_session(body(GOOD_SESSION, name, functionName="f", sessionId=name, storage=None, **extra))
+            await s.expire(("ns", name), "TTL")
+        plain = s.deadlines.deadline(("remove", "ns", "plain"))
+        once = s.deadlines.deadline(("remove", "ns", "once"))
+        assert plain is not None and once is not None
+        assert abs((plain - s.sessions[("ns", "plain")].expired_at).total_seconds() - 60) < 1  # type: ignore[operator]
+        assert (once - s.sessions[("ns", "once")].expired_at) >= timedelta(days=3)  # type: ignore[operator]
+        for key in s.deadlines.pop_due(plain + timedelta(seconds=1)):
+            await s.deadline_due(*key)
+        assert removed == ["plain"]
+    run(go())

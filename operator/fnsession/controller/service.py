@@ -201,13 +201,25 @@ class SessionService:
         problems = storage_violations(fn.name, fn.spec, session.spec.storage)
         if problems:
             return "StorageNotAllowed", "; ".join(problems)
-        twin = next((s for s in self.sessions.values() if s is not session and s.namespace == session.namespace
-                     and s.function == session.function and s.session_id == session.session_id
-                     and s.state != "Expired"), None)
-        if twin is not None:
+        twins = [s for s in self.sessions.values() if s is not session and s.namespace == session.namespace
+                 and s.function == session.function and s.session_id == session.session_id]
+        live = next((t for t in twins if t.state != "Expired"), None)
+        if live is not None:
             return "DuplicateSessionId", (f"session id {session.session_id!r} is already live for Function {fn.name} "
-                                          f"(FunctionSession {twin.name}); expire or delete it first")
+                                          f"(FunctionSession {live.name}); expire or delete it first")
+        for twin in twins:
+            if self.reuse_disabled(twin, fn) and twin.expired_at is not None and twin.expired_at + ID_REUSE_REFUSAL > now():
+                return "SessionIdReuseDisabled", (
+                    f"session id {session.session_id!r} expired at {docs.stamp(twin.expired_at)} with "
+                    f"disableSessionIdReuse and cannot be used again for 3 days; delete FunctionSession {twin.name} "
+                    f"to lift that")
         return None
+
+    @staticmethod
+    def reuse_disabled(session: Session, fn: FunctionState) -> bool:
+        if session.spec.disable_session_id_reuse is not None:
+            return session.spec.disable_session_id_reuse
+        return fn.spec is not None and fn.spec.session_affinity_config.disable_session_id_reuse
 
     async def create_session(self, body: dict[str, Any]) -> dict[str, Any] | None:
         """Bind a new session; returns the status for the create handler to write in one patch."""
@@ -475,7 +487,7 @@ class SessionService:
 
     def schedule_removal(self, session: Session) -> None:
         keep = self.config.expired_retention
-        if session.spec.disable_session_id_reuse:
+        if self.reuse_disabled(session, self.fn_of(session)):
             keep = max(keep, ID_REUSE_REFUSAL)  # the record is what refuses the id
         self.deadlines.schedule(("remove", *session.key), (session.expired_at or now()) + keep)
         self.wake.set()
