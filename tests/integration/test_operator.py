@@ -49,6 +49,26 @@ def function(name: str = "echo", **spec: Any) -> dict[str, Any]:
     return fn
 
 
+def on_kwok(fn: dict[str, Any]) -> dict[str, Any]:
+    """Instances on the kwok nodes: fake pods that become Ready at once (never dialled)."""
+    fn["spec"]["template"]["spec"].update({
+        "nodeSelector": {"type": "kwok"},
+        "tolerations": [{"key": "kwok.x-k8s.io/node", "operator": "Exists", "effect": "NoSchedule"}]})
+    return fn
+
+
+def sessions_per_pod_once_all_active(objects: client.CustomObjectsApi, ns: str, n: int) -> dict[str, int]:
+    def all_active() -> list[dict[str, Any]] | None:
+        items = objects.list_namespaced_custom_object(GROUP, VERSION, ns, SESSIONS)["items"]
+        return items if sum((i.get("status") or {}).get("sessionStatus") == "Active" for i in items) == n else None
+
+    per_pod: dict[str, int] = {}
+    for item in eventually(f"{n} sessions Active", all_active, timeout=120):
+        pod = item["status"]["instance"]["podName"]
+        per_pod[pod] = per_pod.get(pod, 0) + 1
+    return per_pod
+
+
 def session(name: str, fn: str = "echo", **spec: Any) -> dict[str, Any]:
     return {"apiVersion": f"{GROUP}/{VERSION}", "kind": "FunctionSession", "metadata": {"name": name},
             "spec": {"functionName": fn, **spec}}
@@ -212,24 +232,13 @@ def test_no_instance_exceeds_its_limit_under_100_concurrent_creates(core: client
     """Instances on kwok nodes (fake pods, never dialled) so that 20 of them start at once."""
     if not core.list_node(label_selector="type=kwok").items:
         pytest.skip("no kwok nodes: make cluster-up KWOK_NODES=2")
-    fn = function("busy", sessionAffinityConfig={"sessionConcurrencyPerInstance": 5}, scaling={"maxInstances": 30})
-    fn["spec"]["template"]["spec"].update({
-        "nodeSelector": {"type": "kwok"},
-        "tolerations": [{"key": "kwok.x-k8s.io/node", "operator": "Exists", "effect": "NoSchedule"}]})
-    create(objects, namespace, fn)
+    create(objects, namespace, on_kwok(function("busy", sessionAffinityConfig={"sessionConcurrencyPerInstance": 5},
+                                                scaling={"maxInstances": 30})))
     names = [f"s{i:03d}" for i in range(100)]
     with ThreadPoolExecutor(max_workers=16) as pool:
         list(pool.map(lambda n: create(objects, namespace, session(n, fn="busy")), names))
 
-    def all_active() -> list[dict[str, Any]] | None:
-        items = objects.list_namespaced_custom_object(GROUP, VERSION, namespace, SESSIONS)["items"]
-        return items if sum((i.get("status") or {}).get("sessionStatus") == "Active" for i in items) == 100 else None
-
-    items = eventually("100 sessions Active", all_active, timeout=120)
-    per_pod: dict[str, int] = {}
-    for item in items:
-        pod = item["status"]["instance"]["podName"]
-        per_pod[pod] = per_pod.get(pod, 0) + 1
+    per_pod = sessions_per_pod_once_all_active(objects, namespace, 100)
     assert max(per_pod.values()) <= 5, per_pod
     assert len(per_pod) == 20, f"100 sessions at 5 per instance fill exactly 20 instances: {per_pod}"
     pods = core.list_namespaced_pod(namespace, label_selector="fnsession.dev/function=busy").items
@@ -298,6 +307,7 @@ def test_an_instance_deleted_by_someone_else_is_replaced_and_sessions_rebind(
         st = eventually(f"{name} re-bound", lambda n=name: (s := status_of(objects, namespace, n)).get("sessionStatus") == "Active"
                         and s["instance"]["podName"] != first and s, timeout=60)
         assert any(e.startswith("InstanceLost: instance " + first) for e in events_of(core, namespace, name))
+        assert cond(st, "Bound")["reason"] == "Rebound" and first in cond(st, "Bound")["message"]
     assert status_of(objects, namespace, "x")["instance"]["podName"] == st["instance"]["podName"]
 
 
@@ -355,11 +365,8 @@ def test_operator_killed_while_binding_50_sessions_converges(
     session is Active and no instance holds more than its limit. Instances run on kwok nodes."""
     if not core.list_node(label_selector="type=kwok").items:
         pytest.skip("no kwok nodes: make cluster-up KWOK_NODES=2")
-    fn = function("crash", sessionAffinityConfig={"sessionConcurrencyPerInstance": 5}, scaling={"maxInstances": 40})
-    fn["spec"]["template"]["spec"].update({
-        "nodeSelector": {"type": "kwok"},
-        "tolerations": [{"key": "kwok.x-k8s.io/node", "operator": "Exists", "effect": "NoSchedule"}]})
-    create(objects, namespace, fn)
+    create(objects, namespace, on_kwok(function("crash", sessionAffinityConfig={"sessionConcurrencyPerInstance": 5},
+                                                 scaling={"maxInstances": 40})))
     op = core.list_namespaced_pod("fnsession-system", label_selector="app.kubernetes.io/name=fnsession-operator").items[0]
     names = [f"k{i:02d}" for i in range(50)]
     with ThreadPoolExecutor(max_workers=8) as pool:
@@ -370,15 +377,7 @@ def test_operator_killed_while_binding_50_sessions_converges(
         for f in futures:
             f.result()
 
-    def all_active() -> list[dict[str, Any]] | None:
-        items = objects.list_namespaced_custom_object(GROUP, VERSION, namespace, SESSIONS)["items"]
-        return items if sum((i.get("status") or {}).get("sessionStatus") == "Active" for i in items) == 50 else None
-
-    items = eventually("50 sessions Active after the restart", all_active, timeout=120)
-    per_pod: dict[str, int] = {}
-    for item in items:
-        pod = item["status"]["instance"]["podName"]
-        per_pod[pod] = per_pod.get(pod, 0) + 1
+    per_pod = sessions_per_pod_once_all_active(objects, namespace, 50)
     assert max(per_pod.values()) <= 5, per_pod
     existing = {p.metadata.name for p in core.list_namespaced_pod(namespace, label_selector="fnsession.dev/function=crash").items}
     assert set(per_pod) <= existing, f"sessions bound to pods that do not exist: {set(per_pod) - existing}"

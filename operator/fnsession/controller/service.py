@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import secrets
 from collections import defaultdict
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -26,12 +25,13 @@ from fnsession.api.function import FunctionSpec
 from fnsession.api.names import FUNCTION, GROUP, SESSION, VERSION
 from fnsession.api.session import FunctionSessionSpec
 from fnsession.core import status as docs
-from fnsession.core.binding import Bind, CreateInstance, Wait, instance_for, instances_to_remove, next_scale_in, warm_deficit
+from fnsession.core.binding import Bind, CreateInstance, Wait, instance_for
 from fnsession.core.deadlines import DeadlineQueue, expire_deadline
-from fnsession.core.pods import LABEL_FUNCTION, LABEL_SESSION, instance_pod
+from fnsession.core.pods import LABEL_FUNCTION
 from fnsession.core.registry import FunctionState, Instance, Key, Registry, Session
 from fnsession.core.storage import storage_violations
 from fnsession.kube import writes
+from fnsession.controller.instances import Instances
 from fnsession.kube.client import Clients
 
 log = logging.getLogger(__name__)
@@ -52,7 +52,7 @@ class Config:
     expired_retention: timedelta = timedelta(hours=1)
 
 
-class SessionService:
+class SessionService(Instances):
     def __init__(self, clients: Clients, config: Config) -> None:
         self.clients = clients
         self.config = config
@@ -63,15 +63,8 @@ class SessionService:
         self.wake = asyncio.Event()
         self.function_status: dict[Key, dict[str, int]] = {}  # last written, to write only changes
 
-    def lock(self, fn: FunctionState) -> asyncio.Lock:
-        return self.locks[(fn.namespace, fn.name)]
-
     def fn_of(self, session: Session) -> FunctionState:
         return self.registry.function(session.namespace, session.function)
-
-    def live(self, session: Session) -> bool:
-        """Still the session we hold, and not over."""
-        return self.sessions.get(session.key) is session and session.state != "Expired"
 
     # --- start-up -------------------------------------------------------------------------------
 
@@ -113,82 +106,6 @@ class SessionService:
         fn = self.registry.functions.get((namespace, name))
         if fn is not None:
             fn.spec = None  # its pods go with it (owner references); sessions stay as records
-
-    # --- instance pods ----------------------------------------------------------------------------
-
-    async def pod_changed(self, event_type: str, pod: dict[str, Any]) -> None:
-        meta, status = pod["metadata"], pod.get("status") or {}
-        fn = self.registry.function(meta["namespace"], meta["labels"][LABEL_FUNCTION])
-        name = meta["name"]
-        if event_type == "DELETED" or meta.get("deletionTimestamp"):
-            async with self.lock(fn):
-                lost = fn.instances.pop(name, None)
-            if lost is not None and lost.sessions and not lost.deleting:
-                await self.rebind(fn, lost)
-            return
-        async with self.lock(fn):
-            inst = fn.instances.get(name)
-            if inst is None:
-                inst = fn.instances[name] = Instance(name, empty_since=now())
-            inst.seen = True
-            inst.exclusive_for = meta["labels"].get(LABEL_SESSION)
-            was_ready = inst.ready
-            inst.ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or [])
-            inst.ip, inst.node = status.get("podIP"), (pod.get("spec") or {}).get("nodeName")
-            statuses = status.get("containerStatuses") or []
-            inst.container_id = statuses[0].get("containerID") if statuses else None
-            waiting = sorted(inst.sessions) if inst.ready and not was_ready else []
-        for session_name in waiting:
-            session = self.sessions.get((fn.namespace, session_name))
-            if session is not None and session.state == "Pending":
-                await self.guarded(self.activate(session, fn, inst), f"activating {session_name}")
-
-    async def rebind(self, fn: FunctionState, lost: Instance) -> None:
-        """The instance went away under its sessions (deleted by someone, node gone): bind them again."""
-        for session_name in sorted(lost.sessions):
-            session = self.sessions.get((fn.namespace, session_name))
-            if session is None or not self.live(session):
-                continue
-            session.state = "Pending"
-            await writes.post_event(self.clients, session.ref(), reason="InstanceLost", type_="Warning",
-                                    message=f"instance {lost.name} is gone; binding the session again")
-            await self.guarded(self.place_and_write(session, rebinding=lost.name), f"re-binding {session_name}")
-
-    async def ensure_warm(self, fn: FunctionState) -> None:
-        spec = fn.spec
-        if spec is None or spec.instance_isolation == "SESSION_EXCLUSIVE" or spec.scaling.warm_instances == 0:
-            return
-        async with self.lock(fn):
-            missing = warm_deficit(fn.loads(), spec.scaling.warm_instances, spec.scaling.max_instances)
-            names = [self.new_instance(fn) for _ in range(missing)]
-        for name in names:
-            try:
-                await self.create_instance(fn, name)
-            except Exception:
-                await self.instance_failed(fn, name)
-                raise
-
-    def new_instance(self, fn: FunctionState, exclusive_for: str | None = None) -> str:
-        name = f"{fn.name[:50]}-{secrets.token_hex(3)}"
-        fn.instances[name] = Instance(name, exclusive_for=exclusive_for, empty_since=now())
-        return name
-
-    async def create_instance(self, fn: FunctionState, name: str, session: Session | None = None) -> None:
-        assert fn.spec is not None
-        policy = fn.spec.session_storage
-        pod = instance_pod(function_name=fn.name, function_uid=fn.uid, namespace=fn.namespace, pod_name=name,
-                           spec=fn.spec, session_name=session.name if session else None,
-                           storage=session.spec.storage if session else None,
-                           tenant_init_image=(policy.tenant_init_image if policy else None) or self.config.tenant_init_image)
-        await writes.create_pod(self.clients, pod)
-        log.info("created instance %s/%s for Function %s", fn.namespace, name, fn.name)
-
-    async def instance_failed(self, fn: FunctionState, name: str) -> None:
-        """A pod we planned could not be created: forget it; sessions that reserved it bind again."""
-        async with self.lock(fn):
-            lost = fn.instances.pop(name, None)
-        if lost is not None and lost.sessions:
-            await self.rebind(fn, lost)
 
     # --- sessions: admission, create and bind -------------------------------------------------------
 
@@ -292,8 +209,11 @@ class SessionService:
         if inst.ready:
             session.state = "Active"
             await writes.post_event(self.clients, session.ref(), reason="Bound", message=self.bound_message(inst, rebinding))
-            return self.active_doc(session, fn, inst)
-        return self.pending_doc(session, "InstanceStarting", f"bound to instance {inst.name}, waiting for it to be Ready", instance=inst)
+            return self.active_doc(session, fn, inst, lost=rebinding)
+        session.lost_instance = rebinding
+        after = f" (instance {rebinding} was lost)" if rebinding else ""
+        return self.pending_doc(session, "InstanceStarting", f"bound to instance {inst.name}, waiting for it to be Ready{after}",
+                                instance=inst)
 
     def release(self, fn: FunctionState, session: Session) -> Instance | None:
         """Free the session's slot (no await: callers hold or need no lock)."""
@@ -346,9 +266,11 @@ class SessionService:
         session.last_status = docs.pending(session, *self._context(session), reason, message, instance=instance)
         return session.last_status
 
-    def active_doc(self, session: Session, fn: FunctionState, inst: Instance) -> dict[str, Any]:
+    def active_doc(self, session: Session, fn: FunctionState, inst: Instance, lost: str | None = None) -> dict[str, Any]:
         assert fn.spec is not None
-        session.last_status = docs.active(session, *self._context(session), inst, fn.spec.port)
+        session.lost_instance = lost or session.lost_instance
+        session.last_status = docs.active(session, *self._context(session), inst, fn.spec.port, lost=session.lost_instance)
+        session.lost_instance = None
         return session.last_status
 
     async def write_status(self, session: Session, doc: dict[str, Any]) -> None:
@@ -519,43 +441,6 @@ class SessionService:
             self.schedule_scale_in(fn)
         await self.place_waiting(fn)
 
-    def schedule_scale_in(self, fn: FunctionState) -> None:
-        assert fn.spec is not None
-        at = next_scale_in(fn.loads(), fn.spec.scaling.warm_instances, timedelta(seconds=fn.spec.scaling.scale_in_delay_seconds))
-        if at is not None:
-            self.deadlines.schedule(("scale-in", fn.namespace, fn.name), at)
-            self.wake.set()
-
-    async def scale_in(self, namespace: str, name: str) -> None:
-        fn = self.registry.functions.get((namespace, name))
-        if fn is None or fn.spec is None:
-            return
-        delay = timedelta(seconds=fn.spec.scaling.scale_in_delay_seconds)
-        async with self.lock(fn):
-            doomed = instances_to_remove(fn.loads(), fn.spec.scaling.warm_instances, delay, now())
-            for pod in doomed:
-                fn.instances[pod].deleting = True
-        for pod in doomed:
-            try:
-                await writes.delete_pod(self.clients, namespace, pod)
-                log.info("scaled in instance %s/%s (empty for %ss)", namespace, pod, delay.total_seconds())
-            except Exception:
-                log.exception("scaling in %s/%s failed; retrying", namespace, pod)
-                fn.instances[pod].deleting = False
-        self.schedule_scale_in(fn)
-        await self.ensure_warm(fn)
-
-    async def sweep(self) -> None:
-        """Exclusive instances whose session is gone or over (deleted while the operator was down, or
-        a delete that failed): remove them."""
-        for fn in list(self.registry.functions.values()):
-            for inst in list(fn.instances.values()):
-                owner = self.sessions.get((fn.namespace, inst.exclusive_for or ""))
-                if inst.exclusive_for and inst.seen and not inst.deleting and (owner is None or not self.live(owner)):
-                    async with self.lock(fn):
-                        inst.deleting = True
-                    await writes.delete_pod(self.clients, fn.namespace, inst.name, grace_seconds=0)
-
     async def remove_record(self, namespace: str, name: str) -> None:
         """An expired session past its retention: the record goes (a watch event then forgets it)."""
         await writes.delete_session(self.clients, namespace, name)
@@ -590,13 +475,6 @@ class SessionService:
             await self.flush_function_status()
 
     # --- the one deadline task ---------------------------------------------------------------------
-
-    async def guarded(self, work: Any, what: str) -> None:
-        """Run one piece of work of a loop; a failure is logged and does not stop the others."""
-        try:
-            await work
-        except Exception:
-            log.exception("%s failed", what)
 
     async def run_deadlines(self) -> None:
         while True:

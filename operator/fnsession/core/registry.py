@@ -100,6 +100,7 @@ class Session:
     expiry_reason: str | None = None
     conditions: list[dict[str, Any]] = field(default_factory=list)
     last_status: dict[str, Any] | None = None  # the last document written (or handed to kopf)
+    lost_instance: str | None = None  # re-binding after this instance went away (said in the conditions)
 
     @property
     def key(self) -> Key:

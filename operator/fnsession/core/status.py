@@ -81,13 +81,16 @@ def pending(session: Session, at: datetime, affinity: str | None, expire_at: dat
 
 
 def active(session: Session, at: datetime, affinity: str | None, expire_at: datetime | None, instance: Instance,
-           port: int) -> dict[str, Any]:
+           port: int, *, lost: str | None = None) -> dict[str, Any]:
+    """Bound to a Ready instance; ``lost``: the instance it had before, gone (reason Rebound)."""
     doc = {**base(session, at, affinity, expire_at), "sessionStatus": "Active", "instance": {
         "podName": instance.name, "podIP": instance.ip, "port": port, "containerId": instance.container_id,
         "node": instance.node}}
-    message, gen = f"bound to instance {instance.name}", session.generation
-    return _with(session, doc, [condition("Bound", True, "InstanceReady", message, at, gen),
-                                condition("Ready", True, "InstanceReady", message, at, gen)])
+    gen = session.generation
+    reason, message = ("Rebound", f"re-bound to instance {instance.name} after instance {lost} was lost") if lost \
+        else ("InstanceReady", f"bound to instance {instance.name}")
+    return _with(session, doc, [condition("Bound", True, reason, message, at, gen),
+                                condition("Ready", True, reason, message, at, gen)])
 
 
 def expired(session: Session, at: datetime, affinity: str | None, reason: str) -> dict[str, Any]:
