@@ -1,0 +1,75 @@
+"""FC's errors: HTTP status, ``Code`` and the message FC sends (``seeds/001``, the session API's error
+table), as the JSON object FC's SDK reads: ``{"Code", "Message", "RequestId"}``.
+
+The SDK raises ClientException for 4xx and ServerException for 5xx and keeps ``Code`` as
+``e.code``; a body that is not a JSON object loses the status code (fc-sdk-wire.md §5), so every
+error leaves the gateway through :meth:`FCError.body`.
+"""
+
+from __future__ import annotations
+
+import json
+from fnsession.api.rules import SESSION_ID_MAX, SESSION_ID_PATTERN
+
+
+class FCError(Exception):
+    """An error as FC answers it: HTTP ``status``, ``code`` and ``message``."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+
+    def body(self, request_id: str) -> bytes:
+        return json.dumps({"Code": self.code, "Message": self.message, "RequestId": request_id}).encode()
+
+
+# --- the session API's error table (seeds/001), messages as FC words them ---------------------------
+
+def no_session_affinity() -> FCError:
+    return FCError(400, "InvalidArgument", "function has no session affinity config")
+
+
+def unsupported_affinity() -> FCError:
+    return FCError(400, "InvalidArgument",
+                   "the sessionAffinity of function is invalid, only supports GENERATED_COOKIE and HEADER_FIELD")
+
+
+def storage_needs_exclusive() -> FCError:
+    return FCError(400, "InvalidArgument", "session storage mounts are only supported for session exclusive function")
+
+
+def internal() -> FCError:
+    return FCError(500, "InternalError", "an internal error has occurred. Please retry")
+
+
+def session_exists(session_id: str) -> FCError:
+    return FCError(400, "SessionAlreadyExists", f"sessionId {session_id} already exists")
+
+
+def session_id_too_long(session_id: str) -> FCError:
+    return FCError(400, "InvalidArgument",
+                   f"SessionID exceeds the maximum allowed length (max: {SESSION_ID_MAX}, actual: '{len(session_id)}')")
+
+
+def session_id_invalid() -> FCError:
+    return FCError(400, "InvalidArgument", f"The provided sessionID is invalid (allowed:'{SESSION_ID_PATTERN}')")
+
+
+def session_not_found(session_id: str) -> FCError:
+    return FCError(404, "SessionNotFound",
+                   f"session {session_id} does not exist, deleted by the user or expired and removed by the system")
+
+
+# --- authentication ----------------------------------------------------------------------------------
+
+def unauthenticated(why: str) -> FCError:
+    return FCError(401, "InvalidAccessKeyId.NotFound" if why.startswith("access key") else "Unauthorized", why)
+
+
+def signature_mismatch() -> FCError:
+    return FCError(401, "SignatureDoesNotMatch",
+                   "the request signature does not match the signature computed with the access key's secret")
+
+
+def forbidden(why: str) -> FCError:
+    return FCError(403, "AccessDenied", why)
