@@ -129,9 +129,10 @@ def test_sessions_fill_an_instance_then_a_new_one_starts(core: client.CoreV1Api,
     if require_local_node_quietly():
         status, info = http_json("GET", f"http://{st['carol']['instance']['podIP']}:9000/")
         assert (status, info["pod"]) == (200, st["carol"]["instance"]["podName"])
+    # carol's TTL is 10 s (the demo shows it expire), so she may already be gone from the counts
     fn = eventually("Function status counts", lambda: (f := objects.get_namespaced_custom_object(
-        GROUP, VERSION, namespace, FUNCTIONS, "echo").get("status", {})).get("activeSessions") == 3 and f)
-    assert (fn["instances"], fn["readyInstances"]) == (2, 2)
+        GROUP, VERSION, namespace, FUNCTIONS, "echo").get("status", {})).get("readyInstances") == 2 and f)
+    assert fn["instances"] == 2 and fn["activeSessions"] in (2, 3) and fn["pendingSessions"] == 0
 
 
 def require_local_node_quietly() -> bool:
