@@ -434,3 +434,20 @@ def test_empty_instances_scale_in_after_the_delay_and_shared_delete_is_graceful(
     eventually("the empty instance removed", lambda: not [p for p in core.list_namespaced_pod(
         namespace, label_selector="fnsession.dev/function=echo").items if p.metadata.deletion_timestamp is None], timeout=30)
     assert time.monotonic() - emptied >= 1.5, "scaled in before scaleInDelaySeconds"
+
+
+def test_the_operator_serves_prometheus_metrics(core: client.CoreV1Api, objects: client.CustomObjectsApi, namespace: str) -> None:
+    require_local_node("scrapes the operator's pod IP from the host")
+    create(objects, namespace, function(), session("m1"), session("m2", sessionTTLInSeconds=1, sessionIdleTimeoutInSeconds=0))
+    wait_status(objects, namespace, "m1", "Active")
+    wait_status(objects, namespace, "m2", "Expired", timeout=15)
+    op = core.list_namespaced_pod("fnsession-system", label_selector="app.kubernetes.io/name=fnsession-operator").items[0]
+    status, body = http("GET", f"http://{op.status.pod_ip}:9090/metrics")
+    assert status == 200
+    text = body.decode()
+    assert f'fnsession_sessions{{function="echo",namespace="{namespace}",state="Active"}} 1.0' in text
+    assert f'fnsession_sessions{{function="echo",namespace="{namespace}",state="Expired"}} 1.0' in text
+    assert f'fnsession_instances{{function="echo",namespace="{namespace}",ready="true"}} 1.0' in text
+    assert 'fnsession_sessions_expired_total{reason="TTL"}' in text
+    count = next(float(line.split()[-1]) for line in text.splitlines() if line.startswith("fnsession_session_bind_seconds_count"))
+    assert count >= 1  # m1 (m2 may expire before its first instance is Ready)

@@ -16,6 +16,7 @@ from typing import Any
 import kopf
 
 from fnsession.api.names import FUNCTION, GROUP, SESSION
+from fnsession.controller import metrics
 from fnsession.controller.service import Config, SessionService
 from fnsession.core.pods import LABEL_FUNCTION
 from fnsession.kube.client import connect
@@ -41,6 +42,9 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     clients = await connect()
     memo.service = SessionService(clients, config_from_env())
     await memo.service.initial_sync()  # before any handler: planning after a restart sees every binding
+    port = int(os.environ.get("FNSESSION_METRICS_PORT", "9090"))
+    if port:
+        metrics.serve(memo.service, port)
     memo.tasks = [asyncio.create_task(memo.service.run_deadlines(), name="fnsession-deadlines"),
                   asyncio.create_task(memo.service.run_function_status(), name="fnsession-function-status")]
 

@@ -14,6 +14,7 @@ from collections import defaultdict
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+from fnsession.controller import metrics
 from fnsession.core.binding import instances_to_remove, next_scale_in, warm_deficit
 from fnsession.core.deadlines import DeadlineQueue
 from fnsession.core.pods import LABEL_FUNCTION, LABEL_SESSION, instance_pod
@@ -127,6 +128,7 @@ class Instances:
                            storage=session.spec.storage if session else None,
                            tenant_init_image=(policy.tenant_init_image if policy else None) or self.config.tenant_init_image)
         await writes.create_pod(self.clients, pod)
+        metrics.INSTANCES_CREATED.inc()
         log.info("created instance %s/%s for Function %s", fn.namespace, name, fn.name)
 
     async def instance_failed(self, fn: FunctionState, name: str) -> None:
@@ -155,6 +157,7 @@ class Instances:
         for pod in doomed:
             try:
                 await writes.delete_pod(self.clients, namespace, pod)
+                metrics.INSTANCES_REMOVED.labels("scale-in").inc()
                 log.info("scaled in instance %s/%s (empty for %ss)", namespace, pod, delay.total_seconds())
             except Exception:
                 log.exception("scaling in %s/%s failed; retrying", namespace, pod)
@@ -172,4 +175,5 @@ class Instances:
                     async with self.lock(fn):
                         inst.deleting = True
                     await writes.delete_pod(self.clients, fn.namespace, inst.name, grace_seconds=0)
+                    metrics.INSTANCES_REMOVED.labels("orphaned").inc()
 

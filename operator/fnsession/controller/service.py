@@ -31,6 +31,7 @@ from fnsession.core.pods import LABEL_FUNCTION
 from fnsession.core.registry import FunctionState, Instance, Key, Registry, Session
 from fnsession.core.storage import storage_violations
 from fnsession.kube import writes
+from fnsession.controller import metrics
 from fnsession.controller.instances import Instances
 from fnsession.kube.client import Clients
 
@@ -164,6 +165,7 @@ class SessionService(Instances):
             async with self.lock(fn):
                 if reason == "FunctionNotFound" and session.name not in fn.waiting:
                     fn.waiting.append(session.name)
+            metrics.REFUSED.labels(reason).inc()
             await writes.post_event(self.clients, session.ref(), reason=reason, message=message, type_="Warning")
             return self.pending_doc(session, reason, message)
         assert fn.spec is not None
@@ -208,6 +210,7 @@ class SessionService(Instances):
             return None
         if inst.ready:
             session.state = "Active"
+            metrics.BIND_SECONDS.observe((now() - session.created).total_seconds())
             await writes.post_event(self.clients, session.ref(), reason="Bound", message=self.bound_message(inst, rebinding))
             return self.active_doc(session, fn, inst, lost=rebinding)
         session.lost_instance = rebinding
@@ -247,6 +250,7 @@ class SessionService(Instances):
         if not self.live(session) or session.state != "Pending" or fn.spec is None:
             return
         session.state = "Active"
+        metrics.BIND_SECONDS.observe((now() - session.created).total_seconds())
         await self.write_status(session, self.active_doc(session, fn, inst))
         await writes.post_event(self.clients, session.ref(), reason="Bound", message=self.bound_message(inst, None))
 
@@ -399,6 +403,7 @@ class SessionService(Instances):
                 self.wake.set()
                 raise
         session.state, session.expired_at, session.expiry_reason, session.last_status = "Expired", at, reason, doc
+        metrics.EXPIRED.labels(reason).inc()
         self.deadlines.cancel(("expire", *key))
         fn = self.fn_of(session)
         async with self.lock(fn):
@@ -432,6 +437,7 @@ class SessionService(Instances):
             inst.deleting = True
             try:
                 await writes.delete_pod(self.clients, fn.namespace, inst.name, grace_seconds=0 if fence else None)
+                metrics.INSTANCES_REMOVED.labels("session-ended").inc()
             except Exception:
                 inst.deleting = False
                 self.deadlines.schedule(("sweep", "", ""), now() + RETRY)  # the sweep deletes it later
