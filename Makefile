@@ -32,6 +32,10 @@ else
   $(error CLUSTER must be local, kind or other, not '$(CLUSTER)')
 endif
 export FNSESSION_CLUSTER := $(CLUSTER)
+# The gateway without authentication goes only onto the project's own development clusters.
+ifneq ($(CLUSTER),other)
+  export FNSESSION_DEV_GATEWAY ?= 1
+endif
 
 PYTEST ?= $(VENV)/bin/pytest
 PYTEST_ARGS ?=
@@ -52,7 +56,7 @@ cluster-status: ## show the local cluster's components, nodes, images and KUBECO
 	@hack/cluster/status.sh
 
 # --- images and deployment ------------------------------------------------------------------------
-.PHONY: crds images deploy undeploy kind-up
+.PHONY: crds images deploy undeploy gateway-url kind-up
 crds: $(VENV)/.installed ## regenerate crds/ from the models in operator/fnsession/api (a unit test fails when they drift)
 	@$(VENV)/bin/python -m fnsession.api.crds crds
 
@@ -64,6 +68,10 @@ deploy: ## apply crds/ and manifests/ to the cluster
 
 undeploy: ## delete what deploy applied
 	@UNDEPLOY=1 hack/deploy.sh
+
+gateway-url: ## print a base URL of the deployed gateway that works from this host
+	@ip=$$($(FNSESSION_CACHE)/bin/kubectl -n fnsession-system get service fnsession-gateway -o jsonpath='{.spec.clusterIP}' 2>/dev/null) && [ -n "$$ip" ] \
+	  && echo "http://$$ip" || { echo "no gateway deployed: make deploy" >&2; exit 1; }
 
 kind-up: ## for machines with Docker: create a kind cluster, `kind load` the images, deploy (then use CLUSTER=kind)
 	@hack/kind/up.sh

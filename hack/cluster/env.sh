@@ -46,8 +46,12 @@ guard_rules() {
   for chain in OUTPUT FORWARD; do
     echo "$chain -d $SVC_CIDR -m comment --comment $GUARD_COMMENT -j REJECT"
     echo "$chain -d $KWOK_CIDR -m comment --comment $GUARD_COMMENT -j REJECT"
-    echo "$chain -d $POD_CIDR ! -o cni0 -m comment --comment $GUARD_COMMENT -j REJECT"
   done
+  # pod addresses while cni0 is absent; Service traffic that kube-proxy rewrote (DNAT) to a pod is
+  # left alone: in OUTPUT its out interface is not yet the final one, and a Service with endpoints
+  # means cni0 exists
+  echo "OUTPUT -d $POD_CIDR ! -o cni0 -m conntrack ! --ctstate DNAT -m comment --comment $GUARD_COMMENT -j REJECT"
+  echo "FORWARD -d $POD_CIDR ! -o cni0 -m comment --comment $GUARD_COMMENT -j REJECT"
 }
 
 # Kernel settings the kubelet changes; up.sh records them, down.sh restores them.

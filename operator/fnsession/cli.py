@@ -48,6 +48,19 @@ def build_parser() -> argparse.ArgumentParser:
                     help="where to serve the liveness probe (default: %(default)s); 'none' to disable")
     op.add_argument("--verbose", "-v", action="store_true", help="debug logging")
     op.set_defaults(func=cmd_operator)
+
+    gw = sub.add_parser("gateway", help="serve FC's session API over FunctionSession objects",
+                        description="Serve Alibaba Cloud Function Compute's session API (CreateSession, GetSession, "
+                                    "ListSessions, UpdateSession, DeleteSession) at FC's paths, backed by "
+                                    "FunctionSession objects. FC's official SDKs work against it unchanged.")
+    gw.add_argument("--host", default="0.0.0.0", help="address to listen on (default: %(default)s)")
+    gw.add_argument("--port", type=int, default=8080, help="port to listen on (default: %(default)s)")
+    gw.add_argument("--auth", choices=["none"], required=True,
+                    help="'none': no authentication, for local development only (Kubernetes tokens and FC "
+                         "access keys are not implemented yet)")
+    gw.add_argument("--namespace", default="default",
+                    help="with --auth=none: the namespace of requests without an x-fnsession-namespace header")
+    gw.set_defaults(func=cmd_gateway)
     return parser
 
 
@@ -63,6 +76,13 @@ def cmd_operator(args: argparse.Namespace) -> int:
     from fnsession.controller.app import run
 
     run(liveness=None if args.liveness == "none" else args.liveness, verbose=args.verbose)
+    return 0
+
+
+def cmd_gateway(args: argparse.Namespace) -> int:
+    from fnsession.gateway.server import run
+
+    run(host=args.host, port=args.port, auth=args.auth, namespace=args.namespace)
     return 0
 
 

@@ -1,0 +1,170 @@
+"""FC's session API through FC's official Python SDK (alibabacloud_fc20230330), unchanged, pointed at
+the gateway that make deploy runs in the cluster (--auth=none for now). kubectl and the REST API
+are two views of the same FunctionSession objects."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from typing import Any
+
+import pytest
+from alibabacloud_fc20230330 import models as m
+from alibabacloud_fc20230330.client import Client
+from alibabacloud_tea_openapi import models as om
+from alibabacloud_tea_util import models as um
+from kubernetes import client
+
+from .cluster import REPO, require_local_node
+from .test_operator import CLAIM, GROUP, SESSIONS, VERSION, create, function, shared_volume  # noqa: F401
+
+NS_HEADER = "x-fnsession-namespace"
+
+
+@pytest.fixture(scope="module")
+def gateway_url() -> str:
+    require_local_node("the gateway's Service address is reached from this host")
+    url = subprocess.run(["make", "-s", "-C", str(REPO), "gateway-url"], capture_output=True, text=True).stdout.strip()
+    assert url.startswith("http://"), "no gateway deployed: make deploy"
+    return url
+
+
+class FC:
+    """FC's SDK, as its documentation sets it up, plus the namespace header of --auth=none."""
+
+    def __init__(self, url: str, namespace: str) -> None:
+        self.sdk = Client(om.Config(access_key_id="AKIDEXAMPLE", access_key_secret="secret", protocol="http",
+                                    endpoint=url.removeprefix("http://")))
+        self.headers = {NS_HEADER: namespace}
+        self.runtime = um.RuntimeOptions()
+
+    def create(self, fn: str, qualifier: str | None = None, **kw: Any) -> m.Session:
+        req = m.CreateSessionRequest(body=m.CreateSessionInput(**kw) if kw else None, qualifier=qualifier)
+        return self.sdk.create_session_with_options(fn, req, self.headers, self.runtime).body
+
+    def get(self, fn: str, sid: str) -> m.Session:
+        return self.sdk.get_session_with_options(fn, sid, m.GetSessionRequest(), self.headers, self.runtime).body
+
+    def list(self, fn: str, **kw: Any) -> m.ListSessionsOutput:
+        return self.sdk.list_sessions_with_options(fn, m.ListSessionsRequest(**kw), self.headers, self.runtime).body
+
+    def update(self, fn: str, sid: str, **kw: Any) -> m.Session:
+        req = m.UpdateSessionRequest(body=m.UpdateSessionInput(**kw))
+        return self.sdk.update_session_with_options(fn, sid, req, self.headers, self.runtime).body
+
+    def delete(self, fn: str, sid: str) -> int:
+        return self.sdk.delete_session_with_options(fn, sid, m.DeleteSessionRequest(), self.headers, self.runtime).status_code
+
+
+@pytest.fixture
+def fc(gateway_url: str, namespace: str, objects: client.CustomObjectsApi) -> FC:
+    create(objects, namespace, function())
+    return FC(gateway_url, namespace)
+
+
+@pytest.fixture
+def objects(api: client.ApiClient) -> client.CustomObjectsApi:
+    return client.CustomObjectsApi(api)
+
+
+def refused(call: Any) -> Any:
+    with pytest.raises(Exception) as err:
+        call()
+    return err.value
+
+
+def records(objects: client.CustomObjectsApi, ns: str) -> list[dict[str, Any]]:
+    return objects.list_namespaced_custom_object(GROUP, VERSION, ns, SESSIONS)["items"]
+
+
+def test_create_get_update_delete_through_fcs_sdk_are_functionsessions(fc: FC, objects: client.CustomObjectsApi, namespace: str) -> None:
+    s = fc.create("echo", session_ttlin_seconds=600, session_idle_timeout_in_seconds=60)
+    assert re.fullmatch(r"[0-9a-f]{32}", s.session_id) and s.session_status == "Active"
+    assert (s.function_name, s.session_affinity_type, s.session_ttlin_seconds, s.session_idle_timeout_in_seconds) == \
+        ("echo", "HEADER_FIELD", 600, 60)
+    assert s.container_id.startswith("containerd://")
+    [obj] = records(objects, namespace)
+    assert obj["spec"]["sessionId"] == s.session_id and obj["status"]["sessionStatus"] == "Active"
+    assert obj["status"]["instance"]["containerId"] == s.container_id
+
+    assert fc.get("echo", s.session_id).session_id == s.session_id
+    u = fc.update("echo", s.session_id, session_ttlin_seconds=1200)
+    assert u.session_ttlin_seconds == 1200 and u.last_modified_time > s.last_modified_time
+    assert records(objects, namespace)[0]["spec"]["sessionTTLInSeconds"] == 1200  # the same object, seen by kubectl
+
+    assert fc.delete("echo", s.session_id) in (200, 204)
+    err = refused(lambda: fc.get("echo", s.session_id))
+    assert (err.code, err.status_code) == ("SessionNotFound", 404)
+    assert records(objects, namespace) == []
+    assert fc.create("echo", session_id=s.session_id).session_id == s.session_id  # the same id starts a new session
+
+
+def test_a_client_chosen_id_and_fcs_errors(fc: FC, objects: client.CustomObjectsApi, namespace: str) -> None:
+    s = fc.create("echo", qualifier="LATEST", session_id="my_custom-session01", disable_session_id_reuse=True,
+                  session_ttlin_seconds=3600, session_idle_timeout_in_seconds=600)
+    assert (s.session_id, s.disable_session_id_reuse, s.qualifier) == ("my_custom-session01", True, "LATEST")
+    cases = [
+        (lambda: fc.create("echo", session_id="my_custom-session01"), 400, "sessionId my_custom-session01 already exists"),
+        (lambda: fc.create("echo", session_id="bad id"), 400, "The provided sessionID is invalid"),
+        (lambda: fc.create("echo", session_id="a" * 65), 400, "SessionID exceeds the maximum allowed length (max: 64, actual: '65')"),
+        (lambda: fc.create("echo", session_ttlin_seconds=60, session_idle_timeout_in_seconds=61), 400, "must not exceed"),
+        (lambda: fc.create("no-such-fn"), 404, "function no-such-fn does not exist"),
+        (lambda: fc.create("echo", nas_config=m.NASConfig(user_id=1001, group_id=1001, mount_points=[
+            m.NASMountConfig(server_addr="tenant-data:/t", mount_dir="/data")])), 400,
+         "session storage mounts are only supported for session exclusive function"),
+        (lambda: fc.get("echo", "nope"), 404, "session nope does not exist"),
+        (lambda: fc.update("echo", "my_custom-session01", session_ttlin_seconds=0), 400, "sessionTTLInSeconds must be an integer from 1 to 21600"),
+    ]
+    for call, status, says in cases:
+        err = refused(call)
+        assert err.status_code == status and says in err.data["Message"], (says, err.data)
+        assert err.request_id, "every error carries a RequestId"
+    [obj] = records(objects, namespace)  # nothing was created, nothing changed
+    assert obj["spec"]["sessionId"] == "my_custom-session01" and "sessionTTLInSeconds" in obj["spec"]
+    assert obj["spec"]["sessionTTLInSeconds"] == 3600
+
+
+def test_list_pages_with_next_token_and_filters(fc: FC, objects: client.CustomObjectsApi, namespace: str) -> None:
+    ids = [fc.create("echo", session_id=f"s{i}").session_id for i in range(5)]
+    fc.create("echo", session_id="short", session_ttlin_seconds=1, session_idle_timeout_in_seconds=0)
+    import time
+    deadline = time.monotonic() + 15
+    while fc.list("echo", session_status="Expired").sessions == [] and time.monotonic() < deadline:
+        time.sleep(0.2)
+    seen, token = [], None
+    while True:
+        page = fc.list("echo", limit=2, next_token=token, session_status="Active")
+        assert len(page.sessions) <= 2
+        seen += [s.session_id for s in page.sessions]
+        token = page.next_token
+        if not token:
+            break
+    assert seen == ids
+    assert [s.session_id for s in fc.list("echo", session_status="Expired").sessions] == ["short"]
+    assert len(fc.list("echo").sessions) == 6  # Active and Expired by default
+    assert [s.session_id for s in fc.list("echo", session_id="s3").sessions] == ["s3"]
+    err = refused(lambda: fc.list("echo", limit=101))
+    assert err.status_code == 400 and "limit must be an integer from 1 to 100" in err.data["Message"]
+
+
+def test_nas_config_becomes_tenant_storage_on_an_exclusive_function(
+    gateway_url: str, objects: client.CustomObjectsApi, core: client.CoreV1Api, namespace: str, shared_volume: Any
+) -> None:
+    policy = {"allowedClaims": [CLAIM], "uidRange": {"min": 1000, "max": 1999}, "gidRange": {"min": 1000, "max": 1999}}
+    create(objects, namespace, function("tenant-fn", instanceIsolation="SESSION_EXCLUSIVE", sessionStorage=policy))
+    fc = FC(gateway_url, namespace)
+    nas = m.NASConfig(user_id=1001, group_id=1001, mount_points=[m.NASMountConfig(server_addr=f"{CLAIM}:/tenants/a", mount_dir="/data")])
+    s = fc.create("tenant-fn", nas_config=nas)
+    assert (s.nas_config.user_id, s.nas_config.mount_points[0].mount_dir) == (1001, "/data")
+    [obj] = records(objects, namespace)
+    assert obj["spec"]["storage"] == {"runAsUser": 1001, "runAsGroup": 1001,
+                                      "mounts": [{"claimName": CLAIM, "subPath": "tenants/a", "mountPath": "/data", "readOnly": False}]}
+    pod = core.read_namespaced_pod(obj["status"]["instance"]["podName"], namespace)
+    assert pod.spec.security_context.run_as_user == 1001
+    d = shared_volume / "tenants" / "a"
+    assert (d.stat().st_uid, d.stat().st_mode & 0o777) == (1001, 0o700)
+    # outside the Function's policy: refused, and the object the gateway made is gone again
+    bad = m.NASConfig(user_id=5000, group_id=5000, mount_points=[m.NASMountConfig(server_addr=f"{CLAIM}:/tenants/b", mount_dir="/data")])
+    err = refused(lambda: fc.create("tenant-fn", nas_config=bad))
+    assert err.status_code == 400 and "uidRange 1000-1999" in err.data["Message"]
+    assert len(records(objects, namespace)) == 1
