@@ -65,9 +65,10 @@ for ipt in iptables ip6tables; do
     for c in $($ipt -t $t -S 2>/dev/null | awk '$1=="-N" && $2 ~ /^(KUBE|CNI)-/ {print $2}'); do $ipt -t $t -X "$c" 2>/dev/null; done
   done
 done
-guard_rules | while read -r chain rule; do
-  # shellcheck disable=SC2086
-  while iptables -D "$chain" $rule 2>/dev/null; do :; done
+# Every guard rule, whatever its exact form (an older version of up.sh may have added it).
+for chain in OUTPUT FORWARD; do
+  iptables -S "$chain" 2>/dev/null | grep -- "--comment $GUARD_COMMENT" | sed 's/^-A/-D/' |
+    while read -r r; do eval iptables "$r" 2>/dev/null; done
 done
 # Pods are gone, so are their address leases.
 rm -rf "$STATE/cni-ipam"
