@@ -18,11 +18,13 @@ show "${K[@]}" -n $NS apply -f "$REPO/examples/function-shared.yaml" -f "$REPO/e
 show "${K[@]}" -n $NS wait --for=condition=Ready fsess/alice fsess/bob fsess/carol --timeout=90s
 show "${K[@]}" -n $NS get fn,fsess,pods -o wide
 
-step "alice and bob share one instance; carol, the third, got a new one"
+step "alice and bob share one instance; carol, the third, got a new one; the gateway routes by header"
 POD=$("${K[@]}" -n $NS get fsess alice -o jsonpath='{.status.instance.podName}')
-IP=$("${K[@]}" -n $NS get fsess alice -o jsonpath='{.status.instance.podIP}')
-show curl -s --max-time 5 "http://$IP:9000/hello" -H 'x-session-id: alice-1'; echo
-log "alice's requests reach pod $POD (the gateway will route them by the x-session-id header)"
+GW=http://$("${K[@]}" -n fnsession-system get service fnsession-gateway -o jsonpath='{.spec.clusterIP}')
+show curl -s --max-time 10 "$GW/fn/echo/hello" -H "x-fnsession-namespace: $NS" -H 'x-session-id: alice-1'; echo
+log "alice's request reached her instance, $POD"
+show curl -s -i --max-time 10 "$GW/fn/echo/hello" -H "x-fnsession-namespace: $NS"
+log "a request without a session id got a new session, named in the x-session-id response header"
 
 step "carol's TTL is 10 seconds; waiting for it to expire"
 show "${K[@]}" -n $NS wait --for=jsonpath='{.status.sessionStatus}'=Expired fsess/carol --timeout=30s

@@ -8,6 +8,7 @@ every response carries ``x-fc-request-id``, every error is FC's JSON object.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
@@ -20,6 +21,8 @@ from aiohttp import web
 
 from fnsession.gateway import errors
 from fnsession.gateway.errors import FCError
+from fnsession.gateway.invoke import Invoker
+from fnsession.gateway.routes import Routes
 from fnsession.gateway.session_api import SessionAPI
 from fnsession.kube.client import connect
 
@@ -27,6 +30,8 @@ log = logging.getLogger(__name__)
 SESSIONS = re.compile(r"^/2023-03-30/functions/([^/?]+)/sessions$")
 SESSION = re.compile(r"^/2023-03-30/functions/([^/?]+)/sessions/([^/?]+)$")
 SESSION_ACTION = re.compile(r"^/2023-03-30/functions/([^/?]+)/sessions/([^/?]+)/(pause|resume)$")
+INVOKE = re.compile(r"^/2023-03-30/functions/([^/?]+)/invocations$")
+TRIGGER = re.compile(r"^/fn/([^/?]+)(/[^?]*)?$")
 NAMESPACE_HEADER = "x-fnsession-namespace"
 
 Handler = Callable[..., Awaitable[Any]]
@@ -39,13 +44,18 @@ def json_response(status: int, body: Any, request_id: str) -> web.Response:
 
 
 class Gateway:
-    def __init__(self, api: SessionAPI, default_namespace: str) -> None:
+    def __init__(self, api: SessionAPI, default_namespace: str, invoker: Invoker | None = None) -> None:
         self.api = api
         self.default_namespace = default_namespace
+        self.invoker = invoker
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         request_id = str(uuid.uuid4())
         try:
+            path = self.path(request)
+            if self.invoker is not None and ((m := INVOKE.match(path)) and request.method == "POST" or (m := TRIGGER.match(path))):
+                target = "/" if INVOKE.match(path) else (m.group(2) or "/")
+                return await self.invoker.invoke(request, self.namespace(request), unquote(m.group(1)), target, request_id)
             status, body = await self.dispatch(request)
             return json_response(status, body, request_id)
         except FCError as err:
@@ -57,12 +67,20 @@ class Gateway:
             return web.Response(status=err.status, body=err.body(request_id), content_type="application/json",
                                 headers={"x-fc-request-id": request_id})
 
-    async def dispatch(self, request: web.Request) -> tuple[int, Any]:
-        path, _, query = request.raw_path.partition("?")
+    @staticmethod
+    def path(request: web.Request) -> str:
+        path = request.raw_path.partition("?")[0]
         if "://" in path:  # absolute form, from a client behind an HTTP proxy
             path = "/" + path.split("://", 1)[1].partition("/")[2]
-        params = dict(parse_qsl(query, keep_blank_values=True))
-        ns = request.headers.get(NAMESPACE_HEADER) or self.default_namespace
+        return path
+
+    def namespace(self, request: web.Request) -> str:
+        return request.headers.get(NAMESPACE_HEADER) or self.default_namespace
+
+    async def dispatch(self, request: web.Request) -> tuple[int, Any]:
+        path = self.path(request)
+        params = dict(parse_qsl(request.raw_path.partition("?")[2], keep_blank_values=True))
+        ns = self.namespace(request)
         method = request.method
         if path == "/healthz":
             return 200, {"status": "ok"}
@@ -103,13 +121,27 @@ class Gateway:
 
 async def make_app(namespace: str) -> web.Application:
     clients = await connect()
-    gateway = Gateway(SessionAPI(clients), namespace)
+    api = SessionAPI(clients)
+    routes = Routes(clients)
+    invoker = Invoker(clients, api, routes)
+    gateway = Gateway(api, namespace, invoker)
     app = web.Application(client_max_size=16 << 20)
     app.router.add_route("*", "/{tail:.*}", gateway.handle)
+    tasks: list[asyncio.Task[None]] = []
+
+    async def start(_: web.Application) -> None:
+        tasks.extend([asyncio.create_task(routes.run(), name="routes"),
+                      asyncio.create_task(invoker.run_flusher(), name="activity")])
+        await asyncio.wait_for(routes.ready.wait(), timeout=30)
 
     async def close(_: web.Application) -> None:
+        for task in tasks:
+            task.cancel()
+        await invoker.flush_activity()
+        await invoker.close()
         await clients.close()
 
+    app.on_startup.append(start)
     app.on_cleanup.append(close)
     return app
 

@@ -1,0 +1,123 @@
+"""Invocations: InvokeFunction (``POST /2023-03-30/functions/{fn}/invocations``) and the HTTP-trigger
+path ``/fn/{fn}/{path...}`` (any method), routed to the instance that holds the request's session.
+
+- HEADER_FIELD: the Function's header carries the id; an unknown valid id creates the session
+  (passive create), an invalid one gets FC's 400, none gets a generated id, returned in that header.
+- GENERATED_COOKIE: a request without a live ``x-fc-cookie-session-id`` cookie gets a new session
+  and ``Set-Cookie``; clients never choose cookie ids.
+- Responses stream through unbuffered (Server-Sent Events arrive as sent); every response has
+  ``x-fc-request-id``. Activity is counted in memory and written to ``status.lastActivityTime``
+  at most once per session per flush interval.
+
+This first version proxies with aiohttp; the fast path (raw asyncio protocols), the per-instance
+in-flight limit, cutting a fenced session's running requests and WebSockets are still to come.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import UTC, datetime
+
+import aiohttp
+from aiohttp import web
+
+from fnsession.api.names import GROUP, SESSION, VERSION
+from fnsession.core.status import stamp
+from fnsession.gateway import errors, fc
+from fnsession.gateway.errors import FCError
+from fnsession.gateway.routes import Route, Routes, route_of
+from fnsession.gateway.session_api import SessionAPI, function_not_found
+from fnsession.kube.client import Clients
+
+log = logging.getLogger(__name__)
+HOP_BY_HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
+              "transfer-encoding", "upgrade", "host", "content-length"}
+
+
+class Invoker:
+    def __init__(self, clients: Clients, api: SessionAPI, routes: Routes, flush_interval: float = 2.0) -> None:
+        self.clients, self.api, self.routes = clients, api, routes
+        self.flush_interval = flush_interval
+        self.activity: dict[tuple[str, str], datetime] = {}  # (namespace, object name) -> last request
+        self.http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None, sock_connect=5),
+                                          connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=30), auto_decompress=False)
+
+    async def close(self) -> None:
+        await self.http.close()
+
+    async def invoke(self, request: web.Request, ns: str, function: str, path: str, request_id: str) -> web.StreamResponse:
+        spec = self.routes.functions.get((ns, function)) or (await self.api.function(ns, function))["spec"]
+        if spec is None:
+            raise function_not_found(function)
+        affinity = spec.get("sessionAffinity")
+        header = (spec.get("sessionAffinityConfig") or {}).get("affinityHeaderFieldName")
+        headers = {k.lower(): v for k, v in request.headers.items()}
+        session_id = fc.request_session_id(affinity, header, headers)
+        extra: dict[str, str] = {}
+        route = self.routes.route(ns, function, session_id) if session_id else None
+        if route is None:
+            if affinity == "GENERATED_COOKIE" or session_id is None:
+                session_id = fc.new_session_id()  # the client never chooses a cookie id
+            created = await self.api.create(ns, function, request.query.get("qualifier"), {"sessionId": session_id})
+            route = await self.route_after_create(ns, function, session_id)
+            if affinity == "GENERATED_COOKIE":
+                extra["Set-Cookie"] = fc.set_cookie(session_id, created.get("sessionTTLInSeconds") or 21600)
+            else:
+                extra[header or "x-fc-session-id"] = session_id
+        self.activity[(ns, route.name)] = datetime.now(UTC)
+        return await self.proxy(request, route, path, {**extra, "x-fc-request-id": request_id})
+
+    async def route_after_create(self, ns: str, function: str, session_id: str) -> Route:
+        """The watch may not have the new session yet: read it once."""
+        for _ in range(50):
+            route = self.routes.route(ns, function, session_id)
+            if route is not None:
+                return route
+            obj = await self.api.live(ns, function, session_id)
+            if obj is not None and (route := route_of(obj)) is not None:
+                return route
+            await asyncio.sleep(0.02)
+        raise errors.internal()
+
+    async def proxy(self, request: web.Request, route: Route, path: str, extra: dict[str, str]) -> web.StreamResponse:
+        url = f"http://{route.pod_ip}:{route.port}{path}"
+        if request.query_string:
+            url += "?" + request.query_string
+        upstream_headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP}
+        body = request.content if request.body_exists else None
+        try:
+            async with self.http.request(request.method, url, headers=upstream_headers, data=body, allow_redirects=False,
+                                         skip_auto_headers=("Accept-Encoding", "User-Agent")) as upstream:
+                response = web.StreamResponse(status=upstream.status)
+                for key, value in upstream.headers.items():
+                    if key.lower() not in HOP_BY_HOP:
+                        response.headers.add(key, value)
+                for key, value in extra.items():
+                    response.headers[key] = value
+                if upstream.headers.get("Content-Length"):
+                    response.content_length = int(upstream.headers["Content-Length"])
+                await response.prepare(request)
+                async for chunk in upstream.content.iter_any():  # as it arrives: SSE is not held back
+                    await response.write(chunk)
+                await response.write_eof()
+                return response
+        except aiohttp.ClientConnectionError:
+            raise FCError(502, "FunctionNotReachable", f"the session's instance {route.pod_ip}:{route.port} did not answer") from None
+
+    async def flush_activity(self) -> None:
+        """Write lastActivityTime of the sessions that had requests since the last flush."""
+        pending, self.activity = self.activity, {}
+        for (ns, name), at in pending.items():
+            try:
+                await self.clients.custom.patch_namespaced_custom_object_status(
+                    GROUP, VERSION, ns, SESSION.plural, name, {"status": {"lastActivityTime": stamp(at)}},
+                    _content_type="application/merge-patch+json")
+            except Exception as exc:  # noqa: BLE001 - the session may be gone; the next request records again
+                log.debug("activity of %s/%s: %s", ns, name, exc)
+
+    async def run_flusher(self) -> None:
+        while True:
+            await asyncio.sleep(self.flush_interval)
+            await self.flush_activity()
+

@@ -1,0 +1,116 @@
+"""The gateway's routing table: which instance serves which session, in memory, fed by list+watch of
+FunctionSessions and Functions (relisting on ``410 Gone``). A request for a known session costs no
+API call. A session stops routing at its ``expireTime`` by the gateway's own clock, without waiting
+for the operator to write Expired, and at once when it is fenced or expired.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from kubernetes_asyncio import watch
+from kubernetes_asyncio.client.exceptions import ApiException
+
+from fnsession.api.names import FUNCTION, GROUP, SESSION, VERSION
+from fnsession.core.status import parse_time
+from fnsession.gateway.fc import session_json
+from fnsession.kube.client import Clients
+
+log = logging.getLogger(__name__)
+SessionKey = tuple[str, str, str]  # (namespace, function, session id)
+
+
+@dataclass(frozen=True)
+class Route:
+    name: str  # the FunctionSession
+    pod_ip: str
+    port: int
+    expire_at: datetime | None
+
+    def live(self, now: datetime) -> bool:
+        return self.expire_at is None or now < self.expire_at
+
+
+def route_of(obj: dict[str, Any]) -> Route | None:
+    status, spec = obj.get("status") or {}, obj.get("spec") or {}
+    inst = status.get("instance") or {}
+    if status.get("sessionStatus") != "Active" or spec.get("fenced") or not inst.get("podIP"):
+        return None
+    return Route(obj["metadata"]["name"], inst["podIP"], int(inst.get("port") or 9000), parse_time(status.get("expireTime")))
+
+
+class Routes:
+    def __init__(self, clients: Clients) -> None:
+        self.clients = clients
+        self.sessions: dict[SessionKey, Route] = {}
+        self.keys: dict[tuple[str, str], SessionKey] = {}  # (namespace, object name) -> key
+        self.functions: dict[tuple[str, str], dict[str, Any]] = {}
+        self.ready = asyncio.Event()
+        self.on_gone: Callable[[str, str], None] = lambda ns, name: None  # a route went away (fenced, expired, deleted)
+
+    def route(self, ns: str, function: str, session_id: str) -> Route | None:
+        found = self.sessions.get((ns, function, session_id))
+        return found if found is not None and found.live(datetime.now(UTC)) else None
+
+    def apply_session(self, event: str, obj: dict[str, Any]) -> None:
+        meta = obj["metadata"]
+        name = (meta["namespace"], meta["name"])
+        old = self.keys.pop(name, None)
+        if old is not None:
+            self.sessions.pop(old, None)
+        route = None if event == "DELETED" else route_of(obj)
+        if route is not None:
+            key = (meta["namespace"], obj["spec"]["functionName"], session_json(obj)["sessionId"])
+            self.sessions[key] = route
+            self.keys[name] = key
+        elif old is not None:
+            self.on_gone(*name)
+
+    def apply_function(self, event: str, obj: dict[str, Any]) -> None:
+        key = (obj["metadata"]["namespace"], obj["metadata"]["name"])
+        if event == "DELETED":
+            self.functions.pop(key, None)
+        else:
+            self.functions[key] = obj["spec"]
+
+    async def run(self) -> None:
+        await asyncio.gather(self.follow(SESSION.plural, self.apply_session, self.reset_sessions),
+                             self.follow(FUNCTION.plural, self.apply_function, self.functions.clear))
+
+    def reset_sessions(self) -> None:
+        self.sessions.clear()
+        self.keys.clear()
+
+    async def follow(self, plural: str, apply: Callable[[str, dict[str, Any]], None], reset: Callable[[], None]) -> None:
+        """List, then watch from the list's resourceVersion; relist on 410 Gone or any failure."""
+        while True:
+            try:
+                listing = await self.clients.custom.list_cluster_custom_object(GROUP, VERSION, plural)
+                reset()
+                for obj in listing["items"]:
+                    apply("ADDED", obj)
+                if plural == SESSION.plural:
+                    self.ready.set()
+                version = listing["metadata"]["resourceVersion"]
+                async with watch.Watch() as w:
+                    async for event in w.stream(self.clients.custom.list_cluster_custom_object, GROUP, VERSION, plural,
+                                                resource_version=version, allow_watch_bookmarks=True, timeout_seconds=300):
+                        if event["type"] == "ERROR":
+                            raise ApiException(status=(event["raw_object"] or {}).get("code", 500))
+                        if event["type"] != "BOOKMARK":
+                            apply(event["type"], event["object"])
+            except asyncio.CancelledError:
+                raise
+            except ApiException as exc:
+                if exc.status != 410:
+                    log.warning("watching %s: %s; relisting", plural, exc.reason or exc.status)
+                    await asyncio.sleep(1)
+            except Exception:
+                log.exception("watching %s failed; relisting in 1 s", plural)
+                await asyncio.sleep(1)
+

@@ -1,0 +1,131 @@
+"""Invocations through the gateway: the seeds' curl walkthroughs (seed 002: HEADER_FIELD, seed 003:
+GENERATED_COOKIE; 2 sessions per instance, so the third session lands on a new instance) run with
+curl itself, plus FC's 400 for an invalid id, unbuffered Server-Sent Events, FC's SDK
+invoke_function, and activity reaching status.lastActivityTime."""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import socket
+import subprocess
+import time
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+from alibabacloud_fc20230330 import models as m
+from kubernetes import client
+
+from .test_gateway import FC, NS_HEADER, gateway_url  # noqa: F401 - a fixture
+from .test_operator import GROUP, SESSIONS, VERSION, create, function, status_of
+
+
+def curl(*args: str) -> tuple[dict[str, str], dict[str, Any] | str, int]:
+    """Run curl -i; returns (lower-cased response headers, JSON or text body, status)."""
+    out = subprocess.run(["curl", "-s", "-i", "--max-time", "30", *args], capture_output=True, text=True, check=True).stdout
+    head, _, body = out.partition("\n\n")  # text mode: curl's \r\n arrive as \n
+    lines = head.split("\n")
+    status = int(lines[0].split()[1])
+    headers: dict[str, str] = {}
+    for line in lines[1:]:
+        k, _, v = line.partition(":")
+        headers.setdefault(k.strip().lower(), v.strip())
+    try:
+        return headers, json.loads(body), status
+    except ValueError:
+        return headers, body, status
+
+
+@pytest.fixture
+def seeds(objects: client.CustomObjectsApi, namespace: str) -> None:
+    create(objects, namespace, function("header-fn", sessionAffinityConfig={"affinityHeaderFieldName": "mySessionId"}))
+    cookie_fn = function("cookie-fn", sessionAffinity="GENERATED_COOKIE")
+    cookie_fn["spec"]["sessionAffinityConfig"].pop("affinityHeaderFieldName")
+    create(objects, namespace, cookie_fn)
+
+
+@pytest.fixture
+def objects(api: client.ApiClient) -> client.CustomObjectsApi:
+    return client.CustomObjectsApi(api)
+
+
+@pytest.mark.usefixtures("seeds")
+def test_seed_002_header_field_walkthrough_with_curl(gateway_url: str, namespace: str) -> None:
+    ns = f"{NS_HEADER}: {namespace}"
+    url = f"{gateway_url}/fn/header-fn/your-path"
+    headers, first, status = curl("-H", ns, url)  # no header: the gateway makes the id
+    assert "mysessionid" in headers, (status, headers, first)
+    generated = headers["mysessionid"]
+    assert status == 200 and re.fullmatch(r"[0-9a-f]{32}", generated) and headers["x-fc-request-id"]
+    assert first["path"] == "/your-path"
+    _, again, _ = curl("-H", ns, "-H", f"mySessionId: {generated}", url)
+    assert again["pod"] == first["pod"], "the same session reached another instance"
+    _, second, _ = curl("-H", ns, "-H", "mySessionId: session-2", url)
+    assert second["pod"] == first["pod"], "2 sessions per instance: session-2 shares the first instance"
+    _, third, _ = curl("-H", ns, "-H", "mySessionId: session-3", url)
+    assert third["pod"] != first["pod"], "the third session must land on a new instance"
+    _, third_again, _ = curl("-H", ns, "-H", "mySessionId: session-3", url)
+    assert third_again["pod"] == third["pod"]
+
+
+@pytest.mark.usefixtures("seeds")
+def test_seed_003_generated_cookie_walkthrough_with_curl(gateway_url: str, namespace: str) -> None:
+    ns = f"{NS_HEADER}: {namespace}"
+    url = f"{gateway_url}/fn/cookie-fn/"
+    headers, first, _ = curl("-H", ns, url)
+    cookie = re.fullmatch(r"x-fc-cookie-session-id=([0-9a-f]{32}); Max-Age=3600; Path=/; HttpOnly", headers["set-cookie"])
+    assert cookie, headers["set-cookie"]
+    h2, again, _ = curl("-H", ns, "-b", f"x-fc-cookie-session-id={cookie.group(1)}", url)
+    assert again["pod"] == first["pod"] and "set-cookie" not in h2
+    h3, second, _ = curl("-H", ns, url)  # no cookie: a new session, a new cookie value
+    assert h3["set-cookie"] != headers["set-cookie"] and second["pod"] == first["pod"]
+    _, third, _ = curl("-H", ns, url)
+    assert third["pod"] != first["pod"], "the third session must land on a new instance"
+    h5, fresh, _ = curl("-H", ns, "-b", "x-fc-cookie-session-id=chosen-by-client", url)
+    assert "chosen-by-client" not in h5["set-cookie"], "clients never choose a cookie id"
+
+
+@pytest.mark.usefixtures("seeds")
+def test_an_invalid_id_gets_fcs_400_and_creates_nothing(gateway_url: str, namespace: str, objects: client.CustomObjectsApi) -> None:
+    headers, body, status = curl("-H", f"{NS_HEADER}: {namespace}", "-H", "mySessionId: bad id!", f"{gateway_url}/fn/header-fn/")
+    assert status == 400 and body["Code"] == "InvalidArgument" and "The provided sessionID is invalid" in body["Message"]
+    assert body["RequestId"] == headers["x-fc-request-id"]
+    assert objects.list_namespaced_custom_object(GROUP, VERSION, namespace, SESSIONS)["items"] == []
+
+
+@pytest.mark.usefixtures("seeds")
+def test_server_sent_events_stream_through_unbuffered(gateway_url: str, namespace: str) -> None:
+    parts = urlsplit(gateway_url)
+    curl("-H", f"{NS_HEADER}: {namespace}", "-H", "mySessionId: streamer", f"{gateway_url}/fn/header-fn/")  # warm
+    with socket.create_connection((parts.hostname, parts.port or 80), timeout=10) as s:
+        s.sendall(f"GET /fn/header-fn/sse?n=3&ms=500 HTTP/1.1\r\nHost: gw\r\n{NS_HEADER}: {namespace}\r\n"
+                  f"mySessionId: streamer\r\n\r\n".encode())
+        started, got = time.monotonic(), b""
+        while b'"seq":0' not in got:
+            got += s.recv(4096)
+        assert time.monotonic() - started < 0.5, "the first event was held back"
+        assert b"text/event-stream" in got and b"x-fc-request-id" in got.lower()
+        while b'"seq":2' not in got:
+            chunk = s.recv(4096)
+            assert chunk
+            got += chunk
+
+
+@pytest.mark.usefixtures("seeds")
+def test_fcs_sdk_invoke_function_and_activity_is_recorded(gateway_url: str, namespace: str, objects: client.CustomObjectsApi) -> None:
+    fc = FC(gateway_url, namespace)
+    req = m.InvokeFunctionRequest(body=io.BytesIO(b'{"hello":"world"}'))
+    hdrs = m.InvokeFunctionHeaders(common_headers={"mySessionId": "sdk-1", NS_HEADER: namespace})
+    r = fc.sdk.invoke_function_with_options("header-fn", req, hdrs, fc.runtime)
+    answer = json.loads(r.body.read())
+    assert r.status_code == 200 and answer["method"] == "POST" and answer["bodyBytes"] == 17
+    assert r.headers["x-fc-request-id"]
+    assert r.headers["mysessionid"] == "sdk-1"  # a passive create answers with the session's header
+    [obj] = [o for o in objects.list_namespaced_custom_object(GROUP, VERSION, namespace, SESSIONS)["items"]
+             if o["spec"]["sessionId"] == "sdk-1"]
+    deadline = time.monotonic() + 10
+    while not status_of(objects, namespace, obj["metadata"]["name"]).get("lastActivityTime") and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert status_of(objects, namespace, obj["metadata"]["name"]).get("lastActivityTime"), "activity never reached status"
