@@ -32,10 +32,6 @@ else
   $(error CLUSTER must be local, kind or other, not '$(CLUSTER)')
 endif
 export FNSESSION_CLUSTER := $(CLUSTER)
-# The gateway without authentication goes only onto the project's own development clusters.
-ifneq ($(CLUSTER),other)
-  export FNSESSION_DEV_GATEWAY ?= 1
-endif
 
 PYTEST ?= $(VENV)/bin/pytest
 PYTEST_ARGS ?=

@@ -9,7 +9,6 @@ HERE=$(cd "$(dirname "$0")" && pwd); REPO=$(cd "$HERE/.." && pwd)
 K=${KUBECTL:-$(command -v "$BIN/kubectl" || command -v kubectl)}
 crds=$(find "$REPO/crds" -maxdepth 1 -name '*.yaml' | sort)
 if [ "${UNDEPLOY:-0}" = 1 ]; then
-  "$K" delete -k "$REPO/manifests/gateway-dev" --ignore-not-found --wait=true
   "$K" delete -k "$REPO/manifests" --ignore-not-found --wait=true
   [ -z "$crds" ] || "$K" delete --ignore-not-found -f "$REPO/crds"
   exit 0
@@ -19,12 +18,7 @@ if [ -n "$crds" ]; then
   "$K" wait --for=condition=Established --timeout=60s -f "$REPO/crds" >/dev/null
 fi
 "$K" apply --server-side --force-conflicts -k "$REPO/manifests"
-deployments=(fnsession-operator)
-# The unauthenticated gateway, on the project's own development clusters only (FNSESSION_DEV_GATEWAY=1).
-if [ "${FNSESSION_DEV_GATEWAY:-0}" = 1 ]; then
-  "$K" apply --server-side --force-conflicts -k "$REPO/manifests/gateway-dev"
-  deployments+=(fnsession-gateway)
-fi
+deployments=(fnsession-operator fnsession-gateway)
 # The image keeps its tag (:dev) when rebuilt: roll the deployments when the image's inputs changed.
 inputs=$(cat "$IMAGES/fnsession.inputs" 2>/dev/null || true)
 for d in "${deployments[@]}"; do

@@ -55,12 +55,26 @@ def build_parser() -> argparse.ArgumentParser:
                                     "FunctionSession objects. FC's official SDKs work against it unchanged.")
     gw.add_argument("--host", default="0.0.0.0", help="address to listen on (default: %(default)s)")
     gw.add_argument("--port", type=int, default=8080, help="port to listen on (default: %(default)s)")
-    gw.add_argument("--auth", choices=["none"], required=True,
-                    help="'none': no authentication, for local development only (Kubernetes tokens and FC "
-                         "access keys are not implemented yet)")
+    gw.add_argument("--auth", choices=["kubernetes", "none"], required=True,
+                    help="'kubernetes': bearer tokens (TokenReview) and FC access keys (Secrets), then RBAC "
+                         "(SubjectAccessReview on functionsessions); 'none': nobody is checked, local development only")
     gw.add_argument("--namespace", default="default",
-                    help="with --auth=none: the namespace of requests without an x-fnsession-namespace header")
+                    help="namespace of callers that are not a ServiceAccount and send no x-fnsession-namespace header")
+    gw.add_argument("--keys-namespace", default="fnsession-system",
+                    help="where access-key Secrets live (default: %(default)s)")
     gw.set_defaults(func=cmd_gateway)
+
+    ak = sub.add_parser("access-key", help="FC access keys for the gateway")
+    ak_sub = ak.add_subparsers(dest="access_key_command", metavar="COMMAND", required=True)
+    akc = ak_sub.add_parser("create", help="mint a key that acts as a ServiceAccount; prints its id and secret",
+                            description="Mint an FC access key (for FC's SDKs) that acts as a ServiceAccount: the "
+                                        "gateway checks the request's signature with the key's secret, then RBAC of "
+                                        "that ServiceAccount decides. The secret is printed once; it is kept in a "
+                                        "Secret in --keys-namespace.")
+    akc.add_argument("--namespace", required=True, help="the namespace the key acts in (and the ServiceAccount's)")
+    akc.add_argument("--service-account", required=True, help="the ServiceAccount the key acts as")
+    akc.add_argument("--keys-namespace", default="fnsession-system", help="where the gateway reads keys (default: %(default)s)")
+    akc.set_defaults(func=cmd_access_key_create)
     return parser
 
 
@@ -79,10 +93,24 @@ def cmd_operator(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_access_key_create(args: argparse.Namespace) -> int:
+    from fnsession import access_keys
+
+    try:
+        key_id, secret = access_keys.create(args.namespace, args.service_account, args.keys_namespace)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"accessKeyId: {key_id}")
+    print(f"accessKeySecret: {secret}")
+    print(f"acts as: system:serviceaccount:{args.namespace}:{args.service_account}")
+    return 0
+
+
 def cmd_gateway(args: argparse.Namespace) -> int:
     from fnsession.gateway.server import run
 
-    run(host=args.host, port=args.port, auth=args.auth, namespace=args.namespace)
+    run(host=args.host, port=args.port, auth=args.auth, namespace=args.namespace, keys_namespace=args.keys_namespace)
     return 0
 
 

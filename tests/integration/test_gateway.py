@@ -1,12 +1,24 @@
 """FC's session API through FC's official Python SDK (alibabacloud_fc20230330), unchanged, pointed at
-the gateway that make deploy runs in the cluster (--auth=none for now). kubectl and the REST API
-are two views of the same FunctionSession objects."""
+the gateway that make deploy runs in the cluster, with an access key minted by `fnsession
+access-key create`; kubectl and the REST API are two views of the same FunctionSession objects.
+Authentication and RBAC: no, wrong or replayed credentials get 401, no RBAC 403, and a refused call
+changes nothing."""
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 from alibabacloud_fc20230330 import models as m
@@ -15,10 +27,46 @@ from alibabacloud_tea_openapi import models as om
 from alibabacloud_tea_util import models as um
 from kubernetes import client
 
+from fnsession.gateway import signing
+
 from .cluster import REPO, require_local_node
 from .test_operator import CLAIM, GROUP, SESSIONS, VERSION, create, function, shared_volume  # noqa: F401
 
 NS_HEADER = "x-fnsession-namespace"
+
+
+@dataclass(frozen=True)
+class Credentials:
+    key_id: str
+    secret: str
+    token: str
+
+
+def grant(api: client.ApiClient, namespace: str, account: str, verbs: list[str] | None) -> Credentials:
+    """A ServiceAccount (with RBAC on functionsessions if ``verbs``), an access key for it minted by the
+    CLI, and a bearer token for it."""
+    core, rbac = client.CoreV1Api(api), client.RbacAuthorizationV1Api(api)
+    core.create_namespaced_service_account(namespace, client.V1ServiceAccount(metadata=client.V1ObjectMeta(name=account)))
+    if verbs:
+        rbac.create_namespaced_role(namespace, client.V1Role(metadata=client.V1ObjectMeta(name=account), rules=[
+            client.V1PolicyRule(api_groups=[GROUP], resources=[SESSIONS], verbs=verbs)]))
+        rbac.create_namespaced_role_binding(namespace, client.V1RoleBinding(
+            metadata=client.V1ObjectMeta(name=account),
+            role_ref=client.V1RoleRef(api_group="rbac.authorization.k8s.io", kind="Role", name=account),
+            subjects=[client.RbacV1Subject(kind="ServiceAccount", name=account, namespace=namespace)]))
+    out = subprocess.run([sys.executable, "-m", "fnsession", "access-key", "create", "--namespace", namespace,
+                          "--service-account", account], capture_output=True, text=True, check=True).stdout
+    fields = dict(line.split(": ", 1) for line in out.splitlines())
+    token = core.create_namespaced_service_account_token(account, namespace, client.AuthenticationV1TokenRequest(
+        spec=client.V1TokenRequestSpec(audiences=[], expiration_seconds=3600))).status.token
+    return Credentials(fields["accessKeyId"], fields["accessKeySecret"], token)
+
+
+@pytest.fixture
+def creds(api: client.ApiClient, namespace: str) -> Iterator[Credentials]:
+    c = grant(api, namespace, "fc-client", ["get", "list", "create", "update", "patch", "delete"])
+    yield c
+    client.CoreV1Api(api).delete_namespaced_secret(f"fnsession-ak-{c.key_id.lower()}", "fnsession-system")
 
 
 @pytest.fixture(scope="module")
@@ -30,12 +78,12 @@ def gateway_url() -> str:
 
 
 class FC:
-    """FC's SDK, as its documentation sets it up, plus the namespace header of --auth=none."""
+    """FC's SDK, set up as its documentation shows, with an fnsession access key."""
 
-    def __init__(self, url: str, namespace: str) -> None:
-        self.sdk = Client(om.Config(access_key_id="AKIDEXAMPLE", access_key_secret="secret", protocol="http",
+    def __init__(self, url: str, creds: Credentials) -> None:
+        self.sdk = Client(om.Config(access_key_id=creds.key_id, access_key_secret=creds.secret, protocol="http",
                                     endpoint=url.removeprefix("http://")))
-        self.headers = {NS_HEADER: namespace}
+        self.headers: dict[str, str] = {}
         self.runtime = um.RuntimeOptions()
 
     def create(self, fn: str, qualifier: str | None = None, **kw: Any) -> m.Session:
@@ -57,9 +105,9 @@ class FC:
 
 
 @pytest.fixture
-def fc(gateway_url: str, namespace: str, objects: client.CustomObjectsApi) -> FC:
+def fc(gateway_url: str, namespace: str, objects: client.CustomObjectsApi, creds: Credentials) -> FC:
     create(objects, namespace, function())
-    return FC(gateway_url, namespace)
+    return FC(gateway_url, creds)
 
 
 @pytest.fixture
@@ -127,7 +175,6 @@ def test_a_client_chosen_id_and_fcs_errors(fc: FC, objects: client.CustomObjects
 def test_list_pages_with_next_token_and_filters(fc: FC, objects: client.CustomObjectsApi, namespace: str) -> None:
     ids = [fc.create("echo", session_id=f"s{i}").session_id for i in range(5)]
     fc.create("echo", session_id="short", session_ttlin_seconds=1, session_idle_timeout_in_seconds=0)
-    import time
     deadline = time.monotonic() + 15
     while fc.list("echo", session_status="Expired").sessions == [] and time.monotonic() < deadline:
         time.sleep(0.2)
@@ -148,11 +195,12 @@ def test_list_pages_with_next_token_and_filters(fc: FC, objects: client.CustomOb
 
 
 def test_nas_config_becomes_tenant_storage_on_an_exclusive_function(
-    gateway_url: str, objects: client.CustomObjectsApi, core: client.CoreV1Api, namespace: str, shared_volume: Any
+    gateway_url: str, objects: client.CustomObjectsApi, core: client.CoreV1Api, namespace: str, shared_volume: Any,
+    creds: Credentials,
 ) -> None:
     policy = {"allowedClaims": [CLAIM], "uidRange": {"min": 1000, "max": 1999}, "gidRange": {"min": 1000, "max": 1999}}
     create(objects, namespace, function("tenant-fn", instanceIsolation="SESSION_EXCLUSIVE", sessionStorage=policy))
-    fc = FC(gateway_url, namespace)
+    fc = FC(gateway_url, creds)
     nas = m.NASConfig(user_id=1001, group_id=1001, mount_points=[m.NASMountConfig(server_addr=f"{CLAIM}:/tenants/a", mount_dir="/data")])
     s = fc.create("tenant-fn", nas_config=nas)
     assert (s.nas_config.user_id, s.nas_config.mount_points[0].mount_dir) == (1001, "/data")
@@ -168,3 +216,59 @@ def test_nas_config_becomes_tenant_storage_on_an_exclusive_function(
     err = refused(lambda: fc.create("tenant-fn", nas_config=bad))
     assert err.status_code == 400 and "uidRange 1000-1999" in err.data["Message"]
     assert len(records(objects, namespace)) == 1
+
+
+def signed_list(url: str, function: str, key_id: str, secret: str, nonce: str) -> tuple[int, dict[str, Any]]:
+    """ListSessions signed as FC's SDK signs it (fnsession.gateway.signing, checked against the SDK)."""
+    target = f"/2023-03-30/functions/{function}/sessions"
+    headers = {"host": urlsplit(url).netloc, "x-acs-date": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+               "x-acs-signature-nonce": nonce, "x-acs-content-sha256": signing.EMPTY_SHA256,
+               "x-acs-action": "ListSessions", "x-acs-version": "2023-03-30"}
+    names = tuple(sorted(headers))
+    sig = signing.sign(secret, signing.canonical_request("GET", target, headers, names, signing.EMPTY_SHA256))
+    headers["authorization"] = f"ACS3-HMAC-SHA256 Credential={key_id},SignedHeaders={';'.join(names)},Signature={sig}"
+    req = urllib.request.Request(url + target, headers=headers)
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return resp.status, json_body(resp.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json_body(err.read())
+
+
+def json_body(raw: bytes) -> dict[str, Any]:
+    return dict(json.loads(raw))
+
+
+def test_no_wrong_or_replayed_credentials_get_401_and_no_rbac_403(
+    api: client.ApiClient, gateway_url: str, fc: FC, creds: Credentials, objects: client.CustomObjectsApi, namespace: str
+) -> None:
+    target = f"{gateway_url}/2023-03-30/functions/echo/sessions"
+    for headers, says in (({}, "no credentials"), ({"Authorization": "Bearer not-a-token"}, "bearer token is not valid")):
+        try:
+            urllib.request.urlopen(urllib.request.Request(target, headers=headers), timeout=10)
+            raise AssertionError("accepted")
+        except urllib.error.HTTPError as err:
+            body = json_body(err.read())
+            assert err.code == 401 and says in body["Message"] and body["RequestId"], body
+    assert signed_list(gateway_url, "echo", "FNSNOSUCHKEY0000000", creds.secret, uuid.uuid4().hex)[0] == 401
+    status, body = signed_list(gateway_url, "echo", creds.key_id, "wrong-secret", uuid.uuid4().hex)
+    assert (status, body["Code"]) == (401, "SignatureDoesNotMatch")
+    nonce = uuid.uuid4().hex
+    assert signed_list(gateway_url, "echo", creds.key_id, creds.secret, nonce)[0] == 200
+    status, body = signed_list(gateway_url, "echo", creds.key_id, creds.secret, nonce)  # the same request again
+    assert status == 401 and "already used" in body["Message"]
+
+    # authenticated, but RBAC grants this ServiceAccount nothing
+    nobody = grant(api, namespace, "nobody", None)
+    err = refused(lambda: FC(gateway_url, nobody).create("echo"))
+    assert (err.status_code, err.code) == (403, "AccessDenied") and "nobody may not create functionsessions" in err.data["Message"]
+    req = urllib.request.Request(target, headers={"Authorization": f"Bearer {nobody.token}"})
+    try:
+        urllib.request.urlopen(req, timeout=10)
+        raise AssertionError("accepted")
+    except urllib.error.HTTPError as e:
+        assert e.code == 403
+    assert records(objects, namespace) == [], "a refused call created something"
+    # the granted account's token works for the same call
+    with urllib.request.urlopen(urllib.request.Request(target, headers={"Authorization": f"Bearer {creds.token}"}), timeout=10) as ok:
+        assert ok.status == 200 and json_body(ok.read()) == {"sessions": []}

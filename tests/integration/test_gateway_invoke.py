@@ -18,7 +18,7 @@ import pytest
 from alibabacloud_fc20230330 import models as m
 from kubernetes import client
 
-from .test_gateway import FC, NS_HEADER, gateway_url  # noqa: F401 - a fixture
+from .test_gateway import FC, Credentials, creds, gateway_url  # noqa: F401 - fixtures
 from .test_operator import GROUP, SESSIONS, VERSION, create, function, status_of
 
 
@@ -52,8 +52,8 @@ def objects(api: client.ApiClient) -> client.CustomObjectsApi:
 
 
 @pytest.mark.usefixtures("seeds")
-def test_seed_002_header_field_walkthrough_with_curl(gateway_url: str, namespace: str) -> None:
-    ns = f"{NS_HEADER}: {namespace}"
+def test_seed_002_header_field_walkthrough_with_curl(gateway_url: str, creds: Credentials) -> None:
+    ns = f"Authorization: Bearer {creds.token}"
     url = f"{gateway_url}/fn/header-fn/your-path"
     headers, first, status = curl("-H", ns, url)  # no header: the gateway makes the id
     assert "mysessionid" in headers, (status, headers, first)
@@ -71,8 +71,8 @@ def test_seed_002_header_field_walkthrough_with_curl(gateway_url: str, namespace
 
 
 @pytest.mark.usefixtures("seeds")
-def test_seed_003_generated_cookie_walkthrough_with_curl(gateway_url: str, namespace: str) -> None:
-    ns = f"{NS_HEADER}: {namespace}"
+def test_seed_003_generated_cookie_walkthrough_with_curl(gateway_url: str, creds: Credentials) -> None:
+    ns = f"Authorization: Bearer {creds.token}"
     url = f"{gateway_url}/fn/cookie-fn/"
     headers, first, _ = curl("-H", ns, url)
     cookie = re.fullmatch(r"x-fc-cookie-session-id=([0-9a-f]{32}); Max-Age=3600; Path=/; HttpOnly", headers["set-cookie"])
@@ -88,19 +88,21 @@ def test_seed_003_generated_cookie_walkthrough_with_curl(gateway_url: str, names
 
 
 @pytest.mark.usefixtures("seeds")
-def test_an_invalid_id_gets_fcs_400_and_creates_nothing(gateway_url: str, namespace: str, objects: client.CustomObjectsApi) -> None:
-    headers, body, status = curl("-H", f"{NS_HEADER}: {namespace}", "-H", "mySessionId: bad id!", f"{gateway_url}/fn/header-fn/")
+def test_an_invalid_id_gets_fcs_400_and_creates_nothing(
+    gateway_url: str, namespace: str, objects: client.CustomObjectsApi, creds: Credentials
+) -> None:
+    headers, body, status = curl("-H", f"Authorization: Bearer {creds.token}", "-H", "mySessionId: bad id!", f"{gateway_url}/fn/header-fn/")
     assert status == 400 and body["Code"] == "InvalidArgument" and "The provided sessionID is invalid" in body["Message"]
     assert body["RequestId"] == headers["x-fc-request-id"]
     assert objects.list_namespaced_custom_object(GROUP, VERSION, namespace, SESSIONS)["items"] == []
 
 
 @pytest.mark.usefixtures("seeds")
-def test_server_sent_events_stream_through_unbuffered(gateway_url: str, namespace: str) -> None:
+def test_server_sent_events_stream_through_unbuffered(gateway_url: str, creds: Credentials) -> None:
     parts = urlsplit(gateway_url)
-    curl("-H", f"{NS_HEADER}: {namespace}", "-H", "mySessionId: streamer", f"{gateway_url}/fn/header-fn/")  # warm
+    curl("-H", f"Authorization: Bearer {creds.token}", "-H", "mySessionId: streamer", f"{gateway_url}/fn/header-fn/")  # warm
     with socket.create_connection((parts.hostname, parts.port or 80), timeout=10) as s:
-        s.sendall(f"GET /fn/header-fn/sse?n=3&ms=500 HTTP/1.1\r\nHost: gw\r\n{NS_HEADER}: {namespace}\r\n"
+        s.sendall(f"GET /fn/header-fn/sse?n=3&ms=500 HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {creds.token}\r\n"
                   f"mySessionId: streamer\r\n\r\n".encode())
         started, got = time.monotonic(), b""
         while b'"seq":0' not in got:
@@ -114,10 +116,12 @@ def test_server_sent_events_stream_through_unbuffered(gateway_url: str, namespac
 
 
 @pytest.mark.usefixtures("seeds")
-def test_fcs_sdk_invoke_function_and_activity_is_recorded(gateway_url: str, namespace: str, objects: client.CustomObjectsApi) -> None:
-    fc = FC(gateway_url, namespace)
+def test_fcs_sdk_invoke_function_and_activity_is_recorded(
+    gateway_url: str, namespace: str, objects: client.CustomObjectsApi, creds: Credentials
+) -> None:
+    fc = FC(gateway_url, creds)  # signed with an access key, body included
     req = m.InvokeFunctionRequest(body=io.BytesIO(b'{"hello":"world"}'))
-    hdrs = m.InvokeFunctionHeaders(common_headers={"mySessionId": "sdk-1", NS_HEADER: namespace})
+    hdrs = m.InvokeFunctionHeaders(common_headers={"mySessionId": "sdk-1"})
     r = fc.sdk.invoke_function_with_options("header-fn", req, hdrs, fc.runtime)
     answer = json.loads(r.body.read())
     assert r.status_code == 200 and answer["method"] == "POST" and answer["bodyBytes"] == 17

@@ -25,19 +25,20 @@ from aiohttp import web
 from fnsession.api.names import GROUP, SESSION, VERSION
 from fnsession.core.status import stamp
 from fnsession.gateway import errors, fc
+from fnsession.gateway.auth import Authenticator, Identity
 from fnsession.gateway.errors import FCError
 from fnsession.gateway.routes import Route, Routes, route_of
 from fnsession.gateway.session_api import SessionAPI, function_not_found
 from fnsession.kube.client import Clients
 
 log = logging.getLogger(__name__)
-HOP_BY_HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
+HOP_BY_HOP = {"authorization", "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
               "transfer-encoding", "upgrade", "host", "content-length"}
 
 
 class Invoker:
-    def __init__(self, clients: Clients, api: SessionAPI, routes: Routes, flush_interval: float = 2.0) -> None:
-        self.clients, self.api, self.routes = clients, api, routes
+    def __init__(self, clients: Clients, api: SessionAPI, routes: Routes, auth: Authenticator, flush_interval: float = 2.0) -> None:
+        self.clients, self.api, self.routes, self.auth = clients, api, routes, auth
         self.flush_interval = flush_interval
         self.activity: dict[tuple[str, str], datetime] = {}  # (namespace, object name) -> last request
         self.http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None, sock_connect=5),
@@ -46,7 +47,10 @@ class Invoker:
     async def close(self) -> None:
         await self.http.close()
 
-    async def invoke(self, request: web.Request, ns: str, function: str, path: str, request_id: str) -> web.StreamResponse:
+    async def invoke(self, request: web.Request, who: Identity, function: str, path: str, request_id: str,
+                     body: bytes | None) -> web.StreamResponse:
+        """``body``: already read (a signed request), else streamed from ``request``."""
+        ns = who.namespace
         spec = self.routes.functions.get((ns, function)) or (await self.api.function(ns, function))["spec"]
         if spec is None:
             raise function_not_found(function)
@@ -59,6 +63,7 @@ class Invoker:
         if route is None:
             if affinity == "GENERATED_COOKIE" or session_id is None:
                 session_id = fc.new_session_id()  # the client never chooses a cookie id
+            await self.auth.authorize(who, "create")  # a passive create is a create
             created = await self.api.create(ns, function, request.query.get("qualifier"), {"sessionId": session_id})
             route = await self.route_after_create(ns, function, session_id)
             if affinity == "GENERATED_COOKIE":
@@ -66,7 +71,7 @@ class Invoker:
             else:
                 extra[header or "x-fc-session-id"] = session_id
         self.activity[(ns, route.name)] = datetime.now(UTC)
-        return await self.proxy(request, route, path, {**extra, "x-fc-request-id": request_id})
+        return await self.proxy(request, route, path, {**extra, "x-fc-request-id": request_id}, body)
 
     async def route_after_create(self, ns: str, function: str, session_id: str) -> Route:
         """The watch may not have the new session yet: read it once."""
@@ -80,12 +85,13 @@ class Invoker:
             await asyncio.sleep(0.02)
         raise errors.internal()
 
-    async def proxy(self, request: web.Request, route: Route, path: str, extra: dict[str, str]) -> web.StreamResponse:
+    async def proxy(self, request: web.Request, route: Route, path: str, extra: dict[str, str],
+                    read: bytes | None = None) -> web.StreamResponse:
         url = f"http://{route.pod_ip}:{route.port}{path}"
         if request.query_string:
             url += "?" + request.query_string
         upstream_headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP}
-        body = request.content if request.body_exists else None
+        body = read if read is not None else request.content if request.body_exists else None
         try:
             async with self.http.request(request.method, url, headers=upstream_headers, data=body, allow_redirects=False,
                                          skip_auto_headers=("Accept-Encoding", "User-Agent")) as upstream:

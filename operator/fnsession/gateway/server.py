@@ -2,8 +2,9 @@
 raw asyncio protocols). Routes on the raw request path, because a session id may contain ``%2F``;
 every response carries ``x-fc-request-id``, every error is FC's JSON object.
 
-``--auth=none`` is the only mode so far: no authentication, the namespace from the
-``x-fnsession-namespace`` header or ``--namespace``. For local development only.
+Authentication and authorisation: auth.py (Kubernetes tokens and FC access keys, then RBAC).
+``--auth=none`` checks nobody (the namespace from the ``x-fnsession-namespace`` header or
+``--namespace``): for local development only.
 """
 
 from __future__ import annotations
@@ -20,9 +21,11 @@ from urllib.parse import parse_qsl, unquote
 from aiohttp import web
 
 from fnsession.gateway import errors
+from fnsession.gateway.auth import NAMESPACE_HEADER, Authenticator, Identity
 from fnsession.gateway.errors import FCError
 from fnsession.gateway.invoke import Invoker
 from fnsession.gateway.routes import Routes
+from fnsession.gateway.signing import ALGORITHM
 from fnsession.gateway.session_api import SessionAPI
 from fnsession.kube.client import connect
 
@@ -32,7 +35,6 @@ SESSION = re.compile(r"^/2023-03-30/functions/([^/?]+)/sessions/([^/?]+)$")
 SESSION_ACTION = re.compile(r"^/2023-03-30/functions/([^/?]+)/sessions/([^/?]+)/(pause|resume)$")
 INVOKE = re.compile(r"^/2023-03-30/functions/([^/?]+)/invocations$")
 TRIGGER = re.compile(r"^/fn/([^/?]+)(/[^?]*)?$")
-NAMESPACE_HEADER = "x-fnsession-namespace"
 
 Handler = Callable[..., Awaitable[Any]]
 
@@ -44,20 +46,29 @@ def json_response(status: int, body: Any, request_id: str) -> web.Response:
 
 
 class Gateway:
-    def __init__(self, api: SessionAPI, default_namespace: str, invoker: Invoker | None = None) -> None:
+    def __init__(self, api: SessionAPI, auth: Authenticator, invoker: Invoker | None = None) -> None:
         self.api = api
-        self.default_namespace = default_namespace
+        self.auth = auth
         self.invoker = invoker
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         request_id = str(uuid.uuid4())
         try:
             path = self.path(request)
-            if self.invoker is not None and ((m := INVOKE.match(path)) and request.method == "POST" or (m := TRIGGER.match(path))):
+            if path == "/healthz":
+                return json_response(200, {"status": "ok"}, request_id)
+            headers = {k.lower(): v for k, v in request.headers.items()}
+            signed = headers.get("authorization", "").startswith(ALGORITHM)
+            body = await request.read() if signed or not self.is_invocation(path, request.method) else None
+            who = await self.auth.identify(request.method, request.raw_path, headers, body or b"")
+            if self.invoker is not None and self.is_invocation(path, request.method):
+                m = INVOKE.match(path) or TRIGGER.match(path)
+                assert m is not None
                 target = "/" if INVOKE.match(path) else (m.group(2) or "/")
-                return await self.invoker.invoke(request, self.namespace(request), unquote(m.group(1)), target, request_id)
-            status, body = await self.dispatch(request)
-            return json_response(status, body, request_id)
+                await self.auth.authorize(who, "get")
+                return await self.invoker.invoke(request, who, unquote(m.group(1)), target, request_id, body)
+            status, payload = await self.dispatch(request, who, body)
+            return json_response(status, payload, request_id)
         except FCError as err:
             return web.Response(status=err.status, body=err.body(request_id), content_type="application/json",
                                 headers={"x-fc-request-id": request_id})
@@ -74,29 +85,33 @@ class Gateway:
             path = "/" + path.split("://", 1)[1].partition("/")[2]
         return path
 
-    def namespace(self, request: web.Request) -> str:
-        return request.headers.get(NAMESPACE_HEADER) or self.default_namespace
+    @staticmethod
+    def is_invocation(path: str, method: str) -> bool:
+        return bool(INVOKE.match(path)) and method == "POST" or bool(TRIGGER.match(path))
 
-    async def dispatch(self, request: web.Request) -> tuple[int, Any]:
+    async def dispatch(self, request: web.Request, who: Identity, raw: bytes | None) -> tuple[int, Any]:
         path = self.path(request)
         params = dict(parse_qsl(request.raw_path.partition("?")[2], keep_blank_values=True))
-        ns = self.namespace(request)
+        ns = who.namespace
         method = request.method
-        if path == "/healthz":
-            return 200, {"status": "ok"}
         if m := SESSIONS.match(path):
             function = unquote(m.group(1))
             if method == "POST":
-                return 200, await self.api.create(ns, function, params.get("qualifier"), await self.json_body(request))
+                await self.auth.authorize(who, "create")
+                return 200, await self.api.create(ns, function, params.get("qualifier"), self.json_body(raw))
             if method == "GET":
+                await self.auth.authorize(who, "list")
                 return 200, await self.api.list(ns, function, params)
         elif m := SESSION.match(path):
             function, session_id = unquote(m.group(1)), unquote(m.group(2))
             if method == "GET":
+                await self.auth.authorize(who, "get")
                 return 200, await self.api.get(ns, function, session_id)
             if method == "PUT":
-                return 200, await self.api.update(ns, function, session_id, await self.json_body(request))
+                await self.auth.authorize(who, "update")
+                return 200, await self.api.update(ns, function, session_id, self.json_body(raw))
             if method == "DELETE":
+                await self.auth.authorize(who, "delete")
                 await self.api.delete(ns, function, session_id)
                 return 200, {}
         elif SESSION_ACTION.match(path):
@@ -106,9 +121,8 @@ class Gateway:
         raise FCError(405, "MethodNotAllowed", f"{method} is not allowed on {path}")
 
     @staticmethod
-    async def json_body(request: web.Request) -> dict[str, Any] | None:
-        raw = await request.read()
-        if not raw.strip():
+    def json_body(raw: bytes | None) -> dict[str, Any] | None:
+        if raw is None or not raw.strip():
             return None
         try:
             body = json.loads(raw)
@@ -119,12 +133,13 @@ class Gateway:
         return body
 
 
-async def make_app(namespace: str) -> web.Application:
+async def make_app(auth_mode: str, namespace: str, keys_namespace: str) -> web.Application:
     clients = await connect()
     api = SessionAPI(clients)
     routes = Routes(clients)
-    invoker = Invoker(clients, api, routes)
-    gateway = Gateway(api, namespace, invoker)
+    auth = Authenticator(clients, auth_mode, namespace, keys_namespace)
+    invoker = Invoker(clients, api, routes, auth)
+    gateway = Gateway(api, auth, invoker)
     app = web.Application(client_max_size=16 << 20)
     app.router.add_route("*", "/{tail:.*}", gateway.handle)
     tasks: list[asyncio.Task[None]] = []
@@ -146,10 +161,10 @@ async def make_app(namespace: str) -> web.Application:
     return app
 
 
-def run(*, host: str, port: int, auth: str, namespace: str) -> None:
+def run(*, host: str, port: int, auth: str, namespace: str, keys_namespace: str) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if auth == "none":
         log.warning("AUTHENTICATION IS OFF (--auth=none): anyone who reaches %s:%d can create, read and delete "
                     "sessions in any namespace (header %s, default %s). For local development only.",
                     host, port, NAMESPACE_HEADER, namespace)
-    web.run_app(make_app(namespace), host=host, port=port, access_log=None, print=None)
+    web.run_app(make_app(auth, namespace, keys_namespace), host=host, port=port, access_log=None, print=None)

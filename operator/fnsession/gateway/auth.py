@@ -1,0 +1,146 @@
+"""Who is calling, in which namespace, and may they: all decided by Kubernetes (SPEC §5).
+
+- ``Authorization: Bearer <token>``: a TokenReview says who it is. A ServiceAccount acts in its own
+  namespace; other users in the ``x-fnsession-namespace`` header's, else the gateway's default.
+- ``Authorization: ACS3-HMAC-SHA256 Credential=<key id>,...`` (FC's SDKs): the key's Secret (in the
+  gateway's namespace, labelled ``fnsession.dev/access-key-id``) holds the secret, the namespace and
+  the ServiceAccount the key acts as; the signature is verified and replays are refused.
+- Then a SubjectAccessReview on ``functionsessions`` in that namespace, for the operation's verb:
+  the REST API grants nothing that RBAC does not.
+
+Decisions are cached for a few seconds (tokens, keys, reviews), so a stream of requests costs no
+API call per request.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from kubernetes_asyncio import client
+
+from fnsession.api.names import GROUP, SESSION
+from fnsession.gateway import errors, signing
+from fnsession.gateway.errors import FCError
+from fnsession.kube.client import Clients
+
+log = logging.getLogger(__name__)
+LABEL_ACCESS_KEY = "fnsession.dev/access-key-id"
+NAMESPACE_HEADER = "x-fnsession-namespace"
+CACHE_SECONDS = 10.0
+
+
+@dataclass(frozen=True)
+class Identity:
+    user: str
+    groups: tuple[str, ...]
+    uid: str | None
+    namespace: str
+    extra: tuple[tuple[str, tuple[str, ...]], ...] = field(default=())
+
+
+def service_account(namespace: str, name: str) -> tuple[str, tuple[str, ...]]:
+    return (f"system:serviceaccount:{namespace}:{name}",
+            ("system:serviceaccounts", f"system:serviceaccounts:{namespace}", "system:authenticated"))
+
+
+class TTLCache:
+    def __init__(self, seconds: float = CACHE_SECONDS) -> None:
+        self.seconds = seconds
+        self.items: dict[Any, tuple[float, Any]] = {}
+
+    def get(self, key: Any) -> Any:
+        hit = self.items.get(key)
+        if hit is None or hit[0] < time.monotonic():
+            return None
+        return hit[1]
+
+    def put(self, key: Any, value: Any) -> Any:
+        if len(self.items) > 10000:
+            self.items.clear()
+        self.items[key] = (time.monotonic() + self.seconds, value)
+        return value
+
+
+class Authenticator:
+    """``mode``: ``kubernetes`` (tokens and access keys) or ``none`` (nobody is checked: development only)."""
+
+    def __init__(self, clients: Clients, mode: str, default_namespace: str, keys_namespace: str) -> None:
+        self.clients, self.mode = clients, mode
+        self.default_namespace, self.keys_namespace = default_namespace, keys_namespace
+        self.auth_api = client.AuthenticationV1Api(clients.api)
+        self.authz_api = client.AuthorizationV1Api(clients.api)
+        self.tokens, self.keys, self.reviews = TTLCache(), TTLCache(), TTLCache()
+        self.replays = signing.ReplayGuard()
+
+    async def identify(self, method: str, raw_target: str, headers: Mapping[str, str], body: bytes) -> Identity:
+        """``headers``: lower-case names. FC's 401 when nobody can be identified."""
+        header_ns = headers.get(NAMESPACE_HEADER)
+        if self.mode == "none":
+            return Identity("anonymous", (), None, header_ns or self.default_namespace)
+        value = headers.get("authorization", "")
+        if value.startswith("Bearer "):
+            return await self.by_token(value[7:].strip(), header_ns)
+        if value.startswith(signing.ALGORITHM + " "):
+            return await self.by_access_key(method, raw_target, headers, body)
+        raise errors.unauthenticated("no credentials: send a Kubernetes bearer token or sign with an fnsession access key")
+
+    async def by_token(self, token: str, header_ns: str | None) -> Identity:
+        user = self.tokens.get(token)
+        if user is None:
+            review = await self.auth_api.create_token_review(client.V1TokenReview(spec=client.V1TokenReviewSpec(token=token)))
+            if not review.status.authenticated:
+                raise errors.unauthenticated("the bearer token is not valid")
+            user = self.tokens.put(token, review.status.user)
+        name = user.username
+        if name.startswith("system:serviceaccount:"):
+            namespace = name.split(":")[2]
+        else:
+            namespace = header_ns or self.default_namespace
+        extra = tuple(sorted((k, tuple(v)) for k, v in (user.extra or {}).items()))
+        return Identity(name, tuple(user.groups or ()), user.uid, namespace, extra)
+
+    async def by_access_key(self, method: str, raw_target: str, headers: Mapping[str, str], body: bytes) -> Identity:
+        auth = signing.parse_authorization(headers.get("authorization"))
+        key = await self.access_key(auth.access_key_id)
+        signing.verify(method=method, raw_target=raw_target, headers=headers, body=body, secret=key["secret"],
+                       authorization=auth)
+        self.replays.check(headers, auth)
+        user, groups = service_account(key["namespace"], key["serviceAccount"])
+        return Identity(user, groups, None, key["namespace"])
+
+    async def access_key(self, key_id: str) -> dict[str, str]:
+        found = self.keys.get(key_id)
+        if found is not None:
+            return found
+        secrets = await self.clients.core.list_namespaced_secret(
+            self.keys_namespace, label_selector=f"{LABEL_ACCESS_KEY}={key_id}")
+        if len(secrets.items) != 1:
+            raise errors.unauthenticated(f"access key {key_id} does not exist")
+        data = {k: base64.b64decode(v).decode() for k, v in (secrets.items[0].data or {}).items()}
+        if not {"accessKeySecret", "namespace", "serviceAccount"} <= set(data):
+            raise errors.unauthenticated(f"access key {key_id} is incomplete (its Secret lacks fields)")
+        return self.keys.put(key_id, {"secret": data["accessKeySecret"], "namespace": data["namespace"],
+                                      "serviceAccount": data["serviceAccount"]})
+
+    async def authorize(self, who: Identity, verb: str) -> None:
+        """FC's 403 unless RBAC lets ``who`` do ``verb`` on functionsessions in their namespace."""
+        if self.mode == "none":
+            return
+        key = (who, verb)
+        allowed = self.reviews.get(key)
+        if allowed is None:
+            review = await self.authz_api.create_subject_access_review(client.V1SubjectAccessReview(
+                spec=client.V1SubjectAccessReviewSpec(
+                    user=who.user, groups=list(who.groups), uid=who.uid,
+                    extra={k: list(v) for k, v in who.extra} or None,
+                    resource_attributes=client.V1ResourceAttributes(
+                        group=GROUP, resource=SESSION.plural, verb=verb, namespace=who.namespace))))
+            allowed = self.reviews.put(key, bool(review.status.allowed))
+        if not allowed:
+            raise FCError(403, "AccessDenied",
+                          f"{who.user} may not {verb} functionsessions.{GROUP} in namespace {who.namespace}")
