@@ -11,6 +11,9 @@ import re
 import socket
 import subprocess
 import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -133,3 +136,49 @@ def test_fcs_sdk_invoke_function_and_activity_is_recorded(
     while not status_of(objects, namespace, obj["metadata"]["name"]).get("lastActivityTime") and time.monotonic() < deadline:
         time.sleep(0.2)
     assert status_of(objects, namespace, obj["metadata"]["name"]).get("lastActivityTime"), "activity never reached status"
+
+
+@pytest.mark.usefixtures("seeds")
+def test_fencing_a_shared_session_cuts_its_running_request_and_spares_the_others(
+    gateway_url: str, objects: client.CustomObjectsApi, namespace: str, creds: Credentials
+) -> None:
+    auth = f"Authorization: Bearer {creds.token}"
+    url = f"{gateway_url}/fn/header-fn/slow?ms=8000"
+    curl("-H", auth, "-H", "mySessionId: victim", f"{gateway_url}/fn/header-fn/")  # both sessions on one instance
+    curl("-H", auth, "-H", "mySessionId: bystander", f"{gateway_url}/fn/header-fn/")
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        victim = pool.submit(subprocess.run, ["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "20",
+                                              "-H", auth, "-H", "mySessionId: victim", url], capture_output=True, text=True)
+        bystander = pool.submit(subprocess.run, ["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "20",
+                                                 "-H", auth, "-H", "mySessionId: bystander", url], capture_output=True, text=True)
+        time.sleep(1)
+        [obj] = [o for o in objects.list_namespaced_custom_object(GROUP, VERSION, namespace, SESSIONS)["items"]
+                 if o["spec"]["sessionId"] == "victim"]
+        fenced = time.monotonic()
+        objects.patch_namespaced_custom_object(GROUP, VERSION, namespace, SESSIONS, obj["metadata"]["name"], {"spec": {"fenced": True}})
+        cut = victim.result(timeout=30)
+        assert time.monotonic() - fenced < 3, "the fenced session's request ran on"
+        assert cut.stdout != "200", f"the fenced session's request completed: {cut.stdout}"
+        assert bystander.result(timeout=30).stdout == "200", "the other session's request was cut too"
+
+
+@pytest.mark.usefixtures("seeds")
+def test_the_201st_request_in_flight_on_an_instance_is_throttled(gateway_url: str, creds: Credentials) -> None:
+    auth = f"Authorization: Bearer {creds.token}"
+    curl("-H", auth, "-H", "mySessionId: busy", f"{gateway_url}/fn/header-fn/")
+    req = urllib.request.Request(f"{gateway_url}/fn/header-fn/slow?ms=4000",
+                                 headers={"Authorization": f"Bearer {creds.token}", "mySessionId": "busy"})
+
+    def call(_: int) -> tuple[int, str | None]:
+        try:
+            with urllib.request.urlopen(req, timeout=30) as r:
+                return r.status, None
+        except urllib.error.HTTPError as err:
+            return err.code, err.headers.get("x-acs-retry-after")
+
+    with ThreadPoolExecutor(max_workers=210) as pool:
+        results = list(pool.map(call, range(210)))
+    ok = [r for r in results if r[0] == 200]
+    throttled = [r for r in results if r[0] == 429]
+    assert len(ok) == 200 and len(throttled) == 10, sorted(set(results))
+    assert all(r[1] == "1000" for r in throttled)

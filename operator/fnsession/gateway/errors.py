@@ -15,9 +15,16 @@ from fnsession.api.rules import SESSION_ID_MAX, SESSION_ID_PATTERN
 class FCError(Exception):
     """An error as FC answers it: HTTP ``status``, ``code`` and ``message``."""
 
-    def __init__(self, status: int, code: str, message: str) -> None:
+    def __init__(self, status: int, code: str, message: str, retry_after_ms: int | None = None) -> None:
         super().__init__(message)
         self.status, self.code, self.message = status, code, message
+        self.retry_after_ms = retry_after_ms  # sent as x-acs-retry-after: FC's SDK raises ThrottlingException
+
+    def headers(self, request_id: str) -> dict[str, str]:
+        out = {"x-fc-request-id": request_id}
+        if self.retry_after_ms is not None:
+            out["x-acs-retry-after"] = str(self.retry_after_ms)
+        return out
 
     def body(self, request_id: str) -> bytes:
         return json.dumps({"Code": self.code, "Message": self.message, "RequestId": request_id}).encode()
@@ -69,6 +76,12 @@ def unauthenticated(why: str) -> FCError:
 def signature_mismatch() -> FCError:
     return FCError(401, "SignatureDoesNotMatch",
                    "the request signature does not match the signature computed with the access key's secret")
+
+
+def instance_busy(limit: int) -> FCError:
+    return FCError(429, "ResourceThrottled",
+                   f"the session's instance already has {limit} requests in flight (FC's limit per instance); "
+                   f"retry after the x-acs-retry-after milliseconds", retry_after_ms=1000)
 
 
 def forbidden(why: str) -> FCError:

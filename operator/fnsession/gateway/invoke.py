@@ -32,6 +32,7 @@ from fnsession.gateway.session_api import SessionAPI, function_not_found
 from fnsession.kube.client import Clients
 
 log = logging.getLogger(__name__)
+INSTANCE_LIMIT = 200  # FC: every instance accepts at most 200 in-flight requests, shared by its sessions
 HOP_BY_HOP = {"authorization", "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
               "transfer-encoding", "upgrade", "host", "content-length"}
 
@@ -41,6 +42,9 @@ class Invoker:
         self.clients, self.api, self.routes, self.auth = clients, api, routes, auth
         self.flush_interval = flush_interval
         self.activity: dict[tuple[str, str], datetime] = {}  # (namespace, object name) -> last request
+        self.running: dict[tuple[str, str], set[asyncio.Task[object]]] = {}  # requests in flight per session
+        self.per_instance: dict[str, int] = {}  # requests in flight per instance (pod IP)
+        routes.on_fenced = self.cut
         self.http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None, sock_connect=5),
                                           connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=30), auto_decompress=False)
 
@@ -70,8 +74,32 @@ class Invoker:
                 extra["Set-Cookie"] = fc.set_cookie(session_id, created.get("sessionTTLInSeconds") or 21600)
             else:
                 extra[header or "x-fc-session-id"] = session_id
-        self.activity[(ns, route.name)] = datetime.now(UTC)
-        return await self.proxy(request, route, path, {**extra, "x-fc-request-id": request_id}, body)
+        key = (ns, route.name)
+        self.activity[key] = datetime.now(UTC)
+        task = asyncio.current_task()
+        assert task is not None
+        if self.per_instance.get(route.pod_ip, 0) >= INSTANCE_LIMIT:
+            raise errors.instance_busy(INSTANCE_LIMIT)
+        self.per_instance[route.pod_ip] = self.per_instance.get(route.pod_ip, 0) + 1
+        self.running.setdefault(key, set()).add(task)
+        try:
+            return await self.proxy(request, route, path, {**extra, "x-fc-request-id": request_id}, body)
+        finally:
+            self.per_instance[route.pod_ip] -= 1
+            if not self.per_instance[route.pod_ip]:
+                del self.per_instance[route.pod_ip]
+            tasks = self.running.get(key)
+            if tasks is not None:
+                tasks.discard(task)
+                if not tasks:
+                    del self.running[key]
+
+    def cut(self, namespace: str, name: str) -> None:
+        """A fenced session: its running requests end now (the connection is closed)."""
+        for task in self.running.pop((namespace, name), set()):
+            task.cancel()
+        if (namespace, name) in self.activity:
+            del self.activity[(namespace, name)]
 
     async def route_after_create(self, ns: str, function: str, session_id: str) -> Route:
         """The watch may not have the new session yet: read it once."""

@@ -51,7 +51,7 @@ class Routes:
         self.keys: dict[tuple[str, str], SessionKey] = {}  # (namespace, object name) -> key
         self.functions: dict[tuple[str, str], dict[str, Any]] = {}
         self.ready = asyncio.Event()
-        self.on_gone: Callable[[str, str], None] = lambda ns, name: None  # a route went away (fenced, expired, deleted)
+        self.on_fenced: Callable[[str, str], None] = lambda ns, name: None  # cut the session's running requests
 
     def route(self, ns: str, function: str, session_id: str) -> Route | None:
         found = self.sessions.get((ns, function, session_id))
@@ -68,8 +68,8 @@ class Routes:
             key = (meta["namespace"], obj["spec"]["functionName"], session_json(obj)["sessionId"])
             self.sessions[key] = route
             self.keys[name] = key
-        elif old is not None:
-            self.on_gone(*name)
+        if event != "DELETED" and (obj.get("spec") or {}).get("fenced"):
+            self.on_fenced(*name)  # SHARED: the instance stays, this session's requests stop now
 
     def apply_function(self, event: str, obj: dict[str, Any]) -> None:
         key = (obj["metadata"]["namespace"], obj["metadata"]["name"])

@@ -71,7 +71,7 @@ class Gateway:
             return json_response(status, payload, request_id)
         except FCError as err:
             return web.Response(status=err.status, body=err.body(request_id), content_type="application/json",
-                                headers={"x-fc-request-id": request_id})
+                                headers=err.headers(request_id))
         except Exception:
             log.exception("request %s %s failed (x-fc-request-id %s)", request.method, request.raw_path, request_id)
             err = errors.internal()
