@@ -1,7 +1,8 @@
 // sample-function: the function instance fnsession's tests and benchmarks run. A static binary with only
 // the standard library, so that a benchmark measures the gateway in front of it, not the function.
 //
-//	GET  /               (any path not below) JSON: pod name, uid, gid, method, path, request headers
+//	GET  /               (any path not below) JSON: pod name, uid, gid, method, path, request headers;
+//	                     with header X-Sample-Status: C, status C and a plain-text body instead
 //	GET  /file?path=P    read file P;  PUT/POST /file?path=P  write the body to P (under a mounted path)
 //	GET  /slow?ms=N      answer after N milliseconds (in-flight limits, fencing)
 //	GET  /sse?n=N&ms=M   N Server-Sent Events, M milliseconds apart, each flushed at once
@@ -47,6 +48,12 @@ func fail(w http.ResponseWriter, code int, err error) {
 }
 
 func info(w http.ResponseWriter, r *http.Request) {
+	if code, err := strconv.Atoi(r.Header.Get("X-Sample-Status")); err == nil && code >= 200 && code <= 599 {
+		w.Header().Set("Content-Type", "text/plain")
+		w.WriteHeader(code) // a function's own error, as plain text (FC's SDK cannot parse it as JSON)
+		fmt.Fprintf(w, "%s from %s\n", http.StatusText(code), podName)
+		return
+	}
 	headers := map[string]string{}
 	for k, v := range r.Header {
 		headers[strings.ToLower(k)] = strings.Join(v, ", ")

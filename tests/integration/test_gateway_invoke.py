@@ -5,8 +5,10 @@ invoke_function, and activity reaching status.lastActivityTime."""
 
 from __future__ import annotations
 
+import base64
 import io
 import json
+import os
 import re
 import socket
 import subprocess
@@ -182,3 +184,37 @@ def test_the_201st_request_in_flight_on_an_instance_is_throttled(gateway_url: st
     throttled = [r for r in results if r[0] == 429]
     assert len(ok) == 200 and len(throttled) == 10, sorted(set(results))
     assert all(r[1] == "1000" for r in throttled)
+
+
+@pytest.mark.usefixtures("seeds")
+def test_websocket_upgrades_are_proxied_to_the_sessions_instance(gateway_url: str, creds: Credentials) -> None:
+    _, info, _ = curl("-H", f"Authorization: Bearer {creds.token}", "-H", "mySessionId: ws-1", f"{gateway_url}/fn/header-fn/")
+    parts = urlsplit(gateway_url)
+    with socket.create_connection((parts.hostname, parts.port or 80), timeout=10) as s:
+        key = base64.b64encode(os.urandom(16)).decode()
+        s.sendall(f"GET /fn/header-fn/ws HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {creds.token}\r\nmySessionId: ws-1\r\n"
+                  f"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode())
+        head = b""
+        while b"\r\n\r\n" not in head:
+            head += s.recv(1)
+        assert head.startswith(b"HTTP/1.1 101"), head
+        assert b"x-fc-request-id" in head.lower()
+        for text in (b"hello through the gateway", b"again"):
+            mask = os.urandom(4)
+            s.sendall(bytes([0x81, 0x80 | len(text)]) + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(text)))
+            frame = b""
+            while len(frame) < 2 + len(text):
+                frame += s.recv(4096)
+            assert frame == bytes([0x81, len(text)]) + text
+
+
+@pytest.mark.usefixtures("seeds")
+def test_a_functions_error_status_reaches_fcs_sdk_and_curl(gateway_url: str, creds: Credentials) -> None:
+    fc = FC(gateway_url, creds)
+    hdrs = m.InvokeFunctionHeaders(common_headers={"mySessionId": "err-1", "X-Sample-Status": "503"})
+    r = fc.sdk.invoke_function_with_options("header-fn", m.InvokeFunctionRequest(body=io.BytesIO(b"x")), hdrs, fc.runtime)
+    assert r.status_code == 200 and r.headers["x-fc-error-type"] == "FunctionError"
+    assert r.headers["x-fc-function-status"] == "503" and r.body.read().startswith(b"Service Unavailable from ")
+    headers, body, status = curl("-H", f"Authorization: Bearer {creds.token}", "-H", "mySessionId: err-1",
+                                 "-H", "X-Sample-Status: 503", f"{gateway_url}/fn/header-fn/")
+    assert status == 503 and "x-fc-error-type" not in headers and str(body).startswith("Service Unavailable")

@@ -5,6 +5,9 @@ path ``/fn/{fn}/{path...}`` (any method), routed to the instance that holds the 
   (passive create), an invalid one gets FC's 400, none gets a generated id, returned in that header.
 - GENERATED_COOKIE: a request without a live ``x-fc-cookie-session-id`` cookie gets a new session
   and ``Set-Cookie``; clients never choose cookie ids.
+- InvokeFunction reports a function's own error status (>= 400) as 200 with ``x-fc-error-type:
+  FunctionError`` and ``x-fc-function-status``, which FC's SDK can read (fc-sdk-wire.md §7.8); the
+  HTTP-trigger path passes statuses through unchanged.
 - Responses stream through unbuffered (Server-Sent Events arrive as sent); every response has
   ``x-fc-request-id``. Activity is counted in memory and written to ``status.lastActivityTime``
   at most once per session per flush interval.
@@ -18,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from datetime import UTC, datetime
+from typing import Any
 
 import aiohttp
 from aiohttp import web
@@ -52,8 +56,9 @@ class Invoker:
         await self.http.close()
 
     async def invoke(self, request: web.Request, who: Identity, function: str, path: str, request_id: str,
-                     body: bytes | None) -> web.StreamResponse:
-        """``body``: already read (a signed request), else streamed from ``request``."""
+                     body: bytes | None, *, sdk: bool = False) -> web.StreamResponse:
+        """``body``: already read (a signed request), else streamed from ``request``. ``sdk``: an
+        InvokeFunction call, whose function errors are reported the way FC's SDK can read them."""
         ns = who.namespace
         spec = self.routes.functions.get((ns, function)) or (await self.api.function(ns, function))["spec"]
         if spec is None:
@@ -83,7 +88,7 @@ class Invoker:
         self.per_instance[route.pod_ip] = self.per_instance.get(route.pod_ip, 0) + 1
         self.running.setdefault(key, set()).add(task)
         try:
-            return await self.proxy(request, route, path, {**extra, "x-fc-request-id": request_id}, body)
+            return await self.proxy(request, route, path, {**extra, "x-fc-request-id": request_id}, body, sdk=sdk)
         finally:
             self.per_instance[route.pod_ip] -= 1
             if not self.per_instance[route.pod_ip]:
@@ -114,16 +119,25 @@ class Invoker:
         raise errors.internal()
 
     async def proxy(self, request: web.Request, route: Route, path: str, extra: dict[str, str],
-                    read: bytes | None = None) -> web.StreamResponse:
+                    read: bytes | None = None, *, sdk: bool = False) -> web.StreamResponse:
         url = f"http://{route.pod_ip}:{route.port}{path}"
         if request.query_string:
             url += "?" + request.query_string
+        if request.headers.get("Upgrade", "").lower() == "websocket":
+            return await self.websocket(request, url, extra)
         upstream_headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP}
         body = read if read is not None else request.content if request.body_exists else None
         try:
             async with self.http.request(request.method, url, headers=upstream_headers, data=body, allow_redirects=False,
                                          skip_auto_headers=("Accept-Encoding", "User-Agent")) as upstream:
-                response = web.StreamResponse(status=upstream.status)
+                if sdk and upstream.status >= 400:
+                    # FC's SDK turns a status >= 400 with a non-JSON body into an opaque error and loses
+                    # the status: answer 200 and say it was the function's error, and which status
+                    response = web.StreamResponse(status=200)
+                    response.headers["x-fc-error-type"] = "FunctionError"
+                    response.headers["x-fc-function-status"] = str(upstream.status)
+                else:
+                    response = web.StreamResponse(status=upstream.status)
                 for key, value in upstream.headers.items():
                     if key.lower() not in HOP_BY_HOP:
                         response.headers.add(key, value)
@@ -138,6 +152,38 @@ class Invoker:
                 return response
         except aiohttp.ClientConnectionError:
             raise FCError(502, "FunctionNotReachable", f"the session's instance {route.pod_ip}:{route.port} did not answer") from None
+
+    async def websocket(self, request: web.Request, url: str, extra: dict[str, str]) -> web.StreamResponse:
+        """A WebSocket to the session's instance: frames pass both ways until either side closes."""
+        headers = {k: v for k, v in request.headers.items()
+                   if k.lower() not in HOP_BY_HOP and not k.lower().startswith("sec-websocket")}
+        try:
+            upstream = await self.http.ws_connect(url, headers=headers, autoping=False)
+        except (aiohttp.ClientError, aiohttp.WSServerHandshakeError) as exc:
+            raise FCError(502, "FunctionNotReachable", f"the session's instance refused the WebSocket: {exc}") from None
+        downstream = web.WebSocketResponse(autoping=False)
+        downstream.headers.update(extra)
+        await downstream.prepare(request)
+
+        async def pump(src: Any, dst: Any) -> None:
+            async for msg in src:
+                if msg.type == aiohttp.WSMsgType.TEXT:
+                    await dst.send_str(msg.data)
+                elif msg.type == aiohttp.WSMsgType.BINARY:
+                    await dst.send_bytes(msg.data)
+                elif msg.type == aiohttp.WSMsgType.PING:
+                    await dst.ping(msg.data)
+                elif msg.type == aiohttp.WSMsgType.PONG:
+                    await dst.pong(msg.data)
+                else:
+                    break
+            await dst.close()
+
+        try:
+            await asyncio.gather(pump(downstream, upstream), pump(upstream, downstream))
+        finally:
+            await upstream.close()
+        return downstream
 
     async def flush_activity(self) -> None:
         """Write lastActivityTime of the sessions that had requests since the last flush."""

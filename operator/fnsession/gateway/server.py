@@ -66,7 +66,8 @@ class Gateway:
                 assert m is not None
                 target = "/" if INVOKE.match(path) else (m.group(2) or "/")
                 await self.auth.authorize(who, "get")
-                return await self.invoker.invoke(request, who, unquote(m.group(1)), target, request_id, body)
+                return await self.invoker.invoke(request, who, unquote(m.group(1)), target, request_id, body,
+                                                 sdk=bool(INVOKE.match(path)))
             status, payload = await self.dispatch(request, who, body)
             return json_response(status, payload, request_id)
         except FCError as err:
