@@ -272,3 +272,20 @@ def test_no_wrong_or_replayed_credentials_get_401_and_no_rbac_403(
     # the granted account's token works for the same call
     with urllib.request.urlopen(urllib.request.Request(target, headers={"Authorization": f"Bearer {creds.token}"}), timeout=10) as ok:
         assert ok.status == 200 and json_body(ok.read()) == {"sessions": []}
+
+
+def test_fcs_own_create_session_program_runs_against_the_gateway(
+    gateway_url: str, fc: FC, creds: Credentials, objects: client.CustomObjectsApi, namespace: str, tmp_path: Any
+) -> None:
+    program = (REPO / "tests" / "integration" / "fc_programs" / "create_session.py").read_text()
+    program = (program.replace("f'<Account_ID>.<Endpoint>'", repr(gateway_url)).replace("<Function_Name>", "echo")
+               .replace("session_ttl_in_seconds", "session_ttlin_seconds"))
+    (tmp_path / "createSession.py").write_text(program)
+    out = subprocess.run([sys.executable, str(tmp_path / "createSession.py")], capture_output=True, text=True, timeout=60,
+                         env={"PATH": "/usr/bin:/bin", "ALIBABA_CLOUD_ACCESS_KEY_ID": creds.key_id,
+                              "ALIBABA_CLOUD_ACCESS_KEY_SECRET": creds.secret})
+    assert out.returncode == 0, out.stderr
+    session_id = re.search(r"Session created successfully. Session ID: ([0-9a-f]{32})", out.stdout).group(1)
+    [obj] = records(objects, namespace)
+    assert obj["spec"]["sessionId"] == session_id and obj["spec"]["sessionTTLInSeconds"] == 3600
+    assert "'sessionStatus': 'Active'" in out.stdout
