@@ -8,8 +8,10 @@ is this machine.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
+import socket
 import subprocess
 import time
 import urllib.error
@@ -132,3 +134,27 @@ def run(*cmd: str | Path, check: bool = True, timeout: float = 300, env: dict[st
         raise AssertionError(f"{' '.join(map(str, cmd))} exited {proc.returncode}\n"
                              f"stdout:\n{proc.stdout[-4000:]}\nstderr:\n{proc.stderr[-4000:]}")
     return proc
+
+
+def websocket_open(sock: socket.socket, path: str, headers: dict[str, str] | None = None) -> bytes:
+    """Send a WebSocket upgrade on ``sock``; returns the response head (status line and headers)."""
+    key = base64.b64encode(os.urandom(16)).decode()
+    extra = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
+    sock.sendall(f"GET {path} HTTP/1.1\r\nHost: fn\r\n{extra}Upgrade: websocket\r\nConnection: Upgrade\r\n"
+                 f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode())
+    head = b""
+    while b"\r\n\r\n" not in head:
+        head += sock.recv(1)
+    return head
+
+
+def websocket_echo(sock: socket.socket, text: bytes) -> bytes:
+    """Send one masked text frame (as a client must) and return the frame that comes back."""
+    mask = os.urandom(4)
+    sock.sendall(bytes([0x81, 0x80 | len(text)]) + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(text)))
+    frame = b""
+    while len(frame) < 2 + len(text):
+        chunk = sock.recv(4096)
+        assert chunk, "the WebSocket closed"
+        frame += chunk
+    return frame

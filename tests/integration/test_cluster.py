@@ -3,9 +3,7 @@ project image's security posture, and kwok nodes for scale tests."""
 
 from __future__ import annotations
 
-import base64
 import json
-import os
 import socket
 import time
 
@@ -15,7 +13,7 @@ from kubernetes import client
 
 from .cluster import (
     CLUSTER_KIND, FNSESSION_IMAGE, REPO, eventually, http, http_json, require_local_node, restricted_container,
-    sample_function_pod, wait_pod,
+    sample_function_pod, wait_pod, websocket_echo, websocket_open,
 )
 
 
@@ -75,18 +73,11 @@ def test_sample_function_streams_events_and_echoes_websocket(core: client.CoreV1
 
     # WebSocket: upgrade, send a masked text frame, read it back.
     with socket.create_connection((ip, 9000), timeout=5) as s:
-        key = base64.b64encode(os.urandom(16)).decode()
-        s.sendall(f"GET /ws HTTP/1.1\r\nHost: fn\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                  f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode())
-        head = b""
-        while b"\r\n\r\n" not in head:
-            head += s.recv(1)
+        head = websocket_open(s, "/ws")
         assert head.startswith(b"HTTP/1.1 101"), head
         assert b"X-Pod-Name: fn-stream" in head
-        payload, mask = b"hello from the host", os.urandom(4)
-        s.sendall(bytes([0x81, 0x80 | len(payload)]) + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload)))
-        frame = s.recv(4096)
-        assert frame == bytes([0x81, len(payload)]) + payload
+        payload = b"hello from the host"
+        assert websocket_echo(s, payload) == bytes([0x81, len(payload)]) + payload
 
 
 def test_project_image_runs_non_root_on_a_read_only_root_filesystem(core: client.CoreV1Api, namespace: str) -> None:

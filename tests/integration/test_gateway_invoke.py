@@ -5,10 +5,8 @@ invoke_function, and activity reaching status.lastActivityTime."""
 
 from __future__ import annotations
 
-import base64
 import io
 import json
-import os
 import re
 import socket
 import subprocess
@@ -23,6 +21,7 @@ import pytest
 from alibabacloud_fc20230330 import models as m
 from kubernetes import client
 
+from .cluster import websocket_echo, websocket_open
 from .test_gateway import FC, Credentials, creds, gateway_url  # noqa: F401 - fixtures
 from .test_operator import GROUP, SESSIONS, VERSION, create, function, status_of
 
@@ -188,24 +187,14 @@ def test_the_201st_request_in_flight_on_an_instance_is_throttled(gateway_url: st
 
 @pytest.mark.usefixtures("seeds")
 def test_websocket_upgrades_are_proxied_to_the_sessions_instance(gateway_url: str, creds: Credentials) -> None:
-    _, info, _ = curl("-H", f"Authorization: Bearer {creds.token}", "-H", "mySessionId: ws-1", f"{gateway_url}/fn/header-fn/")
+    curl("-H", f"Authorization: Bearer {creds.token}", "-H", "mySessionId: ws-1", f"{gateway_url}/fn/header-fn/")
     parts = urlsplit(gateway_url)
     with socket.create_connection((parts.hostname, parts.port or 80), timeout=10) as s:
-        key = base64.b64encode(os.urandom(16)).decode()
-        s.sendall(f"GET /fn/header-fn/ws HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {creds.token}\r\nmySessionId: ws-1\r\n"
-                  f"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode())
-        head = b""
-        while b"\r\n\r\n" not in head:
-            head += s.recv(1)
+        head = websocket_open(s, "/fn/header-fn/ws", {"Authorization": f"Bearer {creds.token}", "mySessionId": "ws-1"})
         assert head.startswith(b"HTTP/1.1 101"), head
         assert b"x-fc-request-id" in head.lower()
         for text in (b"hello through the gateway", b"again"):
-            mask = os.urandom(4)
-            s.sendall(bytes([0x81, 0x80 | len(text)]) + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(text)))
-            frame = b""
-            while len(frame) < 2 + len(text):
-                frame += s.recv(4096)
-            assert frame == bytes([0x81, len(text)]) + text
+            assert websocket_echo(s, text) == bytes([0x81, len(text)]) + text
 
 
 @pytest.mark.usefixtures("seeds")
