@@ -97,5 +97,12 @@ test-unit: $(VENV)/.installed ## unit tests: pure logic, no cluster
 test-e2e: $(VENV)/.installed images deploy ## integration tests against the cluster (CLUSTER=local|kind|other)
 	$(PYTEST) tests/integration $(PYTEST_ARGS)
 
-test: $(VENV)/.installed images deploy ## everything CI runs: unit and integration tests, every test required to run
+TEST_KWOK_NODES ?= 2
+test: $(VENV)/.installed test-cluster images deploy ## everything CI runs: unit and integration tests, every test required to run
 	FNSESSION_REQUIRE_ALL=1 $(PYTEST) tests $(PYTEST_ARGS)
+
+.PHONY: test-cluster
+test-cluster: # the local cluster up, with the kwok nodes the scale tests use (a no-op when it already is)
+ifeq ($(CLUSTER),local)
+	@set -o pipefail; KWOK_NODES=$(if $(filter-out 0,$(KWOK_NODES)),$(KWOK_NODES),$(TEST_KWOK_NODES)) hack/cluster/up.sh | tail -1
+endif
