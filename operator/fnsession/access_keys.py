@@ -11,8 +11,10 @@ import string
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
+from fnsession.api.rules import DNS_LABEL_PATTERN
+
 LABEL = "fnsession.dev/access-key-id"
-DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+DNS_LABEL = re.compile(DNS_LABEL_PATTERN)
 
 
 def new_key_id() -> str:
@@ -22,7 +24,7 @@ def new_key_id() -> str:
 def create(namespace: str, service_account: str, keys_namespace: str) -> tuple[str, str]:
     """Mint a key for ``service_account`` in ``namespace``; returns (id, secret)."""
     for what, value in (("--namespace", namespace), ("--service-account", service_account)):
-        if not DNS_LABEL.match(value):
+        if len(value) > 63 or not DNS_LABEL.match(value):
             raise ValueError(f"{what} {value!r} is not a Kubernetes name (lower-case letters, digits, '-')")
     config.load_kube_config()
     core = client.CoreV1Api()

@@ -13,7 +13,7 @@ Transition rules (``oldSelf``) only exist on the CEL side: immutability is the A
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 # FC's session id: 1-64 characters, a letter, digit or underscore first.
@@ -43,7 +43,6 @@ class Rule:
     check: Callable[[dict[str, Any]], bool] | None = None
     field_path: str | None = None
     reason: str = "FieldValueInvalid"
-    transition: bool = field(default=False)
 
     def as_cel(self) -> dict[str, str]:
         out = {"rule": self.cel, "message": self.message}
@@ -82,7 +81,6 @@ FENCED_ONE_WAY = Rule(
     cel="self || !oldSelf",
     message="fenced can only change from false to true",
     reason="FieldValueForbidden",
-    transition=True,
 )
 
 # --- rules on objects ------------------------------------------------------------------------------
@@ -143,7 +141,6 @@ def _unchanged(name: str) -> Rule:
         message=f"{name} is immutable: only sessionTTLInSeconds, sessionIdleTimeoutInSeconds and fenced can change",
         field_path=f".{name}",
         reason="FieldValueForbidden",
-        transition=True,
     )
 
 

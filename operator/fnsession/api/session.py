@@ -59,10 +59,6 @@ class FunctionSessionSpec(ApiModel):
         description="Set to true to fence the session at once (it expires with reason Fenced); cannot be undone.")
     storage: SessionStorage | None = None
 
-    @property
-    def effective_session_id(self) -> str | None:
-        return self.session_id
-
 
 class Instance(ApiModel):
     model_config = ApiModel.model_config | {"frozen": False}

@@ -18,7 +18,7 @@ import asyncio
 import logging
 from collections import defaultdict
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any, Literal
 
 from fnsession.api.function import FunctionSpec
@@ -32,7 +32,7 @@ from fnsession.core.registry import FunctionState, Instance, Key, Registry, Sess
 from fnsession.core.storage import storage_violations
 from fnsession.kube import writes
 from fnsession.controller import metrics
-from fnsession.controller.instances import Instances
+from fnsession.controller.instances import Instances, now
 from fnsession.kube.client import Clients
 
 log = logging.getLogger(__name__)
@@ -41,10 +41,6 @@ DeadlineKey = tuple[DeadlineKind, str, str]
 RESTORE_GRACE = timedelta(seconds=15)  # after start-up, how long a restored binding's pod has to show up
 ID_REUSE_REFUSAL = timedelta(days=3)   # FC: with disableSessionIdReuse an expired id is refused this long
 RETRY = timedelta(seconds=1)
-
-
-def now() -> datetime:
-    return datetime.now(UTC)
 
 
 @dataclass(frozen=True)

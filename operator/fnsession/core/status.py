@@ -47,10 +47,6 @@ def merge_conditions(old: list[dict[str, Any]] | None, new: list[dict[str, Any]]
     return list(merged.values())
 
 
-def moves_forward(current: str | None, new: str) -> bool:
-    return ORDER[new] >= ORDER.get(current or "Pending", 0)
-
-
 def base(session: Session, at: datetime, affinity: str | None, expire_at: datetime | None) -> dict[str, Any]:
     out: dict[str, Any] = {"sessionId": session.session_id, "createdTime": stamp(session.created),
                            "lastModifiedTime": stamp(at), "observedGeneration": session.generation}

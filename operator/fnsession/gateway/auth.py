@@ -25,7 +25,6 @@ from kubernetes_asyncio import client
 
 from fnsession.api.names import GROUP, SESSION
 from fnsession.gateway import errors, signing
-from fnsession.gateway.errors import FCError
 from fnsession.kube.client import Clients
 
 log = logging.getLogger(__name__)
@@ -142,5 +141,4 @@ class Authenticator:
                         group=GROUP, resource=SESSION.plural, verb=verb, namespace=who.namespace))))
             allowed = self.reviews.put(key, bool(review.status.allowed))
         if not allowed:
-            raise FCError(403, "AccessDenied",
-                          f"{who.user} may not {verb} functionsessions.{GROUP} in namespace {who.namespace}")
+            raise errors.forbidden(f"{who.user} may not {verb} functionsessions.{GROUP} in namespace {who.namespace}")

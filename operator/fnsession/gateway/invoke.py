@@ -32,7 +32,7 @@ from fnsession.gateway import errors, fc
 from fnsession.gateway.auth import Authenticator, Identity
 from fnsession.gateway.errors import FCError
 from fnsession.gateway.routes import Route, Routes, route_of
-from fnsession.gateway.session_api import SessionAPI, function_not_found
+from fnsession.gateway.session_api import SessionAPI
 from fnsession.kube.client import Clients
 
 log = logging.getLogger(__name__)
@@ -61,8 +61,6 @@ class Invoker:
         InvokeFunction call, whose function errors are reported the way FC's SDK can read them."""
         ns = who.namespace
         spec = self.routes.functions.get((ns, function)) or (await self.api.function(ns, function))["spec"]
-        if spec is None:
-            raise function_not_found(function)
         affinity = spec.get("sessionAffinity")
         header = (spec.get("sessionAffinityConfig") or {}).get("affinityHeaderFieldName")
         headers = {k.lower(): v for k, v in request.headers.items()}

@@ -45,6 +45,11 @@ def json_response(status: int, body: Any, request_id: str) -> web.Response:
                         headers={"x-fc-request-id": request_id})
 
 
+def error_response(err: FCError, request_id: str) -> web.Response:
+    return web.Response(status=err.status, body=err.body(request_id), content_type="application/json",
+                        headers=err.headers(request_id))
+
+
 class Gateway:
     def __init__(self, api: SessionAPI, auth: Authenticator, invoker: Invoker | None = None) -> None:
         self.api = api
@@ -71,13 +76,10 @@ class Gateway:
             status, payload = await self.dispatch(request, who, body)
             return json_response(status, payload, request_id)
         except FCError as err:
-            return web.Response(status=err.status, body=err.body(request_id), content_type="application/json",
-                                headers=err.headers(request_id))
+            return error_response(err, request_id)
         except Exception:
             log.exception("request %s %s failed (x-fc-request-id %s)", request.method, request.raw_path, request_id)
-            err = errors.internal()
-            return web.Response(status=err.status, body=err.body(request_id), content_type="application/json",
-                                headers={"x-fc-request-id": request_id})
+            return error_response(errors.internal(), request_id)
 
     @staticmethod
     def path(request: web.Request) -> str:
