@@ -88,20 +88,35 @@ class Authenticator:
             return await self.by_access_key(method, raw_target, headers, body)
         raise errors.unauthenticated("no credentials: send a Kubernetes bearer token or sign with an fnsession access key")
 
+    def cached_identity(self, headers: Mapping[str, str]) -> Identity | None:
+        """Who a bearer-token request is, if known from an earlier request (no API call); None otherwise.
+        Signed requests always take :meth:`identify`: their signature covers the body."""
+        if self.mode == "none":
+            return Identity("anonymous", (), None, headers.get(NAMESPACE_HEADER) or self.default_namespace)
+        value = headers.get("authorization", "")
+        if not value.startswith("Bearer "):
+            return None
+        return self.tokens.get((value[7:].strip(), headers.get(NAMESPACE_HEADER)))
+
+    def cached_decision(self, who: Identity, verb: str) -> bool | None:
+        """RBAC's answer for ``who`` and ``verb`` if known (no API call); None otherwise."""
+        return True if self.mode == "none" else self.reviews.get((who, verb))
+
     async def by_token(self, token: str, header_ns: str | None) -> Identity:
-        user = self.tokens.get(token)
-        if user is None:
-            review = await self.auth_api.create_token_review(client.V1TokenReview(spec=client.V1TokenReviewSpec(token=token)))
-            if not review.status.authenticated:
-                raise errors.unauthenticated("the bearer token is not valid")
-            user = self.tokens.put(token, review.status.user)
+        found = self.tokens.get((token, header_ns))
+        if found is not None:
+            return found
+        review = await self.auth_api.create_token_review(client.V1TokenReview(spec=client.V1TokenReviewSpec(token=token)))
+        if not review.status.authenticated:
+            raise errors.unauthenticated("the bearer token is not valid")
+        user = review.status.user
         name = user.username
         if name.startswith("system:serviceaccount:"):
             namespace = name.split(":")[2]
         else:
             namespace = header_ns or self.default_namespace
         extra = tuple(sorted((k, tuple(v)) for k, v in (user.extra or {}).items()))
-        return Identity(name, tuple(user.groups or ()), user.uid, namespace, extra)
+        return self.tokens.put((token, header_ns), Identity(name, tuple(user.groups or ()), user.uid, namespace, extra))
 
     async def by_access_key(self, method: str, raw_target: str, headers: Mapping[str, str], body: bytes) -> Identity:
         auth = signing.parse_authorization(headers.get("authorization"))

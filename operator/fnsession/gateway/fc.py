@@ -17,6 +17,7 @@ import secrets
 from collections.abc import Mapping
 from http.cookies import CookieError, SimpleCookie
 from typing import Any
+from urllib.parse import parse_qsl
 
 from fnsession.api.rules import IDLE_MAX, IDLE_MIN, SESSION_ID_MAX, SESSION_ID_PATTERN, TTL_MAX, TTL_MIN
 from fnsession.gateway import errors
@@ -166,3 +167,11 @@ def cookie_session_id(cookie_header: str | None) -> str | None:
 
 def set_cookie(session_id: str, ttl_seconds: int) -> str:
     return f"{COOKIE}={session_id}; Max-Age={ttl_seconds}; Path=/; HttpOnly"
+
+
+def query_param(raw_query: str, name: str) -> str | None:
+    """One parameter of a raw query string (the first, decoded), or None."""
+    for key, value in parse_qsl(raw_query, keep_blank_values=True):
+        if key == name:
+            return value
+    return None

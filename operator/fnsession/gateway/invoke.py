@@ -5,104 +5,92 @@ path ``/fn/{fn}/{path...}`` (any method), routed to the instance that holds the 
   (passive create), an invalid one gets FC's 400, none gets a generated id, returned in that header.
 - GENERATED_COOKIE: a request without a live ``x-fc-cookie-session-id`` cookie gets a new session
   and ``Set-Cookie``; clients never choose cookie ids.
-- InvokeFunction reports a function's own error status (>= 400) as 200 with ``x-fc-error-type:
-  FunctionError`` and ``x-fc-function-status``, which FC's SDK can read (fc-sdk-wire.md §7.8); the
-  HTTP-trigger path passes statuses through unchanged.
-- Responses stream through unbuffered (Server-Sent Events arrive as sent); every response has
-  ``x-fc-request-id``. Activity is counted in memory and written to ``status.lastActivityTime``
-  at most once per session per flush interval.
-
-This first version proxies with aiohttp; the fast path (raw asyncio protocols), the per-instance
-in-flight limit, cutting a fenced session's running requests and WebSockets are still to come.
+- A request for a known session is routed without an API call and without a task (:meth:`Invoker.fast`);
+  the rest (passive creates, a Function not seen yet) take :meth:`Invoker.invoke`.
+- Every instance takes at most 200 requests in flight, shared by its sessions (FC's rule); the 201st
+  is refused at once with 429 ``ResourceThrottled`` and ``x-acs-retry-after``.
+- Fencing a session closes its running requests' connections at once; a WebSocket counts as a
+  request in flight until it closes.
+- Activity is counted in memory and written to ``status.lastActivityTime`` at most once per session
+  per flush interval, never per request.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from datetime import UTC, datetime
 from typing import Any
-
-import aiohttp
-from aiohttp import web
 
 from fnsession.api.names import GROUP, SESSION, VERSION
 from fnsession.core.status import stamp
 from fnsession.gateway import errors, fc
-from fnsession.gateway.auth import Authenticator, Identity
-from fnsession.gateway.errors import FCError
+from fnsession.gateway.http import Exchange, Pool, Request
 from fnsession.gateway.routes import Route, Routes, route_of
 from fnsession.gateway.session_api import SessionAPI
 from fnsession.kube.client import Clients
 
 log = logging.getLogger(__name__)
 INSTANCE_LIMIT = 200  # FC: every instance accepts at most 200 in-flight requests, shared by its sessions
-HOP_BY_HOP = {"authorization", "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
-              "transfer-encoding", "upgrade", "host", "content-length"}
+SessionName = tuple[str, str]  # (namespace, FunctionSession name)
 
 
 class Invoker:
-    def __init__(self, clients: Clients, api: SessionAPI, routes: Routes, auth: Authenticator, flush_interval: float = 2.0) -> None:
-        self.clients, self.api, self.routes, self.auth = clients, api, routes, auth
+    def __init__(self, clients: Clients, api: SessionAPI, routes: Routes, pool: Pool, flush_interval: float = 2.0) -> None:
+        self.clients, self.api, self.routes, self.pool = clients, api, routes, pool
         self.flush_interval = flush_interval
-        self.activity: dict[tuple[str, str], datetime] = {}  # (namespace, object name) -> last request
-        self.running: dict[tuple[str, str], set[asyncio.Task[object]]] = {}  # requests in flight per session
+        self.activity: dict[SessionName, float] = {}  # last request per session, Unix time
+        self.running: dict[SessionName, set[Exchange]] = {}  # requests in flight per session
         self.per_instance: dict[str, int] = {}  # requests in flight per instance (pod IP)
+        self.opening: set[asyncio.Task[None]] = set()
         routes.on_fenced = self.cut
-        self.http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None, sock_connect=5),
-                                          connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=30), auto_decompress=False)
 
-    async def close(self) -> None:
-        await self.http.close()
+    # --- routing ------------------------------------------------------------------------------------
 
-    async def invoke(self, request: web.Request, who: Identity, function: str, path: str, request_id: str,
-                     body: bytes | None, *, sdk: bool = False) -> web.StreamResponse:
-        """``body``: already read (a signed request), else streamed from ``request``. ``sdk``: an
-        InvokeFunction call, whose function errors are reported the way FC's SDK can read them."""
-        ns = who.namespace
+    @staticmethod
+    def affinity(spec: dict[str, Any]) -> tuple[str, str | None]:
+        return spec.get("sessionAffinity") or "", (spec.get("sessionAffinityConfig") or {}).get("affinityHeaderFieldName")
+
+    def fast(self, req: Request, ns: str, function: str, target: str, *, sdk: bool) -> bool:
+        """Route a request for a known, live session now; False when it needs the slow path."""
+        spec = self.routes.functions.get((ns, function))
+        if spec is None:
+            return False
+        affinity, header = self.affinity(spec)
+        session_id = fc.request_session_id(affinity, header, req.headers)
+        if session_id is None:
+            return False
+        route = self.routes.route(ns, function, session_id)
+        if route is None:
+            return False
+        self.start(req, ns, route, target, b"", sdk=sdk)
+        return True
+
+    async def invoke(self, req: Request, ns: str, function: str, target: str, *, sdk: bool,
+                     authorize_create: Any) -> None:
+        """Route a request, creating its session when it names none or an unknown one (a passive create:
+        ``authorize_create()`` must allow it). Returns once the request is on its way."""
         spec = self.routes.functions.get((ns, function)) or (await self.api.function(ns, function))["spec"]
-        affinity = spec.get("sessionAffinity")
-        header = (spec.get("sessionAffinityConfig") or {}).get("affinityHeaderFieldName")
-        headers = {k.lower(): v for k, v in request.headers.items()}
-        session_id = fc.request_session_id(affinity, header, headers)
-        extra: dict[str, str] = {}
+        affinity, header = self.affinity(spec)
+        session_id = fc.request_session_id(affinity, header, req.headers)
+        extra = b""
         route = self.routes.route(ns, function, session_id) if session_id else None
         if route is None:
             if affinity == "GENERATED_COOKIE" or session_id is None:
                 session_id = fc.new_session_id()  # the client never chooses a cookie id
-            await self.auth.authorize(who, "create")  # a passive create is a create
-            created = await self.api.create(ns, function, request.query.get("qualifier"), {"sessionId": session_id})
+            await authorize_create()
+            qualifier = fc.query_param(req.query, "qualifier")
+            created = await self.api.create(ns, function, qualifier, {"sessionId": session_id})
             route = await self.route_after_create(ns, function, session_id)
             if affinity == "GENERATED_COOKIE":
-                extra["Set-Cookie"] = fc.set_cookie(session_id, created.get("sessionTTLInSeconds") or 21600)
+                line = f"Set-Cookie: {fc.set_cookie(session_id, created.get('sessionTTLInSeconds') or 21600)}\r\n"
             else:
-                extra[header or "x-fc-session-id"] = session_id
-        key = (ns, route.name)
-        self.activity[key] = datetime.now(UTC)
-        task = asyncio.current_task()
-        assert task is not None
-        if self.per_instance.get(route.pod_ip, 0) >= INSTANCE_LIMIT:
-            raise errors.instance_busy(INSTANCE_LIMIT)
-        self.per_instance[route.pod_ip] = self.per_instance.get(route.pod_ip, 0) + 1
-        self.running.setdefault(key, set()).add(task)
-        try:
-            return await self.proxy(request, route, path, {**extra, "x-fc-request-id": request_id}, body, sdk=sdk)
-        finally:
-            self.per_instance[route.pod_ip] -= 1
-            if not self.per_instance[route.pod_ip]:
-                del self.per_instance[route.pod_ip]
-            tasks = self.running.get(key)
-            if tasks is not None:
-                tasks.discard(task)
-                if not tasks:
-                    del self.running[key]
-
-    def cut(self, namespace: str, name: str) -> None:
-        """A fenced session: its running requests end now (the connection is closed)."""
-        for task in self.running.pop((namespace, name), set()):
-            task.cancel()
-        if (namespace, name) in self.activity:
-            del self.activity[(namespace, name)]
+                line = f"{header or 'x-fc-session-id'}: {session_id}\r\n"
+            extra = line.encode("latin-1")
+        if req.conn.closed:
+            return
+        self.start(req, ns, route, target, extra, sdk=sdk)
 
     async def route_after_create(self, ns: str, function: str, session_id: str) -> Route:
         """The watch may not have the new session yet: read it once."""
@@ -116,72 +104,57 @@ class Invoker:
             await asyncio.sleep(0.02)
         raise errors.internal()
 
-    async def proxy(self, request: web.Request, route: Route, path: str, extra: dict[str, str],
-                    read: bytes | None = None, *, sdk: bool = False) -> web.StreamResponse:
-        url = f"http://{route.pod_ip}:{route.port}{path}"
-        if request.query_string:
-            url += "?" + request.query_string
-        if request.headers.get("Upgrade", "").lower() == "websocket":
-            return await self.websocket(request, url, extra)
-        upstream_headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP}
-        body = read if read is not None else request.content if request.body_exists else None
-        try:
-            async with self.http.request(request.method, url, headers=upstream_headers, data=body, allow_redirects=False,
-                                         skip_auto_headers=("Accept-Encoding", "User-Agent")) as upstream:
-                if sdk and upstream.status >= 400:
-                    # FC's SDK turns a status >= 400 with a non-JSON body into an opaque error and loses
-                    # the status: answer 200 and say it was the function's error, and which status
-                    response = web.StreamResponse(status=200)
-                    response.headers["x-fc-error-type"] = "FunctionError"
-                    response.headers["x-fc-function-status"] = str(upstream.status)
-                else:
-                    response = web.StreamResponse(status=upstream.status)
-                for key, value in upstream.headers.items():
-                    if key.lower() not in HOP_BY_HOP:
-                        response.headers.add(key, value)
-                for key, value in extra.items():
-                    response.headers[key] = value
-                if upstream.headers.get("Content-Length"):
-                    response.content_length = int(upstream.headers["Content-Length"])
-                await response.prepare(request)
-                async for chunk in upstream.content.iter_any():  # as it arrives: SSE is not held back
-                    await response.write(chunk)
-                await response.write_eof()
-                return response
-        except aiohttp.ClientConnectionError:
-            raise FCError(502, "FunctionNotReachable", f"the session's instance {route.pod_ip}:{route.port} did not answer") from None
+    # --- in flight ----------------------------------------------------------------------------------
 
-    async def websocket(self, request: web.Request, url: str, extra: dict[str, str]) -> web.StreamResponse:
-        """A WebSocket to the session's instance: frames pass both ways until either side closes."""
-        headers = {k: v for k, v in request.headers.items()
-                   if k.lower() not in HOP_BY_HOP and not k.lower().startswith("sec-websocket")}
-        try:
-            upstream = await self.http.ws_connect(url, headers=headers, autoping=False)
-        except (aiohttp.ClientError, aiohttp.WSServerHandshakeError) as exc:
-            raise FCError(502, "FunctionNotReachable", f"the session's instance refused the WebSocket: {exc}") from None
-        downstream = web.WebSocketResponse(autoping=False)
-        downstream.headers.update(extra)
-        await downstream.prepare(request)
+    def start(self, req: Request, ns: str, route: Route, target: str, extra: bytes, *, sdk: bool) -> None:
+        ip = route.pod_ip
+        n = self.per_instance.get(ip, 0)
+        if n >= INSTANCE_LIMIT:
+            raise errors.instance_busy(INSTANCE_LIMIT)
+        self.per_instance[ip] = n + 1
+        key = (ns, route.name)
+        self.activity[key] = time.time()
+        if req.query:
+            target = f"{target}?{req.query}"
+        address = (ip, route.port)
+        ex = Exchange(req, self.pool, address, target.encode("latin-1"),
+                      b"x-fc-request-id: " + req.request_id.encode() + b"\r\n" + extra, sdk=sdk, done=self.ended, key=key)
+        running = self.running.get(key)
+        if running is None:
+            self.running[key] = {ex}
+        else:
+            running.add(ex)
+        upstream = self.pool.take(address)
+        if upstream is not None:
+            ex.run_on(upstream)
+        else:
+            task = asyncio.ensure_future(ex.open_and_run())
+            self.opening.add(task)
+            task.add_done_callback(self.opening.discard)
 
-        async def pump(src: Any, dst: Any) -> None:
-            async for msg in src:
-                if msg.type == aiohttp.WSMsgType.TEXT:
-                    await dst.send_str(msg.data)
-                elif msg.type == aiohttp.WSMsgType.BINARY:
-                    await dst.send_bytes(msg.data)
-                elif msg.type == aiohttp.WSMsgType.PING:
-                    await dst.ping(msg.data)
-                elif msg.type == aiohttp.WSMsgType.PONG:
-                    await dst.pong(msg.data)
-                else:
-                    break
-            await dst.close()
+    def ended(self, ex: Exchange) -> None:
+        ip = ex.address[0]
+        left = self.per_instance.get(ip, 1) - 1
+        if left:
+            self.per_instance[ip] = left
+        else:
+            self.per_instance.pop(ip, None)
+        running = self.running.get(ex.key)
+        if running is not None:
+            running.discard(ex)
+            if not running:
+                del self.running[ex.key]
 
-        try:
-            await asyncio.gather(pump(downstream, upstream), pump(upstream, downstream))
-        finally:
-            await upstream.close()
-        return downstream
+    def in_flight(self) -> int:
+        return sum(self.per_instance.values())
+
+    def cut(self, namespace: str, name: str) -> None:
+        """A fenced session: its running requests end now (their connections are closed)."""
+        for ex in list(self.running.pop((namespace, name), ())):
+            ex.cut()
+        self.activity.pop((namespace, name), None)
+
+    # --- activity -----------------------------------------------------------------------------------
 
     async def flush_activity(self) -> None:
         """Write lastActivityTime of the sessions that had requests since the last flush."""
@@ -189,7 +162,8 @@ class Invoker:
         for (ns, name), at in pending.items():
             try:
                 await self.clients.custom.patch_namespaced_custom_object_status(
-                    GROUP, VERSION, ns, SESSION.plural, name, {"status": {"lastActivityTime": stamp(at)}},
+                    GROUP, VERSION, ns, SESSION.plural, name,
+                    {"status": {"lastActivityTime": stamp(datetime.fromtimestamp(at, UTC))}},
                     _content_type="application/merge-patch+json")
             except Exception as exc:  # noqa: BLE001 - the session may be gone; the next request records again
                 log.debug("activity of %s/%s: %s", ns, name, exc)

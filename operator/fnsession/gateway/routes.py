@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 from kubernetes_asyncio import watch
@@ -25,15 +26,15 @@ log = logging.getLogger(__name__)
 SessionKey = tuple[str, str, str]  # (namespace, function, session id)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Route:
     name: str  # the FunctionSession
     pod_ip: str
     port: int
-    expire_at: datetime | None
+    expire_at: float  # Unix time of status.expireTime (inf: none)
 
-    def live(self, now: datetime) -> bool:
-        return self.expire_at is None or now < self.expire_at
+    def live(self, now: float) -> bool:
+        return now < self.expire_at
 
 
 def route_of(obj: dict[str, Any]) -> Route | None:
@@ -41,7 +42,9 @@ def route_of(obj: dict[str, Any]) -> Route | None:
     inst = status.get("instance") or {}
     if status.get("sessionStatus") != "Active" or spec.get("fenced") or not inst.get("podIP"):
         return None
-    return Route(obj["metadata"]["name"], inst["podIP"], int(inst.get("port") or 9000), parse_time(status.get("expireTime")))
+    expire = parse_time(status.get("expireTime"))
+    return Route(obj["metadata"]["name"], inst["podIP"], int(inst.get("port") or 9000),
+                 math.inf if expire is None else expire.timestamp())
 
 
 class Routes:
@@ -55,7 +58,7 @@ class Routes:
 
     def route(self, ns: str, function: str, session_id: str) -> Route | None:
         found = self.sessions.get((ns, function, session_id))
-        return found if found is not None and found.live(datetime.now(UTC)) else None
+        return found if found is not None and found.live(time.time()) else None
 
     def apply_session(self, event: str, obj: dict[str, Any]) -> None:
         meta = obj["metadata"]
@@ -87,30 +90,39 @@ class Routes:
         self.keys.clear()
 
     async def follow(self, plural: str, apply: Callable[[str, dict[str, Any]], None], reset: Callable[[], None]) -> None:
-        """List, then watch from the list's resourceVersion; relist on 410 Gone or any failure."""
+        """List, then watch from the list's resourceVersion. A watch that ends is resumed from the last
+        version seen (bookmarks keep it current); ``410 Gone`` or any failure relists."""
+        version: str | None = None
         while True:
             try:
-                listing = await self.clients.custom.list_cluster_custom_object(GROUP, VERSION, plural)
-                reset()
-                for obj in listing["items"]:
-                    apply("ADDED", obj)
-                if plural == SESSION.plural:
-                    self.ready.set()
-                version = listing["metadata"]["resourceVersion"]
+                if version is None:
+                    listing = await self.clients.custom.list_cluster_custom_object(GROUP, VERSION, plural)
+                    reset()
+                    for obj in listing["items"]:
+                        apply("ADDED", obj)
+                    if plural == SESSION.plural:
+                        self.ready.set()
+                    version = listing["metadata"]["resourceVersion"]
                 async with watch.Watch() as w:
                     async for event in w.stream(self.clients.custom.list_cluster_custom_object, GROUP, VERSION, plural,
                                                 resource_version=version, allow_watch_bookmarks=True, timeout_seconds=300):
                         if event["type"] == "ERROR":
                             raise ApiException(status=(event["raw_object"] or {}).get("code", 500))
+                        obj = event.get("raw_object") or event.get("object")
+                        if not isinstance(obj, dict):
+                            obj = {}
+                        version = (obj.get("metadata") or {}).get("resourceVersion") or version
                         if event["type"] != "BOOKMARK":
                             apply(event["type"], event["object"])
             except asyncio.CancelledError:
                 raise
             except ApiException as exc:
+                version = None
                 if exc.status != 410:
                     log.warning("watching %s: %s; relisting", plural, exc.reason or exc.status)
                     await asyncio.sleep(1)
             except Exception:
+                version = None
                 log.exception("watching %s failed; relisting in 1 s", plural)
                 await asyncio.sleep(1)
 

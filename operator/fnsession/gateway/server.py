@@ -1,8 +1,12 @@
-"""The gateway's HTTP face for FC's session API (aiohttp for now; the invocation data plane will be
-raw asyncio protocols). Routes on the raw request path, because a session id may contain ``%2F``;
+"""The gateway: FC's session API and invocations on one port, HTTP/1.1 on raw asyncio protocols
+(http.py) over uvloop. Routes on the raw request path, because a session id may contain ``%2F``;
 every response carries ``x-fc-request-id``, every error is FC's JSON object.
 
-Authentication and authorisation: auth.py (Kubernetes tokens and FC access keys, then RBAC).
+A request for a known session with a credential seen in the last seconds is routed inside the
+parser's callback (:meth:`Gateway.fast`): no task, no API call. Everything else runs as a task
+(:meth:`Gateway.slow`): authentication and authorisation (auth.py: Kubernetes tokens and FC access
+keys, then RBAC), the session API (session_api.py), passive creates.
+
 ``--auth=none`` checks nobody (the namespace from the ``x-fnsession-namespace`` header or
 ``--namespace``): for local development only.
 """
@@ -13,16 +17,14 @@ import asyncio
 import json
 import logging
 import re
-import uuid
-from collections.abc import Awaitable, Callable
+import signal
 from typing import Any
 from urllib.parse import parse_qsl, unquote
-
-from aiohttp import web
 
 from fnsession.gateway import errors
 from fnsession.gateway.auth import NAMESPACE_HEADER, Authenticator, Identity
 from fnsession.gateway.errors import FCError
+from fnsession.gateway.http import Pool, Request, RequestIds, ServerConnection, install_uvloop
 from fnsession.gateway.invoke import Invoker
 from fnsession.gateway.routes import Routes
 from fnsession.gateway.signing import ALGORITHM
@@ -34,69 +36,106 @@ SESSIONS = re.compile(r"^/2023-03-30/functions/([^/?]+)/sessions$")
 SESSION = re.compile(r"^/2023-03-30/functions/([^/?]+)/sessions/([^/?]+)$")
 SESSION_ACTION = re.compile(r"^/2023-03-30/functions/([^/?]+)/sessions/([^/?]+)/(pause|resume)$")
 INVOKE = re.compile(r"^/2023-03-30/functions/([^/?]+)/invocations$")
-TRIGGER = re.compile(r"^/fn/([^/?]+)(/[^?]*)?$")
-
-Handler = Callable[..., Awaitable[Any]]
+API_BODY_LIMIT = 16 << 20  # session API bodies (and signed invocations, whose signature covers the body)
 
 
-def json_response(status: int, body: Any, request_id: str) -> web.Response:
-    data = b"" if body is None else json.dumps(body, separators=(",", ":")).encode()
-    return web.Response(status=status, body=data, content_type="application/json",
-                        headers={"x-fc-request-id": request_id})
-
-
-def error_response(err: FCError, request_id: str) -> web.Response:
-    return web.Response(status=err.status, body=err.body(request_id), content_type="application/json",
-                        headers=err.headers(request_id))
+def invocation(path: str, method: str) -> tuple[str, str, bool] | None:
+    """(function, the path for the instance, whether it is InvokeFunction) for an invocation path."""
+    if path.startswith("/fn/"):
+        name, slash, rest = path[4:].partition("/")
+        if name:
+            return unquote(name), "/" + rest if slash else "/", False
+        return None
+    if method == "POST" and (m := INVOKE.match(path)):
+        return unquote(m.group(1)), "/", True
+    return None
 
 
 class Gateway:
-    def __init__(self, api: SessionAPI, auth: Authenticator, invoker: Invoker | None = None) -> None:
-        self.api = api
-        self.auth = auth
-        self.invoker = invoker
+    def __init__(self, api: SessionAPI, auth: Authenticator, invoker: Invoker) -> None:
+        self.api, self.auth, self.invoker = api, auth, invoker
+        self.ids = RequestIds()
+        self.tasks: set[asyncio.Task[None]] = set()
 
-    async def handle(self, request: web.Request) -> web.StreamResponse:
-        request_id = str(uuid.uuid4())
+    # --- every request starts here, inside the connection's parser callback -------------------------
+
+    def handle(self, req: Request) -> None:
+        req.request_id = self.ids.next()
         try:
-            path = self.path(request)
-            if path == "/healthz":
-                return json_response(200, {"status": "ok"}, request_id)
-            headers = {k.lower(): v for k, v in request.headers.items()}
-            signed = headers.get("authorization", "").startswith(ALGORITHM)
-            body = await request.read() if signed or not self.is_invocation(path, request.method) else None
-            who = await self.auth.identify(request.method, request.raw_path, headers, body or b"")
-            if self.invoker is not None and self.is_invocation(path, request.method):
-                m = INVOKE.match(path) or TRIGGER.match(path)
-                assert m is not None
-                target = "/" if INVOKE.match(path) else (m.group(2) or "/")
-                await self.auth.authorize(who, "get")
-                return await self.invoker.invoke(request, who, unquote(m.group(1)), target, request_id, body,
-                                                 sdk=bool(INVOKE.match(path)))
-            status, payload = await self.dispatch(request, who, body)
-            return json_response(status, payload, request_id)
+            if self.fast(req):
+                return
         except FCError as err:
-            return error_response(err, request_id)
+            self.error(req, err)
+            return
+        task = asyncio.ensure_future(self.slow(req))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    def fast(self, req: Request) -> bool:
+        """A request that needs no API call goes to its instance now."""
+        inv = invocation(req.path, req.method)
+        if inv is None:
+            return False
+        who = self.auth.cached_identity(req.headers)
+        if who is None:
+            return False
+        allowed = self.auth.cached_decision(who, "get")
+        if allowed is None:
+            return False
+        if not allowed:
+            raise errors.forbidden(f"{who.user} may not get functionsessions in namespace {who.namespace}")
+        function, target, sdk = inv
+        return self.invoker.fast(req, who.namespace, function, target, sdk=sdk)
+
+    async def slow(self, req: Request) -> None:
+        try:
+            path = req.path
+            if path == "/healthz":
+                self.json(req, 200, {"status": "ok"})
+                return
+            inv = invocation(path, req.method)
+            signed = req.headers.get("authorization", "").startswith(ALGORITHM)
+            body = await self.body(req) if signed or inv is None else None
+            who = await self.auth.identify(req.method, req.target, req.headers, body or b"")
+            if inv is not None:
+                function, target, sdk = inv
+                await self.auth.authorize(who, "get")
+                await self.invoker.invoke(req, who.namespace, function, target, sdk=sdk,
+                                          authorize_create=lambda: self.auth.authorize(who, "create"))
+                return
+            status, payload = await self.dispatch(req, who, body)
+            self.json(req, status, payload)
+        except FCError as err:
+            self.error(req, err)
+        except ConnectionResetError:
+            pass  # the client went away while its body was read
         except Exception:
-            log.exception("request %s %s failed (x-fc-request-id %s)", request.method, request.raw_path, request_id)
-            return error_response(errors.internal(), request_id)
+            log.exception("request %s %s failed (x-fc-request-id %s)", req.method, req.target, req.request_id)
+            self.error(req, errors.internal())
 
     @staticmethod
-    def path(request: web.Request) -> str:
-        path = request.raw_path.partition("?")[0]
-        if "://" in path:  # absolute form, from a client behind an HTTP proxy
-            path = "/" + path.split("://", 1)[1].partition("/")[2]
-        return path
+    async def body(req: Request) -> bytes:
+        try:
+            return await req.read(API_BODY_LIMIT)
+        except ValueError as exc:
+            raise FCError(413, "EntityTooLarge", str(exc)) from None
+
+    # --- answers ------------------------------------------------------------------------------------
 
     @staticmethod
-    def is_invocation(path: str, method: str) -> bool:
-        return bool(INVOKE.match(path)) and method == "POST" or bool(TRIGGER.match(path))
+    def json(req: Request, status: int, body: Any) -> None:
+        data = b"" if body is None else json.dumps(body, separators=(",", ":")).encode()
+        req.conn.respond(req, status, [("x-fc-request-id", req.request_id)], data)
 
-    async def dispatch(self, request: web.Request, who: Identity, raw: bytes | None) -> tuple[int, Any]:
-        path = self.path(request)
-        params = dict(parse_qsl(request.raw_path.partition("?")[2], keep_blank_values=True))
-        ns = who.namespace
-        method = request.method
+    @staticmethod
+    def error(req: Request, err: FCError) -> None:
+        req.conn.respond(req, err.status, err.headers(req.request_id).items(), err.body(req.request_id))
+
+    # --- FC's session API ---------------------------------------------------------------------------
+
+    async def dispatch(self, req: Request, who: Identity, raw: bytes | None) -> tuple[int, Any]:
+        path, method, ns = req.path, req.method, who.namespace
+        params = dict(parse_qsl(req.query, keep_blank_values=True))
         if m := SESSIONS.match(path):
             function = unquote(m.group(1))
             if method == "POST":
@@ -136,32 +175,34 @@ class Gateway:
         return body
 
 
-async def make_app(auth_mode: str, namespace: str, keys_namespace: str) -> web.Application:
+async def serve(*, host: str, port: int, auth: str, namespace: str, keys_namespace: str) -> None:
+    """Run until SIGTERM or SIGINT: watch sessions, then listen; on the way out, flush activity."""
+    loop = asyncio.get_running_loop()
     clients = await connect()
-    api = SessionAPI(clients)
+    pool = Pool(loop)
     routes = Routes(clients)
-    auth = Authenticator(clients, auth_mode, namespace, keys_namespace)
-    invoker = Invoker(clients, api, routes, auth)
-    gateway = Gateway(api, auth, invoker)
-    app = web.Application(client_max_size=16 << 20)
-    app.router.add_route("*", "/{tail:.*}", gateway.handle)
-    tasks: list[asyncio.Task[None]] = []
-
-    async def start(_: web.Application) -> None:
-        tasks.extend([asyncio.create_task(routes.run(), name="routes"),
-                      asyncio.create_task(invoker.run_flusher(), name="activity")])
+    api = SessionAPI(clients)
+    invoker = Invoker(clients, api, routes, pool)
+    gateway = Gateway(api, Authenticator(clients, auth, namespace, keys_namespace), invoker)
+    background = [asyncio.create_task(routes.run(), name="routes"),
+                  asyncio.create_task(invoker.run_flusher(), name="activity"),
+                  asyncio.create_task(pool.run_sweeper(), name="upstream-sweeper")]
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
         await asyncio.wait_for(routes.ready.wait(), timeout=30)
-
-    async def close(_: web.Application) -> None:
-        for task in tasks:
+        server = await loop.create_server(lambda: ServerConnection(gateway.handle, loop), host, port,
+                                          backlog=2048, reuse_address=True)
+        log.info("gateway listening on %s:%d (auth=%s)", host, port, auth)
+        await stop.wait()
+        log.info("stopping: no new connections; flushing activity")
+        server.close()
+    finally:
+        for task in background:
             task.cancel()
         await invoker.flush_activity()
-        await invoker.close()
         await clients.close()
-
-    app.on_startup.append(start)
-    app.on_cleanup.append(close)
-    return app
 
 
 def run(*, host: str, port: int, auth: str, namespace: str, keys_namespace: str) -> None:
@@ -170,4 +211,5 @@ def run(*, host: str, port: int, auth: str, namespace: str, keys_namespace: str)
         log.warning("AUTHENTICATION IS OFF (--auth=none): anyone who reaches %s:%d can create, read and delete "
                     "sessions in any namespace (header %s, default %s). For local development only.",
                     host, port, NAMESPACE_HEADER, namespace)
-    web.run_app(make_app(auth, namespace, keys_namespace), host=host, port=port, access_log=None, print=None)
+    install_uvloop()
+    asyncio.run(serve(host=host, port=port, auth=auth, namespace=namespace, keys_namespace=keys_namespace))
