@@ -311,3 +311,46 @@ def test_request_ids_are_uuid_shaped_and_distinct() -> None:
     ids = http.RequestIds()
     a, b = ids.next(), ids.next()
     assert a != b and [len(p) for p in a.split("-")] == [8, 4, 4, 4, 12]
+
+
+class RawInstance(asyncio.Protocol):
+    """An instance that answers every request with fixed bytes, written in the pieces given."""
+
+    pieces: list[bytes] = []
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        if b"\r\n\r\n" in data:
+            for piece in self.pieces:
+                self.transport.write(piece)  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("pieces", [
+    [b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 5\r\n\r\nhello"],       # whole: forwarded as is
+    [b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-", b"Length: 5\r\n\r\nhel", b"lo"],  # in pieces: parsed
+    [b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello"],             # two lengths: refused
+], ids=["whole", "pieces", "two-lengths"])
+async def test_an_answer_in_one_piece_or_many_reaches_the_client_the_same(pieces: list[bytes]) -> None:
+    loop = asyncio.get_running_loop()
+    RawInstance.pieces = pieces
+    upstream = await loop.create_server(RawInstance, "127.0.0.1", 0)
+    proxy = Proxy(("127.0.0.1", upstream.sockets[0].getsockname()[1]))
+    server = await loop.create_server(lambda: http.ServerConnection(proxy.handle, loop), "127.0.0.1", 0)
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.sockets[0].getsockname()[1])
+    try:
+        for _ in range(3):
+            writer.write(b"GET /x HTTP/1.1\r\nHost: gw\r\n\r\n")
+            status, headers, body = await read_response(reader)
+            if len(pieces) == 1 and b"Length: 6" in pieces[0]:
+                assert status == 502
+                break
+            assert status == 200 and body == b"hello" and headers["x-fc-request-id"] == "rid-1"
+            assert headers["content-type"] == "text/plain"
+        else:
+            assert proxy.pool.opened == 1, "the upstream connection was not kept alive"
+    finally:
+        writer.close()
+        server.close()
+        upstream.close()

@@ -22,6 +22,7 @@ import asyncio
 import json
 import logging
 import os
+import re
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -45,8 +46,11 @@ STATUS_LINES = {code: b"HTTP/1.1 %d %s\r\n" % (code, reason) for code, reason in
 # hop-by-hop headers (RFC 9110 §7.6.1) and the framing the proxy sets itself; "authorization" is the
 # caller's credential for the gateway and never reaches a function
 REQUEST_DROP = frozenset({b"connection", b"keep-alive", b"proxy-authenticate", b"proxy-authorization", b"te",
-                          b"trailer", b"transfer-encoding", b"upgrade", b"host", b"content-length", b"expect",
+                          b"trailer", b"transfer-encoding", b"upgrade", b"content-length", b"expect",
                           b"authorization"})
+CONTENT_LENGTH = re.compile(rb"\r\ncontent-length:[ \t]*(\d+)[ \t]*\r\n", re.IGNORECASE)
+NOT_PLAIN = re.compile(rb"\r\n(?:transfer-encoding|connection):", re.IGNORECASE)
+CREDENTIALS = re.compile(rb"\r\n(?:authorization|proxy-authorization):[^\r\n]*", re.IGNORECASE)
 RESPONSE_DROP = frozenset({b"connection", b"keep-alive", b"proxy-authenticate", b"proxy-authorization", b"te",
                            b"trailer", b"transfer-encoding", b"upgrade", b"content-length"})
 UPGRADE_KEEP = frozenset({b"upgrade", b"connection"})  # what an upgrade must carry through
@@ -89,7 +93,7 @@ class Request:
 
     __slots__ = ("conn", "method", "target", "path", "query", "version", "keep_alive", "raw_headers", "headers",
                  "upgrade", "chunked", "has_body", "chunks", "buffered", "complete", "sink", "waiter",
-                 "responded", "discard", "request_id", "started", "exchange")
+                 "responded", "discard", "request_id", "started", "exchange", "raw")
 
     def __init__(self, conn: ServerConnection, method: bytes, target: bytes, raw_headers: list[tuple[bytes, bytes]],
                  version: str, keep_alive: bool, upgrade: bool) -> None:
@@ -101,11 +105,9 @@ class Request:
             self.path = "/" + self.path.split("://", 1)[1].partition("/")[2]
         self.version, self.keep_alive, self.upgrade = version, keep_alive, upgrade
         self.raw_headers = raw_headers
-        headers: dict[str, str] = {}
-        for name, value in raw_headers:
-            key = name.decode("latin-1").lower()
-            text = value.decode("latin-1")
-            headers[key] = f"{headers[key]}; {text}" if key == "cookie" and key in headers else text
+        headers = {name.decode("latin-1").lower(): value.decode("latin-1") for name, value in raw_headers}
+        if "cookie" in headers and sum(1 for name, _ in raw_headers if name.lower() == b"cookie") > 1:
+            headers["cookie"] = "; ".join(v.decode("latin-1") for n, v in raw_headers if n.lower() == b"cookie")
         self.headers = headers
         self.chunked = "chunked" in headers.get("transfer-encoding", "").lower()
         self.has_body = self.chunked or headers.get("content-length", "0").strip() not in ("0", "")
@@ -118,6 +120,7 @@ class Request:
         self.responded = self.discard = False
         self.request_id = ""
         self.started = time.monotonic()
+        self.raw: bytes | None = None  # the whole request as read, when it came in one piece alone
 
     # --- the body ---------------------------------------------------------------------------------
 
@@ -165,8 +168,9 @@ class ServerConnection(asyncio.Protocol):
     """One client connection. Requests are answered in order; a pipelined request waits in a queue
     (its body buffered) until the one before it has been answered."""
 
-    def __init__(self, handler: Handler, loop: asyncio.AbstractEventLoop) -> None:
-        self.handler, self.loop = handler, loop
+    def __init__(self, handler: Handler, loop: asyncio.AbstractEventLoop,
+                 registry: set[ServerConnection] | None = None) -> None:
+        self.handler, self.loop, self.registry = handler, loop, registry
         self.parser = httptools.HttpRequestParser(self)
         self.transport: asyncio.Transport | None = None
         self.url = b""
@@ -178,7 +182,8 @@ class ServerConnection(asyncio.Protocol):
         self.tunnel: Exchange | None = None      # after an upgrade: bytes go to the exchange as they are
         self.upgraded: Request | None = None     # an upgrade request waiting for the instance's answer
         self.reading_paused = self.writing_paused = False
-        self.idle_timer: asyncio.TimerHandle | None = None
+        self.idle_since = 0.0  # monotonic time the connection went idle (0: busy); see Listener.sweep
+        self.messages = 0       # messages begun in the current read
         self.closed = False
         self.peer = ""
 
@@ -188,7 +193,9 @@ class ServerConnection(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses of asyncio's
         peer = transport.get_extra_info("peername")
         self.peer = peer[0] if isinstance(peer, tuple) else ""
-        self.arm_idle()
+        self.idle_since = time.monotonic()
+        if self.registry is not None:
+            self.registry.add(self)
 
     def data_received(self, data: bytes) -> None:
         if self.tunnel is not None:
@@ -197,6 +204,8 @@ class ServerConnection(asyncio.Protocol):
         if self.upgraded is not None:  # the instance has not answered the upgrade yet
             self.upgraded.feed(data)
             return
+        between = self.parsing is None  # this read starts a message
+        self.messages = 0
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
@@ -209,11 +218,19 @@ class ServerConnection(asyncio.Protocol):
                 self.fail(431, f"the request head is larger than {MAX_HEAD_BYTES} bytes")
             else:
                 self.fail(400, f"malformed HTTP request: {exc}")
+            return
+        else:
+            if between and self.messages == 1 and self.parsing is None and self.queue:
+                last = self.queue[-1]
+                if last.complete and not last.upgrade:
+                    last.raw = data  # exactly one whole request: it can be forwarded with a light edit
+        if self.active is None and self.queue:
+            self.start(self.queue.popleft())
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        if self.idle_timer is not None:
-            self.idle_timer.cancel()
+        if self.registry is not None:
+            self.registry.discard(self)
         for req in (self.active, *self.queue):
             if req is not None and req.exchange is not None:
                 req.exchange.client_lost()
@@ -242,9 +259,8 @@ class ServerConnection(asyncio.Protocol):
 
     def on_message_begin(self) -> None:
         self.url, self.raw_headers, self.head_bytes = b"", [], 0
-        if self.idle_timer is not None:
-            self.idle_timer.cancel()
-            self.idle_timer = None
+        self.messages += 1
+        self.idle_since = 0.0
 
     def on_url(self, url: bytes) -> None:
         self.url += url
@@ -266,12 +282,9 @@ class ServerConnection(asyncio.Protocol):
         self.parsing = req
         if upgrade:
             self.upgraded = req
-        if self.active is None:
-            self.start(req)
-        else:
-            self.queue.append(req)
-            if len(self.queue) > 16:  # a client pipelining far ahead waits
-                self.pause_reading()
+        self.queue.append(req)  # started once this read is parsed (data_received)
+        if len(self.queue) > 16:  # a client pipelining far ahead waits
+            self.pause_reading()
 
     def on_body(self, body: bytes) -> None:
         if self.parsing is not None:
@@ -343,7 +356,7 @@ class ServerConnection(asyncio.Protocol):
             self.resume_reading()
             self.start(nxt)
         else:
-            self.arm_idle()
+            self.idle_since = time.monotonic()
 
     def become_tunnel(self, exchange: Exchange) -> list[bytes]:
         """After ``101``: the client's bytes go to the exchange as they arrive; returns those that came early."""
@@ -364,11 +377,6 @@ class ServerConnection(asyncio.Protocol):
         if self.reading_paused and self.transport is not None and not self.closed:
             self.reading_paused = False
             self.transport.resume_reading()
-
-    def arm_idle(self) -> None:
-        if self.idle_timer is not None:
-            self.idle_timer.cancel()
-        self.idle_timer = self.loop.call_later(CLIENT_IDLE_SECONDS, self.close)
 
     def fail(self, status: int, message: str) -> None:
         """A request the parser refused: answer if nothing is being answered, then close."""
@@ -395,6 +403,28 @@ class HeadTooLarge(Exception):
     pass
 
 
+class Listener:
+    """Makes a :class:`ServerConnection` per client and closes those idle longer than
+    :data:`CLIENT_IDLE_SECONDS` (one sweep for all: no timer per request)."""
+
+    def __init__(self, handler: Handler, loop: asyncio.AbstractEventLoop) -> None:
+        self.handler, self.loop = handler, loop
+        self.connections: set[ServerConnection] = set()
+
+    def __call__(self) -> ServerConnection:
+        return ServerConnection(self.handler, self.loop, self.connections)
+
+    def sweep(self) -> None:
+        limit = time.monotonic() - CLIENT_IDLE_SECONDS
+        for conn in [c for c in self.connections if 0 < c.idle_since < limit]:
+            conn.close()
+
+    async def run_sweeper(self, every: float = 10.0) -> None:
+        while True:
+            await asyncio.sleep(every)
+            self.sweep()
+
+
 # --- upstream -----------------------------------------------------------------------------------------
 
 Address = tuple[str, int]
@@ -413,6 +443,8 @@ class UpstreamConnection(asyncio.Protocol):
         self.closed = False
         self.idle_since = 0.0
         self.used = 0  # exchanges served: a reused connection may have been closed by the instance meanwhile
+        self.messages = 0  # messages begun in the current read
+        self.in_message = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
@@ -425,12 +457,19 @@ class UpstreamConnection(asyncio.Protocol):
         if ex.tunnelling:
             ex.upstream_bytes(data)
             return
+        if not self.in_message and ex.whole(data):
+            return
+        self.messages = 0
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
             ex.upgraded(data[exc.args[0]:])
+            return
         except httptools.HttpParserError as exc:
             ex.upstream_failed(f"the instance sent a malformed response: {exc}")
+            return
+        if ex.head is not None:  # the head came in this read: send it, as it came if the whole answer did
+            ex.send_head(data if self.messages == 1 else None)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -450,6 +489,8 @@ class UpstreamConnection(asyncio.Protocol):
 
     def on_message_begin(self) -> None:
         self.headers = []
+        self.messages += 1
+        self.in_message = True
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self.headers.append((name, value))
@@ -460,13 +501,15 @@ class UpstreamConnection(asyncio.Protocol):
             self.interim = True  # 100 Continue and friends: the client had its own 100 from the gateway
             return
         if self.exchange is not None:
-            self.exchange.response_head(status, self.headers, self.parser.should_keep_alive())
+            self.exchange.response_head(status, self.headers, self.parser.should_keep_alive(),
+                                        self.parser.get_http_version() == "1.1")
 
     def on_body(self, body: bytes) -> None:
         if self.exchange is not None:
             self.exchange.response_body(body)
 
     def on_message_complete(self) -> None:
+        self.in_message = False
         if self.interim:
             self.interim = False
             return
@@ -553,7 +596,7 @@ class Exchange:
 
     __slots__ = ("req", "conn", "pool", "address", "upstream", "target", "extra", "sdk", "done_cb", "head_sent",
                  "client_chunked", "close_delimited", "upstream_keep_alive", "sent", "received", "finished",
-                 "tunnelling", "replayable", "no_body", "forwarded_for", "key")
+                 "tunnelling", "replayable", "no_body", "key", "head", "pending", "ended_early")
 
     def __init__(self, req: Request, pool: Pool, address: Address, target: bytes, extra: bytes, *, sdk: bool,
                  done: Callable[[Exchange], None], key: Any = None) -> None:
@@ -564,6 +607,9 @@ class Exchange:
         self.sent = self.received = self.finished = self.tunnelling = False
         self.replayable = False
         self.no_body = req.method == "HEAD"
+        self.head: tuple[int, list[tuple[bytes, bytes]], bool, bool] | None = None  # parsed, not yet sent
+        self.pending: list[bytes] = []  # body that came with the head
+        self.ended_early = False        # the whole answer came with the head
         req.exchange = self
 
     # --- starting -----------------------------------------------------------------------------------
@@ -577,8 +623,23 @@ class Exchange:
         upstream.exchange = self
         upstream.used += 1
         req = self.req
-        parts = [req.method.encode("latin-1"), b" ", self.target, b" HTTP/1.1\r\nHost: %s:%d\r\n" % (
-            self.address[0].encode(), self.address[1])]
+        assert upstream.transport is not None
+        raw = req.raw
+        if raw is not None and req.version == "1.1" and req.sink is None:
+            # the whole request came in one read: forward it as it came, but for the request line
+            # (the instance's path), the caller's credentials (removed) and X-Forwarded-For (added)
+            line_end, head_end = raw.find(b"\r\n"), raw.find(b"\r\n\r\n")
+            upstream.transport.write(b"".join((
+                req.method.encode("latin-1"), b" ", self.target, b" HTTP/1.1",
+                CREDENTIALS.sub(b"", raw[line_end:head_end]), b"\r\nX-Forwarded-For: ", req.conn.peer.encode(),
+                raw[head_end:])))
+            req.sink = self
+            self.replayable = upstream.used > 1
+            self.sent = True
+            return
+        parts = [req.method.encode("latin-1"), b" ", self.target, b" HTTP/1.1\r\n"]
+        if "host" not in req.headers:
+            parts.append(b"Host: %s:%d\r\n" % (self.address[0].encode(), self.address[1]))
         drop = REQUEST_DROP
         for name, value in req.raw_headers:
             lname = name.lower()
@@ -602,7 +663,6 @@ class Exchange:
                 parts.append(b"0\r\n\r\n")
         elif not req.upgrade:
             parts += early
-        assert upstream.transport is not None
         upstream.transport.write(b"".join(parts))
         if req.complete:
             self.sent = True
@@ -634,7 +694,63 @@ class Exchange:
 
     # --- response, upstream side --------------------------------------------------------------------
 
-    def response_head(self, status: int, headers: list[tuple[bytes, bytes]], keep_alive: bool) -> None:
+    def response_head(self, status: int, headers: list[tuple[bytes, bytes]], keep_alive: bool, http11: bool = True) -> None:
+        """Kept until the read it came in is parsed (:meth:`send_head`): if the whole answer is in it,
+        it is forwarded as it came."""
+        self.head = (status, headers, keep_alive, http11)
+        if status == 101 and self.req.upgrade:
+            self.tunnelling = True  # the parser still calls this message complete: it is not
+
+    def whole(self, data: bytes) -> bool:
+        """The common answer, read whole in one piece: ``HTTP/1.1 2xx`` with a Content-Length that ends
+        exactly at the end of ``data`` and no framing or connection headers. Forwarded as it came (with
+        the gateway's headers), without running the parser; False for anything else."""
+        req = self.req
+        if (not data.startswith(b"HTTP/1.1 2") or data.startswith(b"HTTP/1.1 204") or self.no_body
+                or not req.keep_alive or req.version != "1.1"):
+            return False
+        end = data.find(b"\r\n\r\n")
+        if end < 0:
+            return False
+        m = CONTENT_LENGTH.search(data, 0, end + 2)
+        if (m is None or end + 4 + int(m.group(1)) != len(data) or NOT_PLAIN.search(data, 0, end + 2)
+                or CONTENT_LENGTH.search(data, m.end() - 2, end + 2)):  # a second Content-Length: the parser decides
+            return False
+        i = data.find(b"\r\n") + 2
+        self.head_sent = self.received = self.upstream_keep_alive = True
+        self.conn.write(data[:i] + self.extra + data[i:])
+        if not self.sent:  # answered before the body was sent: the connection is spent
+            self.upstream_keep_alive = False
+            req.sink = None
+        self.release()
+        return True
+
+    def send_head(self, data: bytes | None) -> None:
+        assert self.head is not None
+        status, headers, keep_alive, http11 = self.head
+        self.head = None
+        req = self.req
+        if (data is not None and self.ended_early and keep_alive and http11 and req.keep_alive and req.version == "1.1"
+                and not self.no_body and not self.tunnelling and (status < 400 or not self.sdk)):
+            i = data.find(b"\r\n") + 2
+            self.head_sent = True
+            self.upstream_keep_alive = True
+            self.conn.write(data[:i] + self.extra + data[i:])
+            self.received = True
+            if not self.sent:  # answered before the body was sent: the connection is spent
+                self.upstream_keep_alive = False
+                req.sink = None
+            self.release()
+            return
+        self.build_head(status, headers, keep_alive)
+        for chunk in self.pending:
+            self.response_body(chunk)
+        self.pending = []
+        if self.ended_early:
+            self.ended_early = False
+            self.response_end()
+
+    def build_head(self, status: int, headers: list[tuple[bytes, bytes]], keep_alive: bool) -> None:
         self.upstream_keep_alive = keep_alive
         req = self.req
         parts = []
@@ -677,7 +793,6 @@ class Exchange:
             parts.append(b"Connection: close\r\n")
         parts.append(b"\r\n")
         self.head_sent = True
-        self.tunnelling = upgrading  # the parser still calls this message complete: it is not
         self.conn.write(b"".join(parts))
         if self.no_body:  # the parser cannot know a HEAD response has no body: end here, not on this connection
             self.upstream_keep_alive = False
@@ -686,6 +801,9 @@ class Exchange:
     def response_body(self, chunk: bytes) -> None:
         if self.finished or not chunk:
             return
+        if self.head is not None:
+            self.pending.append(chunk)
+            return
         if self.client_chunked:
             self.conn.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
         else:
@@ -693,6 +811,9 @@ class Exchange:
 
     def response_end(self) -> None:
         if self.finished or self.received or self.tunnelling:
+            return
+        if self.head is not None:
+            self.ended_early = True
             return
         self.received = True
         if self.client_chunked:
@@ -718,6 +839,8 @@ class Exchange:
 
     def upgraded(self, early_from_upstream: bytes) -> None:
         """The instance answered 101: from now on bytes pass both ways unchanged."""
+        if self.head is not None:
+            self.send_head(None)
         if not self.head_sent:
             self.upstream_failed("the instance switched protocols without a response head")
             return

@@ -24,7 +24,7 @@ from urllib.parse import parse_qsl, unquote
 from fnsession.gateway import errors
 from fnsession.gateway.auth import NAMESPACE_HEADER, Authenticator, Identity
 from fnsession.gateway.errors import FCError
-from fnsession.gateway.http import Pool, Request, RequestIds, ServerConnection, install_uvloop
+from fnsession.gateway.http import Listener, Pool, Request, RequestIds, install_uvloop
 from fnsession.gateway.invoke import Invoker
 from fnsession.gateway.routes import Routes
 from fnsession.gateway.signing import ALGORITHM
@@ -184,16 +184,17 @@ async def serve(*, host: str, port: int, auth: str, namespace: str, keys_namespa
     api = SessionAPI(clients)
     invoker = Invoker(clients, api, routes, pool)
     gateway = Gateway(api, Authenticator(clients, auth, namespace, keys_namespace), invoker)
+    listener = Listener(gateway.handle, loop)
     background = [asyncio.create_task(routes.run(), name="routes"),
                   asyncio.create_task(invoker.run_flusher(), name="activity"),
-                  asyncio.create_task(pool.run_sweeper(), name="upstream-sweeper")]
+                  asyncio.create_task(pool.run_sweeper(), name="upstream-sweeper"),
+                  asyncio.create_task(listener.run_sweeper(), name="client-sweeper")]
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     try:
         await asyncio.wait_for(routes.ready.wait(), timeout=30)
-        server = await loop.create_server(lambda: ServerConnection(gateway.handle, loop), host, port,
-                                          backlog=2048, reuse_address=True)
+        server = await loop.create_server(listener, host, port, backlog=2048, reuse_address=True)
         log.info("gateway listening on %s:%d (auth=%s)", host, port, auth)
         await stop.wait()
         log.info("stopping: no new connections; flushing activity")
