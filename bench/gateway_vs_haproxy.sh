@@ -3,12 +3,13 @@
 # pod, and of HAProxy routing the same sessions by the same header from a map, in one run.
 # Load generator (wrk) and server are pinned to different cores.
 #   bench/gateway_vs_haproxy.sh        (needs the local cluster with fnsession deployed: make deploy)
+#   ROUNDS=5 DURATION=5 CONNS=16       (the defaults: 5 interleaved rounds of 5 s per path)
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd); REPO=$(cd "$HERE/.." && pwd)
 . "$REPO/hack/cluster/env.sh"
 export KUBECONFIG=${KUBECONFIG:-$KUBECONFIG_ADMIN}
 K=("$BIN/kubectl")
-DURATION=${DURATION:-10}; CONNS=${CONNS:-16}
+DURATION=${DURATION:-5}; CONNS=${CONNS:-16}; ROUNDS=${ROUNDS:-5}
 command -v haproxy >/dev/null && command -v wrk >/dev/null || \
   { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq haproxy wrk >/dev/null; }
 NS=fns-bench-gw; W=$(mktemp -d); trap 'kill $(jobs -p) 2>/dev/null; rm -rf "$W"; "${K[@]}" delete ns $NS --wait=false >/dev/null 2>&1' EXIT
@@ -48,25 +49,49 @@ CFG
 haproxy -f "$W/haproxy.cfg" > "$W/haproxy.log" 2>&1 &
 sleep 1
 
-run() { # name url [header...]
-  local name=$1 url=$2; shift 2
+# One measurement: wrk for DURATION seconds; prints "rps p50 p99 cpu_us_per_request" (cpu: the server's
+# user+system time from /proc over the run, divided by the requests; "-" for the direct path).
+measure() { # pid url [header...]
+  local pid=$1 url=$2; shift 2
   local hdrs=(); for h in "$@"; do hdrs+=(-H "$h"); done
-  local pid=${SERVER_PID:-}
-  local before after
-  before=$( [ -n "$pid" ] && awk '{print $14+$15}' /proc/$pid/stat || echo 0)
-  taskset -c 1 wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency "${hdrs[@]}" "$url" > "$W/$name.txt"
-  after=$( [ -n "$pid" ] && awk '{print $14+$15}' /proc/$pid/stat || echo 0)
-  local rps p50 p99 reqs
-  rps=$(awk '/Requests\/sec/ {print $2}' "$W/$name.txt")
-  p50=$(awk '$1=="50%" {print $2}' "$W/$name.txt"); p99=$(awk '$1=="99%" {print $2}' "$W/$name.txt")
-  reqs=$(awk '/requests in/ {print $1}' "$W/$name.txt")
-  local cpu_us="n/a"
-  [ -n "$pid" ] && cpu_us=$(awk -v t=$((after - before)) -v n="$reqs" -v hz="$(getconf CLK_TCK)" 'BEGIN {printf "%.0f", t / hz * 1e6 / n}')
-  printf '| %s | %s | %s | %s | %s |\n' "$name" "$rps" "$p50" "$p99" "$cpu_us"
+  local before=0 after=0
+  [ "$pid" != - ] && before=$(awk '{print $14+$15}' /proc/$pid/stat)
+  taskset -c 1 wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency "${hdrs[@]}" "$url" > "$W/wrk.txt"
+  [ "$pid" != - ] && after=$(awk '{print $14+$15}' /proc/$pid/stat)
+  awk -v t=$((after - before)) -v hz="$(getconf CLK_TCK)" -v pid="$pid" '
+    /Requests\/sec/ {rps=$2} /requests in/ {n=$1} $1=="50%" {p50=$2} $1=="99%" {p99=$2}
+    /Non-2xx/ {bad=$NF}
+    END {if (bad) {print "wrk saw non-2xx answers" > "/dev/stderr"; exit 1}
+         printf "%s %s %s %s\n", rps, p50, p99, (pid=="-" ? "-" : sprintf("%.1f", t / hz * 1e6 / n))}' "$W/wrk.txt"
 }
-echo "| path | requests/s | p50 | p99 | server CPU µs/request |"
-echo "|---|---|---|---|---|"
-SERVER_PID= run direct "http://$POD_IP:9000/"
-SERVER_PID=$(pgrep -f "haproxy -f $W/haproxy.cfg" | head -1) run haproxy "http://127.0.0.1:18091/" "x-session-id: bench-1"
-SERVER_PID=$(pgrep -f "fnsession gateway --auth kubernetes --host 127.0.0.1 --port 18090" | head -1) \
-  run gateway "http://127.0.0.1:18090/fn/echo/" "x-session-id: bench-1" "Authorization: Bearer $TOKEN"
+HAPROXY_PID=$(pgrep -f "haproxy -f $W/haproxy.cfg" | head -1)
+GATEWAY_PID=$(pgrep -f "fnsession gateway --auth kubernetes --host 127.0.0.1 --port 18090" | head -1)
+# Rounds interleave the three paths, so that a slow spell of this machine (a VM: other tenants' load
+# moves the figures by 2x within minutes) hits all of them alike; the ratio is taken within each round.
+: > "$W/rounds"
+for round in $(seq "$ROUNDS"); do
+  d=$(measure - "http://$POD_IP:9000/")
+  h=$(measure "$HAPROXY_PID" "http://127.0.0.1:18091/" "x-session-id: bench-1")
+  g=$(measure "$GATEWAY_PID" "http://127.0.0.1:18090/fn/echo/" "x-session-id: bench-1" "Authorization: Bearer $TOKEN")
+  echo "$round $d $h $g" >> "$W/rounds"
+  read -r _ drps _ _ _ hrps _ _ hcpu grps _ _ gcpu <<< "$round $d $h $g"
+  printf 'round %d/%d: direct %s, haproxy %s, gateway %s requests/s (gateway/haproxy %.2f)\n' \
+    "$round" "$ROUNDS" "$drps" "$hrps" "$grps" "$(awk -v a="$grps" -v b="$hrps" 'BEGIN {print a / b}')" >&2
+done
+# the median round by gateway/haproxy ratio, reported whole (its figures were measured side by side)
+python3 - "$W/rounds" <<'PY'
+import statistics, sys
+rows = [line.split() for line in open(sys.argv[1])]
+ratio = lambda r: float(r[9]) / float(r[5])
+rows.sort(key=ratio)
+mid = rows[len(rows) // 2]
+print(f"{len(rows)} rounds; gateway/haproxy requests/s per round: " + ", ".join(f"{ratio(r):.2f}" for r in rows))
+print(f"median round (#{mid[0]}):\n")
+print("| path | requests/s | p50 | p99 | server CPU µs/request | requests/s vs haproxy |")
+print("|---|---|---|---|---|---|")
+for name, (rps, p50, p99, cpu) in (("direct", mid[1:5]), ("haproxy", mid[5:9]), ("gateway", mid[9:13])):
+    print(f"| {name} | {float(rps):.0f} | {p50} | {p99} | {cpu} | {float(rps) / float(mid[5]):.2f}× |")
+cpus = [float(r[12]) / float(r[8]) for r in rows]
+print(f"\ngateway/haproxy CPU per request: median {statistics.median(cpus):.2f}× (rounds: "
+      + ", ".join(f"{c:.2f}" for c in sorted(cpus)) + ")")
+PY

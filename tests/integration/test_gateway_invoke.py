@@ -207,3 +207,30 @@ def test_a_functions_error_status_reaches_fcs_sdk_and_curl(gateway_url: str, cre
     headers, body, status = curl("-H", f"Authorization: Bearer {creds.token}", "-H", "mySessionId: err-1",
                                  "-H", "X-Sample-Status: 503", f"{gateway_url}/fn/header-fn/")
     assert status == 503 and "x-fc-error-type" not in headers and str(body).startswith("Service Unavailable")
+
+
+def test_a_busy_session_outlives_its_idle_timeout_from_creation_and_an_idle_one_ends(
+    gateway_url: str, objects: client.CustomObjectsApi, namespace: str, creds: Credentials
+) -> None:
+    """Requests every second keep a session with a 4 s idle timeout alive for 10 s, through the
+    gateway's own clock and the activity it writes; 6 s without requests end it (IdleTimeout)."""
+    create(objects, namespace, function("idle-fn", sessionAffinityConfig={"sessionIdleTimeoutInSeconds": 4}))
+    auth = f"Authorization: Bearer {creds.token}"
+    url = f"{gateway_url}/fn/idle-fn/"
+    _, first, status = curl("-H", auth, "-H", "x-session-id: busy-1", url)
+    assert status == 200, first
+    started = time.monotonic()
+    while time.monotonic() - started < 10:
+        time.sleep(1)
+        _, again, status = curl("-H", auth, "-H", "x-session-id: busy-1", url)
+        assert status == 200 and again["pod"] == first["pod"], (round(time.monotonic() - started, 1), status, again)
+    [obj] = [o for o in objects.list_namespaced_custom_object(GROUP, VERSION, namespace, SESSIONS)["items"]
+             if o["spec"]["sessionId"] == "busy-1"]
+    assert status_of(objects, namespace, obj["metadata"]["name"])["sessionStatus"] == "Active"
+    deadline = time.monotonic() + 15
+    while status_of(objects, namespace, obj["metadata"]["name"])["sessionStatus"] != "Expired":
+        assert time.monotonic() < deadline, "the idle session never expired"
+        time.sleep(0.3)
+    reasons = [c.get("reason") for c in status_of(objects, namespace, obj["metadata"]["name"])["conditions"]
+               if c["type"] == "Expired"]
+    assert reasons == ["IdleTimeout"]

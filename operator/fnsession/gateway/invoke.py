@@ -99,7 +99,7 @@ class Invoker:
             if route is not None:
                 return route
             obj = await self.api.live(ns, function, session_id)
-            if obj is not None and (route := route_of(obj)) is not None:
+            if obj is not None and (route := route_of(obj, self.routes.functions.get((ns, function)))) is not None:
                 return route
             await asyncio.sleep(0.02)
         raise errors.internal()
@@ -113,7 +113,7 @@ class Invoker:
             raise errors.instance_busy(INSTANCE_LIMIT)
         self.per_instance[ip] = n + 1
         key = (ns, route.name)
-        self.activity[key] = time.time()
+        self.activity[key] = route.last = time.time()
         if req.query:
             target = f"{target}?{req.query}"
         address = (ip, route.port)

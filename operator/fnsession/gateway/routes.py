@@ -26,25 +26,50 @@ log = logging.getLogger(__name__)
 SessionKey = tuple[str, str, str]  # (namespace, function, session id)
 
 
-@dataclass(frozen=True, slots=True)
+TTL_DEFAULT, IDLE_DEFAULT = 21600, 1800  # FC's, and the CRD's defaults
+
+
+@dataclass(slots=True)
 class Route:
+    """Where a session's requests go, and until when, by the gateway's own clock (Unix time): the
+    TTL's end (``hard``) and ``idle`` seconds after the last request (``last``, which the gateway
+    moves forward itself on every request)."""
+
     name: str  # the FunctionSession
     pod_ip: str
     port: int
-    expire_at: float  # Unix time of status.expireTime (inf: none)
+    hard: float
+    idle: float  # inf: no idle timeout
+    last: float
 
     def live(self, now: float) -> bool:
-        return now < self.expire_at
+        return now < self.hard and now < self.last + self.idle
 
 
-def route_of(obj: dict[str, Any]) -> Route | None:
+def route_of(obj: dict[str, Any], function_spec: dict[str, Any] | None = None) -> Route | None:
+    """The route of an Active session; ``function_spec`` gives the timeouts the session leaves to its
+    Function. Without it, ``status.expireTime`` (the deadline the operator computed) bounds the route."""
     status, spec = obj.get("status") or {}, obj.get("spec") or {}
     inst = status.get("instance") or {}
     if status.get("sessionStatus") != "Active" or spec.get("fenced") or not inst.get("podIP"):
         return None
-    expire = parse_time(status.get("expireTime"))
-    return Route(obj["metadata"]["name"], inst["podIP"], int(inst.get("port") or 9000),
-                 math.inf if expire is None else expire.timestamp())
+    created = parse_time(status.get("createdTime")) or parse_time(obj["metadata"].get("creationTimestamp"))
+    activity = parse_time(status.get("lastActivityTime"))
+    start = created.timestamp() if created is not None else time.time()
+    last = max(start, activity.timestamp() if activity is not None else start)
+    if function_spec is None:
+        expire = parse_time(status.get("expireTime"))
+        hard = math.inf if expire is None else expire.timestamp()
+        idle = math.inf
+    else:
+        defaults = function_spec.get("sessionAffinityConfig") or {}
+        ttl = spec.get("sessionTTLInSeconds") or defaults.get("sessionTTLInSeconds") or TTL_DEFAULT
+        idle_s = spec.get("sessionIdleTimeoutInSeconds")
+        if idle_s is None:
+            idle_s = defaults.get("sessionIdleTimeoutInSeconds", IDLE_DEFAULT)
+        hard = start + ttl
+        idle = math.inf if not idle_s else float(min(idle_s, ttl))
+    return Route(obj["metadata"]["name"], inst["podIP"], int(inst.get("port") or 9000), hard, idle, last)
 
 
 class Routes:
@@ -53,7 +78,8 @@ class Routes:
         self.sessions: dict[SessionKey, Route] = {}
         self.keys: dict[tuple[str, str], SessionKey] = {}  # (namespace, object name) -> key
         self.functions: dict[tuple[str, str], dict[str, Any]] = {}
-        self.ready = asyncio.Event()
+        self.ready = asyncio.Event()            # sessions listed: the gateway may serve
+        self.functions_ready = asyncio.Event()  # Functions listed: sessions' timeouts are known
         self.on_fenced: Callable[[str, str], None] = lambda ns, name: None  # cut the session's running requests
 
     def route(self, ns: str, function: str, session_id: str) -> Route | None:
@@ -64,11 +90,13 @@ class Routes:
         meta = obj["metadata"]
         name = (meta["namespace"], meta["name"])
         old = self.keys.pop(name, None)
-        if old is not None:
-            self.sessions.pop(old, None)
-        route = None if event == "DELETED" else route_of(obj)
+        before = self.sessions.pop(old, None) if old is not None else None
+        function = (meta["namespace"], (obj.get("spec") or {}).get("functionName"))
+        route = None if event == "DELETED" else route_of(obj, self.functions.get(function))  # type: ignore[arg-type]
         if route is not None:
             key = (meta["namespace"], obj["spec"]["functionName"], session_json(obj)["sessionId"])
+            if before is not None and before.name == route.name:
+                route.last = max(route.last, before.last)  # the gateway's own record runs ahead of the status
             self.sessions[key] = route
             self.keys[name] = key
         if event != "DELETED" and (obj.get("spec") or {}).get("fenced"):
@@ -96,12 +124,13 @@ class Routes:
         while True:
             try:
                 if version is None:
+                    if plural == SESSION.plural:
+                        await self.functions_ready.wait()
                     listing = await self.clients.custom.list_cluster_custom_object(GROUP, VERSION, plural)
                     reset()
                     for obj in listing["items"]:
                         apply("ADDED", obj)
-                    if plural == SESSION.plural:
-                        self.ready.set()
+                    (self.ready if plural == SESSION.plural else self.functions_ready).set()
                     version = listing["metadata"]["resourceVersion"]
                 async with watch.Watch() as w:
                     async for event in w.stream(self.clients.custom.list_cluster_custom_object, GROUP, VERSION, plural,

@@ -1,0 +1,73 @@
+"""The gateway's own view of a session's deadline (fnsession.gateway.routes.route_of): it stops
+routing at the TTL's end and at the idle timeout after the last request it saw, by its own clock."""
+
+from __future__ import annotations
+
+import math
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from fnsession.core.status import stamp
+from fnsession.gateway.routes import Route, Routes, route_of
+
+T0 = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
+FUNCTION = {"sessionAffinity": "HEADER_FIELD",
+            "sessionAffinityConfig": {"affinityHeaderFieldName": "x-session-id", "sessionTTLInSeconds": 3600,
+                                      "sessionIdleTimeoutInSeconds": 600}}
+
+
+def session(state: str = "Active", activity: datetime | None = None, **spec: Any) -> dict[str, Any]:
+    status: dict[str, Any] = {"sessionStatus": state, "createdTime": stamp(T0), "sessionId": "s-1",
+                              "expireTime": stamp(T0 + timedelta(seconds=600)),
+                              "instance": {"podIP": "10.88.0.9", "port": 9000}}
+    if activity is not None:
+        status["lastActivityTime"] = stamp(activity)
+    return {"metadata": {"name": "echo-s-1", "namespace": "ns", "creationTimestamp": stamp(T0)},
+            "spec": {"functionName": "echo", "sessionId": "s-1", **spec}, "status": status}
+
+
+def at(seconds: float) -> float:
+    return (T0 + timedelta(seconds=seconds)).timestamp()
+
+
+def test_the_idle_timeout_counts_from_the_last_request_not_from_creation() -> None:
+    route = route_of(session(activity=T0 + timedelta(seconds=500)), FUNCTION)
+    assert route is not None and route.live(at(1000)) and not route.live(at(1101))
+    route.last = at(3000)  # a request the gateway saw itself
+    assert route.live(at(3500))
+
+
+def test_the_ttl_is_hard_whatever_the_activity() -> None:
+    route = route_of(session(), FUNCTION)
+    assert route is not None
+    route.last = at(3599)
+    assert route.live(at(3599.5)) and not route.live(at(3600))
+
+
+def test_the_sessions_own_timeouts_win_and_zero_idle_means_none() -> None:
+    route = route_of(session(sessionTTLInSeconds=100, sessionIdleTimeoutInSeconds=0), FUNCTION)
+    assert route is not None and route.idle == math.inf and route.hard == at(100)
+
+
+def test_only_active_unfenced_sessions_route() -> None:
+    assert route_of(session("Pending"), FUNCTION) is None
+    assert route_of(session("Expired"), FUNCTION) is None
+    assert route_of(session(fenced=True), FUNCTION) is None
+
+
+def test_without_its_function_the_operators_expire_time_bounds_the_route() -> None:
+    route = route_of(session(), None)
+    assert route is not None and route.live(at(599)) and not route.live(at(600))
+
+
+def test_a_status_update_keeps_the_gateways_newer_activity() -> None:
+    routes = Routes(clients=None)  # type: ignore[arg-type] - no API calls in apply_*
+    routes.apply_function("ADDED", {"metadata": {"namespace": "ns", "name": "echo"}, "spec": FUNCTION})
+    routes.apply_session("ADDED", session())
+    found = routes.sessions[("ns", "echo", "s-1")]
+    found.last = at(2000)
+    routes.apply_session("MODIFIED", session(activity=T0 + timedelta(seconds=1000)))
+    assert isinstance(routes.sessions[("ns", "echo", "s-1")], Route)
+    assert routes.sessions[("ns", "echo", "s-1")].last == at(2000)
+    routes.apply_session("MODIFIED", session("Expired"))
+    assert ("ns", "echo", "s-1") not in routes.sessions
