@@ -22,7 +22,6 @@ import asyncio
 import json
 import logging
 import os
-import re
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -48,9 +47,7 @@ STATUS_LINES = {code: b"HTTP/1.1 %d %s\r\n" % (code, reason) for code, reason in
 REQUEST_DROP = frozenset({b"connection", b"keep-alive", b"proxy-authenticate", b"proxy-authorization", b"te",
                           b"trailer", b"transfer-encoding", b"upgrade", b"content-length", b"expect",
                           b"authorization"})
-CONTENT_LENGTH = re.compile(rb"\r\ncontent-length:[ \t]*(\d+)[ \t]*\r\n", re.IGNORECASE)
-NOT_PLAIN = re.compile(rb"\r\n(?:transfer-encoding|connection):", re.IGNORECASE)
-CREDENTIALS = re.compile(rb"\r\n(?:authorization|proxy-authorization):[^\r\n]*", re.IGNORECASE)
+CREDENTIAL_HEADERS = frozenset({b"authorization", b"proxy-authorization"})
 RESPONSE_DROP = frozenset({b"connection", b"keep-alive", b"proxy-authenticate", b"proxy-authorization", b"te",
                            b"trailer", b"transfer-encoding", b"upgrade", b"content-length"})
 UPGRADE_KEEP = frozenset({b"upgrade", b"connection"})  # what an upgrade must carry through
@@ -348,6 +345,7 @@ class ServerConnection(asyncio.Protocol):
         if req is not self.active:
             return
         self.active = None
+        req.exchange = req.sink = None  # no cycle left: freed now, not by the garbage collector
         if not req.keep_alive or self.closed:
             self.close()
             return
@@ -629,10 +627,12 @@ class Exchange:
             # the whole request came in one read: forward it as it came, but for the request line
             # (the instance's path), the caller's credentials (removed) and X-Forwarded-For (added)
             line_end, head_end = raw.find(b"\r\n"), raw.find(b"\r\n\r\n")
+            head = raw[line_end:head_end]
+            if "authorization" in req.headers or "proxy-authorization" in req.headers:
+                head = without_credentials(head, req.raw_headers)
             upstream.transport.write(b"".join((
-                req.method.encode("latin-1"), b" ", self.target, b" HTTP/1.1",
-                CREDENTIALS.sub(b"", raw[line_end:head_end]), b"\r\nX-Forwarded-For: ", req.conn.peer.encode(),
-                raw[head_end:])))
+                req.method.encode("latin-1"), b" ", self.target, b" HTTP/1.1", head,
+                b"\r\nX-Forwarded-For: ", req.conn.peer.encode(), raw[head_end:])))
             req.sink = self
             self.replayable = upstream.used > 1
             self.sent = True
@@ -712,9 +712,13 @@ class Exchange:
         end = data.find(b"\r\n\r\n")
         if end < 0:
             return False
-        m = CONTENT_LENGTH.search(data, 0, end + 2)
-        if (m is None or end + 4 + int(m.group(1)) != len(data) or NOT_PLAIN.search(data, 0, end + 2)
-                or CONTENT_LENGTH.search(data, m.end() - 2, end + 2)):  # a second Content-Length: the parser decides
+        head = data[:end + 2].lower()
+        at = head.find(b"\r\ncontent-length:")
+        if (at < 0 or b"\r\ntransfer-encoding:" in head or b"\r\nconnection:" in head
+                or head.find(b"\r\ncontent-length:", at + 17) >= 0):  # two lengths: the parser decides
+            return False
+        length = head[at + 17:head.find(b"\r\n", at + 17)].strip()
+        if not length.isdigit() or end + 4 + int(length) != len(data):
             return False
         i = data.find(b"\r\n") + 2
         self.head_sent = self.received = self.upstream_keep_alive = True
@@ -943,6 +947,17 @@ class Exchange:
 
     def resume_client(self) -> None:
         self.conn.resume_reading()
+
+
+def without_credentials(head: bytes, raw_headers: list[tuple[bytes, bytes]]) -> bytes:
+    """``head`` (from the request line's ``\\r\\n`` to the last header) without the caller's credential headers."""
+    for name, _ in raw_headers:
+        if name.lower() in CREDENTIAL_HEADERS:
+            at = head.find(b"\r\n" + name + b":")
+            if at >= 0:
+                nxt = head.find(b"\r\n", at + 2)
+                head = head[:at] + (head[nxt:] if nxt >= 0 else b"")
+    return head
 
 
 def _json_string(text: str) -> str:
