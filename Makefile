@@ -84,9 +84,13 @@ $(VENV)/.installed: pyproject.toml
 venv: $(VENV)/.installed ## create .venv with fnsession installed in editable mode
 
 # --- demo and tests -------------------------------------------------------------------------------
-.PHONY: demo test test-unit test-e2e bench
+.PHONY: demo test test-unit test-e2e bench bench-gateway
 bench: $(VENV)/.installed images deploy ## create->Active latency over 100 sessions (warm instance, new pod); see bench/README.md
 	$(VENV)/bin/python bench/create_to_active.py
+
+bench-gateway: $(VENV)/.installed images deploy ## the gateway against HAProxy and the direct path (wrk), and create->routable; see bench/README.md
+	bench/gateway_vs_haproxy.sh
+	$(VENV)/bin/python bench/create_to_routable.py
 
 demo: images deploy ## on the local cluster: run the sample function as two tenants sharing one volume, and show what each can see
 	@hack/demo.sh

@@ -81,17 +81,26 @@ done
 # the median round by gateway/haproxy ratio, reported whole (its figures were measured side by side)
 python3 - "$W/rounds" <<'PY'
 import statistics, sys
+def us(text):  # wrk's latency: 402.00us, 1.07ms, 1.20s
+    for unit, scale in (("us", 1), ("ms", 1e3), ("s", 1e6)):
+        if text.endswith(unit):
+            return float(text[:-len(unit)]) * scale
+    raise ValueError(text)
 rows = [line.split() for line in open(sys.argv[1])]
 ratio = lambda r: float(r[9]) / float(r[5])
 rows.sort(key=ratio)
 mid = rows[len(rows) // 2]
 print(f"{len(rows)} rounds; gateway/haproxy requests/s per round: " + ", ".join(f"{ratio(r):.2f}" for r in rows))
-print(f"median round (#{mid[0]}):\n")
-print("| path | requests/s | p50 | p99 | server CPU µs/request | requests/s vs haproxy |")
-print("|---|---|---|---|---|---|")
+print(f"median round (#{mid[0]}), latency added to the direct path's, and each path against HAProxy:\n")
+print("| path | requests/s | p50 | p99 | added p50 | added p99 | server CPU µs/request | requests/s vs haproxy | CPU/request vs haproxy |")
+print("|---|---|---|---|---|---|---|---|---|")
+d50, d99 = us(mid[2]), us(mid[3])
 for name, (rps, p50, p99, cpu) in (("direct", mid[1:5]), ("haproxy", mid[5:9]), ("gateway", mid[9:13])):
-    print(f"| {name} | {float(rps):.0f} | {p50} | {p99} | {cpu} | {float(rps) / float(mid[5]):.2f}× |")
+    added = ("-", "-") if name == "direct" else (f"{us(p50) - d50:.0f} µs", f"{us(p99) - d99:.0f} µs")
+    cpu_ratio = "-" if cpu == "-" else f"{float(cpu) / float(mid[8]):.2f}×"
+    print(f"| {name} | {float(rps):.0f} | {p50} | {p99} | {added[0]} | {added[1]} | {cpu} | "
+          f"{float(rps) / float(mid[5]):.2f}× | {cpu_ratio} |")
 cpus = [float(r[12]) / float(r[8]) for r in rows]
-print(f"\ngateway/haproxy CPU per request: median {statistics.median(cpus):.2f}× (rounds: "
+print(f"\ngateway/haproxy CPU per request over all rounds: median {statistics.median(cpus):.2f}× ("
       + ", ".join(f"{c:.2f}" for c in sorted(cpus)) + ")")
 PY

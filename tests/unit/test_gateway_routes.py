@@ -71,3 +71,11 @@ def test_a_status_update_keeps_the_gateways_newer_activity() -> None:
     assert routes.sessions[("ns", "echo", "s-1")].last == at(2000)
     routes.apply_session("MODIFIED", session("Expired"))
     assert ("ns", "echo", "s-1") not in routes.sessions
+
+
+async def test_a_watch_event_resolves_who_waits_for_that_session() -> None:
+    routes = Routes(clients=None)  # type: ignore[arg-type]
+    mine, other = routes.next_change("ns", "echo-s-1"), routes.next_change("ns", "echo-other")
+    routes.apply_session("MODIFIED", session())
+    assert mine.done() and mine.result()["status"]["sessionStatus"] == "Active"
+    assert not other.done() and ("ns", "echo-s-1") not in routes.waiters

@@ -81,6 +81,15 @@ class Routes:
         self.ready = asyncio.Event()            # sessions listed: the gateway may serve
         self.functions_ready = asyncio.Event()  # Functions listed: sessions' timeouts are known
         self.on_fenced: Callable[[str, str], None] = lambda ns, name: None  # cut the session's running requests
+        self.waiters: dict[tuple[str, str], list[asyncio.Future[dict[str, Any]]]] = {}
+
+    def next_change(self, ns: str, name: str) -> asyncio.Future[dict[str, Any]]:
+        """A future that gets the FunctionSession ``ns/name`` at its next watch event."""
+        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        waiting = self.waiters.setdefault((ns, name), [])
+        waiting[:] = [f for f in waiting if not f.done()]  # those given up on (timed out) are dropped
+        waiting.append(future)
+        return future
 
     def route(self, ns: str, function: str, session_id: str) -> Route | None:
         found = self.sessions.get((ns, function, session_id))
@@ -101,6 +110,9 @@ class Routes:
             self.keys[name] = key
         if event != "DELETED" and (obj.get("spec") or {}).get("fenced"):
             self.on_fenced(*name)  # SHARED: the instance stays, this session's requests stop now
+        for future in self.waiters.pop(name, ()):
+            if not future.done():
+                future.set_result(obj)
 
     def apply_function(self, event: str, obj: dict[str, Any]) -> None:
         key = (obj["metadata"]["namespace"], obj["metadata"]["name"])

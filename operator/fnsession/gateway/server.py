@@ -181,7 +181,7 @@ async def serve(*, host: str, port: int, auth: str, namespace: str, keys_namespa
     clients = await connect()
     pool = Pool(loop)
     routes = Routes(clients)
-    api = SessionAPI(clients)
+    api = SessionAPI(clients, changes=routes)
     invoker = Invoker(clients, api, routes, pool)
     gateway = Gateway(api, Authenticator(clients, auth, namespace, keys_namespace), invoker)
     listener = Listener(gateway.handle, loop)

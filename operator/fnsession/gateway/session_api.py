@@ -13,7 +13,7 @@ import base64
 import json
 import time
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Protocol
 
 from kubernetes_asyncio.client.exceptions import ApiException
 
@@ -31,10 +31,19 @@ def function_not_found(name: str) -> FCError:
     return FCError(404, "FunctionNotFound", f"function {name} does not exist")
 
 
+class Changes(Protocol):
+    def next_change(self, ns: str, name: str) -> asyncio.Future[dict[str, Any]]:
+        """Resolves with the object at its next watch event."""
+
+
 class SessionAPI:
-    def __init__(self, clients: Clients, create_wait: float = CREATE_WAIT_SECONDS) -> None:
+    """``changes``: the gateway's watch of FunctionSessions, so that a create learns the session is
+    Active from the watch event rather than by polling; without it, it polls."""
+
+    def __init__(self, clients: Clients, create_wait: float = CREATE_WAIT_SECONDS, changes: Changes | None = None) -> None:
         self.clients = clients
         self.create_wait = create_wait
+        self.changes = changes
 
     # --- reads of the API server ---------------------------------------------------------------
 
@@ -96,10 +105,15 @@ class SessionAPI:
     async def until_active(self, ns: str, name: str) -> dict[str, Any]:
         """Wait (bounded) for the operator to bind the session; FC's error when it refuses."""
         deadline, pause = time.monotonic() + self.create_wait, 0.005
+        seen: dict[str, Any] | None = None
         while True:
-            obj = await self.clients.custom.get_namespaced_custom_object(GROUP, VERSION, ns, SESSION.plural, name)
+            change = self.changes.next_change(ns, name) if self.changes is not None else None
+            obj = seen or await self.clients.custom.get_namespaced_custom_object(GROUP, VERSION, ns, SESSION.plural, name)
+            seen = None
             status = obj.get("status") or {}
             if status.get("sessionStatus") == "Active":
+                if change is not None:
+                    change.cancel()  # not waited for: nothing keeps it
                 return obj
             reason, message = self.pending_reason(status)
             if reason in REFUSALS:
@@ -108,7 +122,13 @@ class SessionAPI:
             if time.monotonic() > deadline:
                 raise FCError(503, "ServiceUnavailable",
                               f"the session was not bound to an instance within {self.create_wait:.0f} s ({reason or 'no status yet'})")
-            await asyncio.sleep(pause)
+            if change is None:
+                await asyncio.sleep(pause)
+            else:  # the watch event, or a read again after a while if it is slow
+                try:
+                    seen = await asyncio.wait_for(change, 0.25)
+                except asyncio.TimeoutError:
+                    pass
             pause = min(pause * 2, 0.2)
 
     @staticmethod
