@@ -62,6 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="namespace of callers that are not a ServiceAccount and send no x-fnsession-namespace header")
     gw.add_argument("--keys-namespace", default="fnsession-system",
                     help="where access-key Secrets live (default: %(default)s)")
+    gw.add_argument("--metrics-port", type=int, default=9091,
+                    help="serve Prometheus metrics on this port at /metrics; 0 turns them off (default: %(default)s)")
     gw.set_defaults(func=cmd_gateway)
 
     ak = sub.add_parser("access-key", help="FC access keys for the gateway")
@@ -110,7 +112,8 @@ def cmd_access_key_create(args: argparse.Namespace) -> int:
 def cmd_gateway(args: argparse.Namespace) -> int:
     from fnsession.gateway.server import run
 
-    run(host=args.host, port=args.port, auth=args.auth, namespace=args.namespace, keys_namespace=args.keys_namespace)
+    run(host=args.host, port=args.port, auth=args.auth, namespace=args.namespace, keys_namespace=args.keys_namespace,
+        metrics_port=args.metrics_port)
     return 0
 
 

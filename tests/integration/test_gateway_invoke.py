@@ -234,3 +234,26 @@ def test_a_busy_session_outlives_its_idle_timeout_from_creation_and_an_idle_one_
     reasons = [c.get("reason") for c in status_of(objects, namespace, obj["metadata"]["name"])["conditions"]
                if c["type"] == "Expired"]
     assert reasons == ["IdleTimeout"]
+
+
+@pytest.mark.usefixtures("seeds")
+def test_the_gateway_counts_what_it_routes_in_prometheus_metrics(gateway_url: str, api: client.ApiClient,
+                                                                   creds: Credentials) -> None:
+    [pod] = client.CoreV1Api(api).list_namespaced_pod(
+        "fnsession-system", label_selector="app.kubernetes.io/name=fnsession-gateway",
+        field_selector="status.phase=Running").items
+
+    def scrape() -> dict[str, float]:
+        with urllib.request.urlopen(f"http://{pod.status.pod_ip}:9091/metrics", timeout=10) as r:
+            text = r.read().decode()
+        return {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+                for line in text.splitlines() if line.startswith("fnsession_gateway_")}
+
+    before = scrape()
+    auth = f"Authorization: Bearer {creds.token}"
+    for _ in range(3):
+        curl("-H", auth, "-H", "mySessionId: counted", f"{gateway_url}/fn/header-fn/")
+    after = scrape()
+    assert after["fnsession_gateway_passive_creates_total"] == before["fnsession_gateway_passive_creates_total"] + 1
+    assert after['fnsession_gateway_requests_total{path="fast"}'] >= before['fnsession_gateway_requests_total{path="fast"}'] + 2
+    assert after["fnsession_gateway_routes"] >= 1 and after["fnsession_gateway_upstream_connections_opened_total"] >= 1

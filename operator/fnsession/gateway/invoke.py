@@ -44,6 +44,7 @@ class Invoker:
         self.running: dict[SessionName, set[Exchange]] = {}  # requests in flight per session
         self.per_instance: dict[str, int] = {}  # requests in flight per instance (pod IP)
         self.opening: set[asyncio.Task[None]] = set()
+        self.passive_creates = self.throttled = self.cuts = self.activity_writes = 0  # for metrics
         routes.on_fenced = self.cut
 
     # --- routing ------------------------------------------------------------------------------------
@@ -58,6 +59,13 @@ class Invoker:
         if spec is None:
             return False
         affinity, header = self.affinity(spec)
+        if affinity == "HEADER_FIELD" and header:
+            # a routed id was checked when its session was made: look it up as sent, check only a miss
+            value = req.headers.get(header.lower())
+            route = self.routes.route(ns, function, value) if value else None
+            if route is not None:
+                self.start(req, ns, route, target, b"", sdk=sdk)
+                return True
         session_id = fc.request_session_id(affinity, header, req.headers)
         if session_id is None:
             return False
@@ -82,6 +90,7 @@ class Invoker:
             await authorize_create()
             qualifier = fc.query_param(req.query, "qualifier")
             created = await self.api.create(ns, function, qualifier, {"sessionId": session_id})
+            self.passive_creates += 1
             route = await self.route_after_create(ns, function, session_id)
             if affinity == "GENERATED_COOKIE":
                 line = f"Set-Cookie: {fc.set_cookie(session_id, created.get('sessionTTLInSeconds') or 21600)}\r\n"
@@ -110,6 +119,7 @@ class Invoker:
         ip = route.pod_ip
         n = self.per_instance.get(ip, 0)
         if n >= INSTANCE_LIMIT:
+            self.throttled += 1
             raise errors.instance_busy(INSTANCE_LIMIT)
         self.per_instance[ip] = n + 1
         key = (ns, route.name)
@@ -151,6 +161,7 @@ class Invoker:
     def cut(self, namespace: str, name: str) -> None:
         """A fenced session: its running requests end now (their connections are closed)."""
         for ex in list(self.running.pop((namespace, name), ())):
+            self.cuts += 1
             ex.cut()
         self.activity.pop((namespace, name), None)
 
@@ -165,6 +176,7 @@ class Invoker:
                     GROUP, VERSION, ns, SESSION.plural, name,
                     {"status": {"lastActivityTime": stamp(datetime.fromtimestamp(at, UTC))}},
                     _content_type="application/merge-patch+json")
+                self.activity_writes += 1
             except Exception as exc:  # noqa: BLE001 - the session may be gone; the next request records again
                 log.debug("activity of %s/%s: %s", ns, name, exc)
 

@@ -21,7 +21,7 @@ import signal
 from typing import Any
 from urllib.parse import parse_qsl, unquote
 
-from fnsession.gateway import errors
+from fnsession.gateway import errors, metrics
 from fnsession.gateway.auth import NAMESPACE_HEADER, Authenticator, Identity
 from fnsession.gateway.errors import FCError
 from fnsession.gateway.http import Listener, Pool, Request, RequestIds, install_uvloop
@@ -56,6 +56,7 @@ class Gateway:
         self.api, self.auth, self.invoker = api, auth, invoker
         self.ids = RequestIds()
         self.tasks: set[asyncio.Task[None]] = set()
+        self.fast_requests = self.slow_requests = 0
 
     # --- every request starts here, inside the connection's parser callback -------------------------
 
@@ -63,10 +64,12 @@ class Gateway:
         req.request_id = self.ids.next()
         try:
             if self.fast(req):
+                self.fast_requests += 1
                 return
         except FCError as err:
             self.error(req, err)
             return
+        self.slow_requests += 1
         task = asyncio.ensure_future(self.slow(req))
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
@@ -175,7 +178,7 @@ class Gateway:
         return body
 
 
-async def serve(*, host: str, port: int, auth: str, namespace: str, keys_namespace: str) -> None:
+async def serve(*, host: str, port: int, auth: str, namespace: str, keys_namespace: str, metrics_port: int = 0) -> None:
     """Run until SIGTERM or SIGINT: watch sessions, then listen; on the way out, flush activity."""
     loop = asyncio.get_running_loop()
     clients = await connect()
@@ -185,6 +188,7 @@ async def serve(*, host: str, port: int, auth: str, namespace: str, keys_namespa
     invoker = Invoker(clients, api, routes, pool)
     gateway = Gateway(api, Authenticator(clients, auth, namespace, keys_namespace), invoker)
     listener = Listener(gateway.handle, loop)
+    metrics.serve(metrics_port, metrics.GatewayCollector(gateway, invoker, routes, pool, listener))
     background = [asyncio.create_task(routes.run(), name="routes"),
                   asyncio.create_task(invoker.run_flusher(), name="activity"),
                   asyncio.create_task(pool.run_sweeper(), name="upstream-sweeper"),
@@ -206,11 +210,12 @@ async def serve(*, host: str, port: int, auth: str, namespace: str, keys_namespa
         await clients.close()
 
 
-def run(*, host: str, port: int, auth: str, namespace: str, keys_namespace: str) -> None:
+def run(*, host: str, port: int, auth: str, namespace: str, keys_namespace: str, metrics_port: int = 0) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if auth == "none":
         log.warning("AUTHENTICATION IS OFF (--auth=none): anyone who reaches %s:%d can create, read and delete "
                     "sessions in any namespace (header %s, default %s). For local development only.",
                     host, port, NAMESPACE_HEADER, namespace)
     install_uvloop()
-    asyncio.run(serve(host=host, port=port, auth=auth, namespace=namespace, keys_namespace=keys_namespace))
+    asyncio.run(serve(host=host, port=port, auth=auth, namespace=namespace, keys_namespace=keys_namespace,
+                      metrics_port=metrics_port))

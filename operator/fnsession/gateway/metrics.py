@@ -1,0 +1,55 @@
+"""Prometheus metrics of the gateway, served on ``--metrics-port`` (default 9091; 0: off).
+
+The data plane counts with plain integers (no lock, no label lookup per request); everything is read
+when scraped, from a thread of prometheus_client's own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from prometheus_client import start_http_server
+from prometheus_client.core import REGISTRY, CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from fnsession.gateway.http import Listener, Pool
+    from fnsession.gateway.invoke import Invoker
+    from fnsession.gateway.routes import Routes
+    from fnsession.gateway.server import Gateway
+
+
+class GatewayCollector(Collector):
+    def __init__(self, gateway: Gateway, invoker: Invoker, routes: Routes, pool: Pool, listener: Listener) -> None:
+        self.gateway, self.invoker, self.routes, self.pool, self.listener = gateway, invoker, routes, pool, listener
+
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+        requests = CounterMetricFamily("fnsession_gateway_requests", "Requests, by the path they took: 'fast' (a known "
+                                       "session, no API call, no task) or 'slow'", labels=["path"])
+        requests.add_metric(["fast"], self.gateway.fast_requests)
+        requests.add_metric(["slow"], self.gateway.slow_requests)
+        yield requests
+        yield CounterMetricFamily("fnsession_gateway_passive_creates", "Sessions created by an invocation",
+                                  value=self.invoker.passive_creates)
+        yield CounterMetricFamily("fnsession_gateway_throttled", "Invocations refused because their instance had 200 "
+                                  "in flight (429 ResourceThrottled)", value=self.invoker.throttled)
+        yield CounterMetricFamily("fnsession_gateway_fenced_cuts", "Running requests cut because their session was fenced",
+                                  value=self.invoker.cuts)
+        yield CounterMetricFamily("fnsession_gateway_activity_writes", "status.lastActivityTime writes",
+                                  value=self.invoker.activity_writes)
+        yield CounterMetricFamily("fnsession_gateway_upstream_connections_opened", "Connections opened to instances",
+                                  value=self.pool.opened)
+        yield GaugeMetricFamily("fnsession_gateway_in_flight", "Invocations in flight (WebSockets included)",
+                                value=sum(list(self.invoker.per_instance.values())))
+        yield GaugeMetricFamily("fnsession_gateway_routes", "Sessions in the routing table", value=len(self.routes.sessions))
+        yield GaugeMetricFamily("fnsession_gateway_upstream_idle_connections", "Kept-alive connections to instances, idle",
+                                value=self.pool.size())
+        yield GaugeMetricFamily("fnsession_gateway_client_connections", "Client connections open",
+                                value=len(self.listener.connections))
+
+
+def serve(port: int, collector: GatewayCollector) -> None:
+    if port:
+        REGISTRY.register(collector)
+        start_http_server(port)
