@@ -910,6 +910,7 @@ class Exchange:
         self.conn.respond(self.req, status, [("x-fc-request-id", self.req.request_id)], body)
 
     def client_lost(self) -> None:
+        """The client went away: the instance's connection is dropped (it is mid-exchange)."""
         if self.finished:
             return
         self.finish()
@@ -920,14 +921,9 @@ class Exchange:
 
     def cut(self) -> None:
         """Stop now (a fenced session): both connections are closed."""
-        if self.finished:
-            return
-        self.finish()
-        if self.upstream is not None:
-            self.upstream.exchange = None
-            self.upstream.abort()
-            self.upstream = None
-        self.conn.abort()
+        if not self.finished:
+            self.client_lost()
+            self.conn.abort()
 
     def finish(self) -> None:
         if not self.finished:
