@@ -90,7 +90,7 @@ class Request:
 
     __slots__ = ("conn", "method", "target", "path", "query", "version", "keep_alive", "raw_headers", "headers",
                  "upgrade", "chunked", "has_body", "chunks", "buffered", "complete", "sink", "waiter",
-                 "responded", "discard", "request_id", "started", "exchange", "raw")
+                 "responded", "discard", "request_id", "exchange", "raw")
 
     def __init__(self, conn: ServerConnection, method: bytes, target: bytes, raw_headers: list[tuple[bytes, bytes]],
                  version: str, keep_alive: bool, upgrade: bool) -> None:
@@ -116,7 +116,6 @@ class Request:
         self.waiter: asyncio.Future[None] | None = None
         self.responded = self.discard = False
         self.request_id = ""
-        self.started = time.monotonic()
         self.raw: bytes | None = None  # the whole request as read, when it came in one piece alone
 
     # --- the body ---------------------------------------------------------------------------------
