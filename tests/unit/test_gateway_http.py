@@ -85,6 +85,7 @@ class Proxy:
         self.upstream = upstream
         self.ended: list[http.Exchange] = []
         self.exchanges: list[http.Exchange] = []
+        self.opening: set[asyncio.Task[None]] = set()
 
     def handle(self, req: http.Request) -> None:
         req.request_id = "rid-1"
@@ -94,11 +95,8 @@ class Proxy:
         ex = http.Exchange(req, self.pool, self.upstream, req.target.encode(), b"x-fc-request-id: rid-1\r\n",
                            sdk=req.path.startswith("/status/4"), done=self.ended.append)
         self.exchanges.append(ex)
-        conn = self.pool.take(self.upstream)
-        if conn is not None:
-            ex.run_on(conn)
-        else:
-            asyncio.ensure_future(ex.open_and_run())
+        if (task := ex.start()) is not None:
+            self.opening.add(task)
 
 
 @pytest.fixture

@@ -26,7 +26,7 @@ from fnsession.api.names import FUNCTION, GROUP, SESSION, VERSION
 from fnsession.api.session import FunctionSessionSpec
 from fnsession.core import status as docs
 from fnsession.core.binding import Bind, CreateInstance, Wait, instance_for
-from fnsession.core.deadlines import DeadlineQueue, expire_deadline
+from fnsession.core.deadlines import DeadlineQueue, expire_deadline, timeouts_in_force
 from fnsession.core.pods import LABEL_FUNCTION
 from fnsession.core.registry import FunctionState, Instance, Key, Registry, Session
 from fnsession.core.storage import storage_violations
@@ -290,10 +290,8 @@ class SessionService(Instances):
                 return None
             return spec.session_ttl_in_seconds, min(spec.session_idle_timeout_in_seconds, spec.session_ttl_in_seconds)
         defaults = fn.spec.session_affinity_config
-        ttl = spec.session_ttl_in_seconds or defaults.session_ttl_in_seconds
-        idle = spec.session_idle_timeout_in_seconds
-        idle = defaults.session_idle_timeout_in_seconds if idle is None else idle
-        return ttl, min(idle, ttl)
+        return timeouts_in_force(spec.session_ttl_in_seconds, spec.session_idle_timeout_in_seconds,
+                                 defaults.session_ttl_in_seconds, defaults.session_idle_timeout_in_seconds)
 
     def schedule_expiry(self, session: Session) -> None:
         timeouts = self.timeouts(session)

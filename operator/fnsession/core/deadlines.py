@@ -27,6 +27,14 @@ class Expiry:
     reason: ExpiryReason
 
 
+def timeouts_in_force(ttl: int | None, idle: int | None, default_ttl: int, default_idle: int) -> tuple[int, int]:
+    """(ttl, idle) of a session: its own where it sets them, else its Function's; the idle timeout
+    never above the TTL (0: none)."""
+    ttl = ttl or default_ttl
+    idle = default_idle if idle is None else idle
+    return ttl, min(idle, ttl)
+
+
 def expire_deadline(created: datetime, ttl_seconds: int, last_activity: datetime | None, idle_seconds: int) -> Expiry:
     """The moment a session expires and why: the TTL from creation, or the idle timeout from the
     last activity (creation when none), whichever comes first; the TTL wins a tie."""

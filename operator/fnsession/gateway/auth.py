@@ -80,7 +80,7 @@ class Authenticator:
         """``headers``: lower-case names. FC's 401 when nobody can be identified."""
         header_ns = headers.get(NAMESPACE_HEADER)
         if self.mode == "none":
-            return Identity("anonymous", (), None, header_ns or self.default_namespace)
+            return self.anonymous(header_ns)
         value = headers.get("authorization", "")
         if value.startswith("Bearer "):
             return await self.by_token(value[7:].strip(), header_ns)
@@ -92,11 +92,18 @@ class Authenticator:
         """Who a bearer-token request is, if known from an earlier request (no API call); None otherwise.
         Signed requests always take :meth:`identify`: their signature covers the body."""
         if self.mode == "none":
-            return Identity("anonymous", (), None, headers.get(NAMESPACE_HEADER) or self.default_namespace)
+            return self.anonymous(headers.get(NAMESPACE_HEADER))
         value = headers.get("authorization", "")
         if not value.startswith("Bearer "):
             return None
         return self.tokens.get((value[7:].strip(), headers.get(NAMESPACE_HEADER)))
+
+    def anonymous(self, header_ns: str | None) -> Identity:
+        return Identity("anonymous", (), None, header_ns or self.default_namespace)
+
+    @staticmethod
+    def denied(who: Identity, verb: str) -> errors.FCError:
+        return errors.forbidden(f"{who.user} may not {verb} functionsessions.{GROUP} in namespace {who.namespace}")
 
     def cached_decision(self, who: Identity, verb: str) -> bool | None:
         """RBAC's answer for ``who`` and ``verb`` if known (no API call); None otherwise."""
@@ -156,4 +163,4 @@ class Authenticator:
                         group=GROUP, resource=SESSION.plural, verb=verb, namespace=who.namespace))))
             allowed = self.reviews.put(key, bool(review.status.allowed))
         if not allowed:
-            raise errors.forbidden(f"{who.user} may not {verb} functionsessions.{GROUP} in namespace {who.namespace}")
+            raise self.denied(who, verb)

@@ -19,7 +19,6 @@ run as a task.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import time
@@ -30,6 +29,8 @@ from http import HTTPStatus
 from typing import Any, cast
 
 import httptools
+
+from fnsession.gateway.errors import FCError
 
 log = logging.getLogger(__name__)
 
@@ -139,16 +140,14 @@ class Request:
 
     async def read(self, limit: int) -> bytes:
         """The whole body (kept, so it can be forwarded after): FCError-free; ``ValueError`` past ``limit``."""
-        self.conn.resume_reading()
-        while not self.complete:
+        while True:
             if self.buffered > limit:
                 raise ValueError(f"the request body is larger than {limit} bytes")
+            if self.complete:
+                return b"".join(self.chunks)
             self.waiter = asyncio.get_running_loop().create_future()
             self.conn.resume_reading()
             await self.waiter
-        if self.buffered > limit:
-            raise ValueError(f"the request body is larger than {limit} bytes")
-        return b"".join(self.chunks)
 
     def attach(self, sink: Exchange) -> list[bytes]:
         """Stream the rest of the body to ``sink``; returns what was buffered so far."""
@@ -177,7 +176,7 @@ class ServerConnection(asyncio.Protocol):
         self.queue: deque[Request] = deque()
         self.tunnel: Exchange | None = None      # after an upgrade: bytes go to the exchange as they are
         self.upgraded: Request | None = None     # an upgrade request waiting for the instance's answer
-        self.reading_paused = self.writing_paused = False
+        self.reading_paused = False
         self.idle_since = 0.0  # monotonic time the connection went idle (0: busy); see Listener.sweep
         self.messages = 0       # messages begun in the current read
         self.closed = False
@@ -238,14 +237,12 @@ class ServerConnection(asyncio.Protocol):
                 req.waiter.exception()  # read, so an unawaited one is not reported
 
     def pause_writing(self) -> None:  # the client reads slower than the instance writes
-        self.writing_paused = True
         if self.active is not None and self.active.sink is not None:
             self.active.sink.pause_upstream()
         elif self.tunnel is not None:
             self.tunnel.pause_upstream()
 
     def resume_writing(self) -> None:
-        self.writing_paused = False
         if self.active is not None and self.active.sink is not None:
             self.active.sink.resume_upstream()
         elif self.tunnel is not None:
@@ -416,10 +413,12 @@ class Listener:
         for conn in [c for c in self.connections if 0 < c.idle_since < limit]:
             conn.close()
 
-    async def run_sweeper(self, every: float = 10.0) -> None:
-        while True:
-            await asyncio.sleep(every)
-            self.sweep()
+
+async def every(seconds: float, job: Callable[[], None]) -> None:
+    """Run ``job`` every ``seconds``, forever (the idle-connection sweeps)."""
+    while True:
+        await asyncio.sleep(seconds)
+        job()
 
 
 # --- upstream -----------------------------------------------------------------------------------------
@@ -572,17 +571,8 @@ class Pool:
             for conn in [c for c in conns if c.idle_since < limit]:
                 conn.close()
 
-    def close_address(self, address: Address) -> None:
-        for conn in self.idle.pop(address, []):
-            conn.close()
-
     def size(self) -> int:
         return sum(len(c) for c in self.idle.values())
-
-    async def run_sweeper(self, every: float = 10.0) -> None:
-        while True:
-            await asyncio.sleep(every)
-            self.sweep()
 
 
 class Exchange:
@@ -610,6 +600,14 @@ class Exchange:
         req.exchange = self
 
     # --- starting -----------------------------------------------------------------------------------
+
+    def start(self) -> asyncio.Task[None] | None:
+        """On an idle kept-alive connection now, else on a new one: the task opening it, to be kept."""
+        upstream = self.pool.take(self.address)
+        if upstream is not None:
+            self.run_on(upstream)
+            return None
+        return asyncio.ensure_future(self.open_and_run())
 
     def run_on(self, upstream: UpstreamConnection) -> None:
         """Send the request on ``upstream`` (idle, or just opened)."""
@@ -647,11 +645,9 @@ class Exchange:
             parts += (name, b": ", value, b"\r\n")
         if req.conn.peer:
             parts.append(b"X-Forwarded-For: " + req.conn.peer.encode() + b"\r\n")
-        if req.upgrade:
-            pass
-        elif req.chunked:
+        if req.chunked and not req.upgrade:
             parts.append(b"Transfer-Encoding: chunked\r\n")
-        elif req.has_body:
+        elif req.has_body and not req.upgrade:
             parts.append(b"Content-Length: " + req.headers["content-length"].strip().encode() + b"\r\n")
         parts.append(b"\r\n")
         early = req.attach(self)
@@ -719,14 +715,18 @@ class Exchange:
         length = head[at + 17:head.find(b"\r\n", at + 17)].strip()
         if not length.isdigit() or end + 4 + int(length) != len(data):
             return False
+        self.forward_as_is(data)
+        return True
+
+    def forward_as_is(self, data: bytes) -> None:
+        """The whole answer is ``data``: to the client with the gateway's headers after the status line."""
         i = data.find(b"\r\n") + 2
         self.head_sent = self.received = self.upstream_keep_alive = True
         self.conn.write(data[:i] + self.extra + data[i:])
         if not self.sent:  # answered before the body was sent: the connection is spent
             self.upstream_keep_alive = False
-            req.sink = None
+            self.req.sink = None
         self.release()
-        return True
 
     def send_head(self, data: bytes | None) -> None:
         assert self.head is not None
@@ -735,15 +735,7 @@ class Exchange:
         req = self.req
         if (data is not None and self.ended_early and keep_alive and http11 and req.keep_alive and req.version == "1.1"
                 and not self.no_body and not self.tunnelling and (status < 400 or not self.sdk)):
-            i = data.find(b"\r\n") + 2
-            self.head_sent = True
-            self.upstream_keep_alive = True
-            self.conn.write(data[:i] + self.extra + data[i:])
-            self.received = True
-            if not self.sent:  # answered before the body was sent: the connection is spent
-                self.upstream_keep_alive = False
-                req.sink = None
-            self.release()
+            self.forward_as_is(data)
             return
         self.build_head(status, headers, keep_alive)
         for chunk in self.pending:
@@ -904,9 +896,8 @@ class Exchange:
             return
         self.finish()
         self.req.sink = None
-        body = ('{"Code":"%s","Message":%s,"RequestId":"%s"}' % (
-            code, _json_string(message), self.req.request_id)).encode()
-        self.conn.respond(self.req, status, [("x-fc-request-id", self.req.request_id)], body)
+        err, rid = FCError(status, code, message), self.req.request_id
+        self.conn.respond(self.req, err.status, err.headers(rid).items(), err.body(rid))
 
     def client_lost(self) -> None:
         """The client went away: the instance's connection is dropped (it is mid-exchange)."""
@@ -953,10 +944,6 @@ def without_credentials(head: bytes, raw_headers: list[tuple[bytes, bytes]]) -> 
                 nxt = head.find(b"\r\n", at + 2)
                 head = head[:at] + (head[nxt:] if nxt >= 0 else b"")
     return head
-
-
-def _json_string(text: str) -> str:
-    return json.dumps(text)
 
 
 def install_uvloop() -> bool:

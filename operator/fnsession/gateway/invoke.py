@@ -59,19 +59,16 @@ class Invoker:
         if spec is None:
             return False
         affinity, header = self.affinity(spec)
+        route = None
         if affinity == "HEADER_FIELD" and header:
             # a routed id was checked when its session was made: look it up as sent, check only a miss
             value = req.headers.get(header.lower())
             route = self.routes.route(ns, function, value) if value else None
-            if route is not None:
-                self.start(req, ns, route, target, b"", sdk=sdk)
-                return True
-        session_id = fc.request_session_id(affinity, header, req.headers)
-        if session_id is None:
-            return False
-        route = self.routes.route(ns, function, session_id)
         if route is None:
-            return False
+            session_id = fc.request_session_id(affinity, header, req.headers)
+            route = self.routes.route(ns, function, session_id) if session_id else None
+            if route is None:
+                return False
         self.start(req, ns, route, target, b"", sdk=sdk)
         return True
 
@@ -134,11 +131,8 @@ class Invoker:
             self.running[key] = {ex}
         else:
             running.add(ex)
-        upstream = self.pool.take(address)
-        if upstream is not None:
-            ex.run_on(upstream)
-        else:
-            task = asyncio.ensure_future(ex.open_and_run())
+        task = ex.start()
+        if task is not None:
             self.opening.add(task)
             task.add_done_callback(self.opening.discard)
 

@@ -18,6 +18,8 @@ from kubernetes_asyncio import watch
 from kubernetes_asyncio.client.exceptions import ApiException
 
 from fnsession.api.names import FUNCTION, GROUP, SESSION, VERSION
+from fnsession.api.function import SessionAffinityConfig
+from fnsession.core.deadlines import timeouts_in_force
 from fnsession.core.status import parse_time
 from fnsession.gateway.fc import session_json
 from fnsession.kube.client import Clients
@@ -26,7 +28,9 @@ log = logging.getLogger(__name__)
 SessionKey = tuple[str, str, str]  # (namespace, function, session id)
 
 
-TTL_DEFAULT, IDLE_DEFAULT = 21600, 1800  # FC's, and the CRD's defaults
+_DEFAULTS = SessionAffinityConfig.model_fields  # a Function's timeouts where its spec leaves them out
+TTL_DEFAULT = _DEFAULTS["session_ttl_in_seconds"].default
+IDLE_DEFAULT = _DEFAULTS["session_idle_timeout_in_seconds"].default
 
 
 @dataclass(slots=True)
@@ -63,12 +67,11 @@ def route_of(obj: dict[str, Any], function_spec: dict[str, Any] | None = None) -
         idle = math.inf
     else:
         defaults = function_spec.get("sessionAffinityConfig") or {}
-        ttl = spec.get("sessionTTLInSeconds") or defaults.get("sessionTTLInSeconds") or TTL_DEFAULT
-        idle_s = spec.get("sessionIdleTimeoutInSeconds")
-        if idle_s is None:
-            idle_s = defaults.get("sessionIdleTimeoutInSeconds", IDLE_DEFAULT)
+        ttl, idle_s = timeouts_in_force(spec.get("sessionTTLInSeconds"), spec.get("sessionIdleTimeoutInSeconds"),
+                                        defaults.get("sessionTTLInSeconds", TTL_DEFAULT),
+                                        defaults.get("sessionIdleTimeoutInSeconds", IDLE_DEFAULT))
         hard = start + ttl
-        idle = math.inf if not idle_s else float(min(idle_s, ttl))
+        idle = math.inf if not idle_s else float(idle_s)
     return Route(obj["metadata"]["name"], inst["podIP"], int(inst.get("port") or 9000), hard, idle, last)
 
 

@@ -24,7 +24,7 @@ from urllib.parse import parse_qsl, unquote
 from fnsession.gateway import errors, metrics
 from fnsession.gateway.auth import NAMESPACE_HEADER, Authenticator, Identity
 from fnsession.gateway.errors import FCError
-from fnsession.gateway.http import Listener, Pool, Request, RequestIds, install_uvloop
+from fnsession.gateway.http import Listener, Pool, Request, RequestIds, every, install_uvloop
 from fnsession.gateway.invoke import Invoker
 from fnsession.gateway.routes import Routes
 from fnsession.gateway.signing import ALGORITHM
@@ -62,23 +62,21 @@ class Gateway:
 
     def handle(self, req: Request) -> None:
         req.request_id = self.ids.next()
+        inv = invocation(req.path, req.method)
         try:
-            if self.fast(req):
+            if inv is not None and self.fast(req, inv):
                 self.fast_requests += 1
                 return
         except FCError as err:
             self.error(req, err)
             return
         self.slow_requests += 1
-        task = asyncio.ensure_future(self.slow(req))
+        task = asyncio.ensure_future(self.slow(req, inv))
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 
-    def fast(self, req: Request) -> bool:
-        """A request that needs no API call goes to its instance now."""
-        inv = invocation(req.path, req.method)
-        if inv is None:
-            return False
+    def fast(self, req: Request, inv: tuple[str, str, bool]) -> bool:
+        """An invocation that needs no API call goes to its instance now."""
         who = self.auth.cached_identity(req.headers)
         if who is None:
             return False
@@ -86,17 +84,15 @@ class Gateway:
         if allowed is None:
             return False
         if not allowed:
-            raise errors.forbidden(f"{who.user} may not get functionsessions in namespace {who.namespace}")
+            raise self.auth.denied(who, "get")
         function, target, sdk = inv
         return self.invoker.fast(req, who.namespace, function, target, sdk=sdk)
 
-    async def slow(self, req: Request) -> None:
+    async def slow(self, req: Request, inv: tuple[str, str, bool] | None) -> None:
         try:
-            path = req.path
-            if path == "/healthz":
+            if req.path == "/healthz":
                 self.json(req, 200, {"status": "ok"})
                 return
-            inv = invocation(path, req.method)
             signed = req.headers.get("authorization", "").startswith(ALGORITHM)
             body = await self.body(req) if signed or inv is None else None
             who = await self.auth.identify(req.method, req.target, req.headers, body or b"")
@@ -191,8 +187,8 @@ async def serve(*, host: str, port: int, auth: str, namespace: str, keys_namespa
     metrics.serve(metrics_port, metrics.GatewayCollector(gateway, invoker, routes, pool, listener))
     background = [asyncio.create_task(routes.run(), name="routes"),
                   asyncio.create_task(invoker.run_flusher(), name="activity"),
-                  asyncio.create_task(pool.run_sweeper(), name="upstream-sweeper"),
-                  asyncio.create_task(listener.run_sweeper(), name="client-sweeper")]
+                  asyncio.create_task(every(10.0, pool.sweep), name="upstream-sweeper"),
+                  asyncio.create_task(every(10.0, listener.sweep), name="client-sweeper")]
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
