@@ -255,5 +255,8 @@ def test_the_gateway_counts_what_it_routes_in_prometheus_metrics(gateway_url: st
         curl("-H", auth, "-H", "mySessionId: counted", f"{gateway_url}/fn/header-fn/")
     after = scrape()
     assert after["fnsession_gateway_passive_creates_total"] == before["fnsession_gateway_passive_creates_total"] + 1
-    assert after['fnsession_gateway_requests_total{path="fast"}'] >= before['fnsession_gateway_requests_total{path="fast"}'] + 2
+    # the first request created the session; the next two, a known session with the token's identity and
+    # RBAC answer cached and a kept-alive connection to the instance, took the lane
+    lane = 'fnsession_gateway_requests_total{path="lane"}'
+    assert after[lane] >= before[lane] + 2
     assert after["fnsession_gateway_routes"] >= 1 and after["fnsession_gateway_upstream_connections_opened_total"] >= 1

@@ -120,7 +120,7 @@ async def read_response(reader: asyncio.StreamReader) -> tuple[int, dict[str, st
     lines = head.decode().split("\r\n")
     status = int(lines[0].split()[1])
     headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:] if line)}
-    if status == 101 or status in (204, 304):
+    if status < 200 or status in (204, 304):
         return status, headers, b""
     if "content-length" in headers:
         return status, headers, await reader.readexactly(int(headers["content-length"]))

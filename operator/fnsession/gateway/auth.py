@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import logging
+import math
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -97,6 +98,23 @@ class Authenticator:
         if not value.startswith("Bearer "):
             return None
         return self.tokens.get((value[7:].strip(), headers.get(NAMESPACE_HEADER)))
+
+    def cached_grant(self, credential: bytes | None, header_ns: bytes | None) -> tuple[float, Identity] | None:
+        """For the lane: ``(until, identity)`` when a request with this Authorization value (as sent)
+        may invoke with no API call, its bearer token known and RBAC's ``get`` allowed, both cached
+        until ``until`` (monotonic time); None when either must be asked (or was refused)."""
+        ns = None if header_ns is None else header_ns.decode("latin-1")
+        if self.mode == "none":
+            return math.inf, self.anonymous(ns)
+        if credential is None or not credential.startswith(b"Bearer "):
+            return None
+        token = self.tokens.items.get((credential[7:].strip().decode("latin-1"), ns))
+        if token is None:
+            return None
+        decision = self.reviews.items.get((token[1], "get"))
+        if decision is None or not decision[1]:
+            return None
+        return min(token[0], decision[0]), token[1]
 
     def anonymous(self, header_ns: str | None) -> Identity:
         return Identity("anonymous", (), None, header_ns or self.default_namespace)

@@ -78,11 +78,17 @@ class RequestIds:
     def __init__(self) -> None:
         r = os.urandom(10).hex()
         self.prefix = f"{r[:8]}-{r[8:12]}-{r[12:16]}-{r[16:20]}-"
+        self.line = b"x-fc-request-id: " + self.prefix.encode() + b"%012x\r\n"
         self.n = 0
 
     def next(self) -> str:
         self.n += 1
         return f"{self.prefix}{self.n:012x}"
+
+    def header(self) -> bytes:
+        """The next id as a response header line, ``x-fc-request-id: <id>\\r\\n``."""
+        self.n += 1
+        return self.line % self.n
 
 
 class Request:
@@ -157,6 +163,7 @@ class Request:
 
 
 Handler = Callable[[Request], None]
+Lane = Callable[["ServerConnection", bytes], bool]
 
 
 class ServerConnection(asyncio.Protocol):
@@ -164,8 +171,8 @@ class ServerConnection(asyncio.Protocol):
     (its body buffered) until the one before it has been answered."""
 
     def __init__(self, handler: Handler, loop: asyncio.AbstractEventLoop,
-                 registry: set[ServerConnection] | None = None) -> None:
-        self.handler, self.loop, self.registry = handler, loop, registry
+                 registry: set[ServerConnection] | None = None, lane: Lane | None = None) -> None:
+        self.handler, self.loop, self.registry, self.lane = handler, loop, registry, lane
         self.parser = httptools.HttpRequestParser(self)
         self.transport: asyncio.Transport | None = None
         self.url = b""
@@ -181,6 +188,9 @@ class ServerConnection(asyncio.Protocol):
         self.messages = 0       # messages begun in the current read
         self.closed = False
         self.peer = ""
+        self.forwarded_for = b""  # the X-Forwarded-For line this client's requests carry upstream
+        self.flight: Any = None   # a request the lane took (lane.Flight), until it is answered
+        self.memo: Any = None     # the lane's record of this connection's last credential
 
     # --- asyncio.Protocol ---------------------------------------------------------------------------
 
@@ -188,6 +198,7 @@ class ServerConnection(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses of asyncio's
         peer = transport.get_extra_info("peername")
         self.peer = peer[0] if isinstance(peer, tuple) else ""
+        self.forwarded_for = b"X-Forwarded-For: " + self.peer.encode() + b"\r\n" if self.peer else b""
         self.idle_since = time.monotonic()
         if self.registry is not None:
             self.registry.add(self)
@@ -199,6 +210,8 @@ class ServerConnection(asyncio.Protocol):
         if self.upgraded is not None:  # the instance has not answered the upgrade yet
             self.upgraded.feed(data)
             return
+        if self.idle_since and self.lane is not None and self.lane(self, data):
+            return  # between requests, and the lane took this one whole (lane.py)
         between = self.parsing is None  # this read starts a message
         self.messages = 0
         try:
@@ -219,13 +232,15 @@ class ServerConnection(asyncio.Protocol):
                 last = self.queue[-1]
                 if last.complete and not last.upgrade:
                     last.raw = data  # exactly one whole request: it can be forwarded with a light edit
-        if self.active is None and self.queue:
+        if self.active is None and self.flight is None and self.queue:
             self.start(self.queue.popleft())
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         if self.registry is not None:
             self.registry.discard(self)
+        if self.flight is not None:
+            self.flight.client_lost()
         for req in (self.active, *self.queue):
             if req is not None and req.exchange is not None:
                 req.exchange.client_lost()
@@ -237,13 +252,17 @@ class ServerConnection(asyncio.Protocol):
                 req.waiter.exception()  # read, so an unawaited one is not reported
 
     def pause_writing(self) -> None:  # the client reads slower than the instance writes
-        if self.active is not None and self.active.sink is not None:
+        if self.flight is not None:
+            self.flight.pause_upstream()
+        elif self.active is not None and self.active.sink is not None:
             self.active.sink.pause_upstream()
         elif self.tunnel is not None:
             self.tunnel.pause_upstream()
 
     def resume_writing(self) -> None:
-        if self.active is not None and self.active.sink is not None:
+        if self.flight is not None:
+            self.flight.resume_upstream()
+        elif self.active is not None and self.active.sink is not None:
             self.active.sink.resume_upstream()
         elif self.tunnel is not None:
             self.tunnel.resume_upstream()
@@ -352,6 +371,17 @@ class ServerConnection(asyncio.Protocol):
         else:
             self.idle_since = time.monotonic()
 
+    def flight_done(self) -> None:
+        """The lane's request was answered: the next one, if the client pipelined it, else idle."""
+        self.flight = None
+        if self.closed:
+            return
+        if self.queue:
+            self.resume_reading()
+            self.start(self.queue.popleft())
+        else:
+            self.idle_since = time.monotonic()
+
     def become_tunnel(self, exchange: Exchange) -> list[bytes]:
         """After ``101``: the client's bytes go to the exchange as they arrive; returns those that came early."""
         req = self.upgraded
@@ -376,7 +406,7 @@ class ServerConnection(asyncio.Protocol):
         """A request the parser refused: answer if nothing is being answered, then close."""
         if self.transport is None or self.closed:
             return
-        if self.active is None:
+        if self.active is None and self.flight is None:
             body = message.encode()
             self.transport.write(status_line(status) + b"Content-Type: text/plain\r\nConnection: close\r\n"
                                  b"Content-Length: %d\r\n\r\n" % len(body) + body)
@@ -401,12 +431,12 @@ class Listener:
     """Makes a :class:`ServerConnection` per client and closes those idle longer than
     :data:`CLIENT_IDLE_SECONDS` (one sweep for all: no timer per request)."""
 
-    def __init__(self, handler: Handler, loop: asyncio.AbstractEventLoop) -> None:
-        self.handler, self.loop = handler, loop
+    def __init__(self, handler: Handler, loop: asyncio.AbstractEventLoop, lane: Lane | None = None) -> None:
+        self.handler, self.loop, self.lane = handler, loop, lane
         self.connections: set[ServerConnection] = set()
 
     def __call__(self) -> ServerConnection:
-        return ServerConnection(self.handler, self.loop, self.connections)
+        return ServerConnection(self.handler, self.loop, self.connections, self.lane)
 
     def sweep(self) -> None:
         limit = time.monotonic() - CLIENT_IDLE_SECONDS
@@ -434,6 +464,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.parser = httptools.HttpResponseParser(self)
         self.transport: asyncio.Transport | None = None
         self.exchange: Exchange | None = None
+        self.flight: Any = None  # the lane's request on this connection (lane.Flight), instead of an exchange
         self.headers: list[tuple[bytes, bytes]] = []
         self.interim = False
         self.closed = False
@@ -446,6 +477,9 @@ class UpstreamConnection(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
+        if self.flight is not None:
+            self.flight.answer(data)
+            return
         ex = self.exchange
         if ex is None:  # bytes from an idle connection: it cannot be trusted any more
             self.close()
@@ -470,16 +504,22 @@ class UpstreamConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.pool.forget(self)
-        if self.exchange is not None:
+        if self.flight is not None:
+            self.flight.upstream_lost()
+        elif self.exchange is not None:
             self.exchange.upstream_lost()
 
     def pause_writing(self) -> None:  # the instance reads slower than the client sends
         if self.exchange is not None:
             self.exchange.pause_client()
+        elif self.flight is not None:
+            self.flight.conn.pause_reading()
 
     def resume_writing(self) -> None:
         if self.exchange is not None:
             self.exchange.resume_client()
+        elif self.flight is not None:
+            self.flight.conn.resume_reading()
 
     # httptools callbacks
 
@@ -620,7 +660,7 @@ class Exchange:
         req = self.req
         assert upstream.transport is not None
         raw = req.raw
-        if raw is not None and req.version == "1.1" and req.sink is None:
+        if raw is not None and req.version == "1.1" and req.sink is None and "host" in req.headers:
             # the whole request came in one read: forward it as it came, but for the request line
             # (the instance's path), the caller's credentials (removed) and X-Forwarded-For (added)
             line_end, head_end = raw.find(b"\r\n"), raw.find(b"\r\n\r\n")
@@ -701,19 +741,7 @@ class Exchange:
         exactly at the end of ``data`` and no framing or connection headers. Forwarded as it came (with
         the gateway's headers), without running the parser; False for anything else."""
         req = self.req
-        if (not data.startswith(b"HTTP/1.1 2") or data.startswith(b"HTTP/1.1 204") or self.no_body
-                or not req.keep_alive or req.version != "1.1"):
-            return False
-        end = data.find(b"\r\n\r\n")
-        if end < 0:
-            return False
-        head = data[:end + 2].lower()
-        at = head.find(b"\r\ncontent-length:")
-        if (at < 0 or b"\r\ntransfer-encoding:" in head or b"\r\nconnection:" in head
-                or head.find(b"\r\ncontent-length:", at + 17) >= 0):  # two lengths: the parser decides
-            return False
-        length = head[at + 17:head.find(b"\r\n", at + 17)].strip()
-        if not length.isdigit() or end + 4 + int(length) != len(data):
+        if self.no_body or not req.keep_alive or req.version != "1.1" or not whole_answer(data):
             return False
         self.forward_as_is(data)
         return True
@@ -933,6 +961,25 @@ class Exchange:
 
     def resume_client(self) -> None:
         self.conn.resume_reading()
+
+
+def whole_answer(data: bytes) -> bool:
+    """``data`` is one whole ``HTTP/1.1 2xx`` answer with a body (not 204) of one Content-Length, ending
+    exactly at its end, with no framing or connection headers and only CRLF line ends: what can be
+    forwarded as it came. False for anything else (the parser decides those)."""
+    if not data.startswith(b"HTTP/1.1 2") or data.startswith(b"HTTP/1.1 204"):
+        return False
+    end = data.find(b"\r\n\r\n")
+    if end < 0:
+        return False
+    head = data[:end + 2].lower()
+    at = head.find(b"\r\ncontent-length:")
+    if (at < 0 or b"\r\ntransfer-encoding:" in head or b"\r\nconnection:" in head
+            or head.find(b"\r\ncontent-length:", at + 17) >= 0  # two lengths
+            or head.count(b"\n") != head.count(b"\r\n") or head.count(b"\r") != head.count(b"\n")):  # a bare CR or LF
+        return False
+    length = head[at + 17:head.find(b"\r\n", at + 17)].strip()
+    return length.isdigit() and end + 4 + int(length) == len(data)
 
 
 def without_credentials(head: bytes, raw_headers: list[tuple[bytes, bytes]]) -> bytes:

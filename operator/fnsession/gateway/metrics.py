@@ -25,11 +25,15 @@ class GatewayCollector(Collector):
         self.gateway, self.invoker, self.routes, self.pool, self.listener = gateway, invoker, routes, pool, listener
 
     def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
-        requests = CounterMetricFamily("fnsession_gateway_requests", "Requests, by the path they took: 'fast' (a known "
+        requests = CounterMetricFamily("fnsession_gateway_requests", "Requests, by the path they took: 'lane' (a known "
+                                       "session, taken whole from one read, no Request object), 'fast' (a known "
                                        "session, no API call, no task) or 'slow'", labels=["path"])
+        requests.add_metric(["lane"], self.gateway.lane.requests)
         requests.add_metric(["fast"], self.gateway.fast_requests)
         requests.add_metric(["slow"], self.gateway.slow_requests)
         yield requests
+        yield CounterMetricFamily("fnsession_gateway_lane_promotions", "Requests the lane took whose answer or upstream "
+                                  "needed the full path after all (not a whole answer, a replay)", value=self.gateway.lane.promoted)
         yield CounterMetricFamily("fnsession_gateway_passive_creates", "Sessions created by an invocation",
                                   value=self.invoker.passive_creates)
         yield CounterMetricFamily("fnsession_gateway_throttled", "Invocations refused because their instance had 200 "

@@ -26,6 +26,7 @@ from fnsession.gateway.auth import NAMESPACE_HEADER, Authenticator, Identity
 from fnsession.gateway.errors import FCError
 from fnsession.gateway.http import Listener, Pool, Request, RequestIds, every, install_uvloop
 from fnsession.gateway.invoke import Invoker
+from fnsession.gateway.lane import Lane
 from fnsession.gateway.routes import Routes
 from fnsession.gateway.signing import ALGORITHM
 from fnsession.gateway.session_api import SessionAPI
@@ -55,6 +56,7 @@ class Gateway:
     def __init__(self, api: SessionAPI, auth: Authenticator, invoker: Invoker) -> None:
         self.api, self.auth, self.invoker = api, auth, invoker
         self.ids = RequestIds()
+        self.lane = Lane(auth, invoker, self.ids)  # known sessions' requests, before any of this (lane.py)
         self.tasks: set[asyncio.Task[None]] = set()
         self.fast_requests = self.slow_requests = 0
 
@@ -183,7 +185,7 @@ async def serve(*, host: str, port: int, auth: str, namespace: str, keys_namespa
     api = SessionAPI(clients, changes=routes)
     invoker = Invoker(clients, api, routes, pool)
     gateway = Gateway(api, Authenticator(clients, auth, namespace, keys_namespace), invoker)
-    listener = Listener(gateway.handle, loop)
+    listener = Listener(gateway.handle, loop, gateway.lane)
     metrics.serve(metrics_port, metrics.GatewayCollector(gateway, invoker, routes, pool, listener))
     background = [asyncio.create_task(routes.run(), name="routes"),
                   asyncio.create_task(invoker.run_flusher(), name="activity"),

@@ -1,0 +1,308 @@
+"""The gateway's lane (fnsession.gateway.lane) on loopback, with no cluster: the real Gateway, Invoker,
+Routes and Authenticator with a session routed and a bearer token's identity and RBAC decision
+cached, in front of an aiohttp server standing in for the instance.
+
+What is shown: a request for a known session takes the lane once an upstream connection is kept
+alive, reaches the instance without the caller's credential and with X-Forwarded-For, and comes back
+with x-fc-request-id; everything the lane declines still gets the answer the full path gives, and
+the lane did not count it; a flight whose answer is not whole becomes an Exchange in mid-flight; a
+kept-alive connection the instance had closed is replayed once; a client that goes away, and a
+fenced session, leave nothing counted in flight; a request pipelined behind a flight waits its
+turn; denied, throttled and expired requests are not routed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from types import SimpleNamespace
+
+import pytest
+from aiohttp import web
+from kubernetes_asyncio.client import ApiClient
+
+from fnsession.gateway.auth import Authenticator, Identity
+from fnsession.gateway.http import Listener, Pool
+from fnsession.gateway.invoke import INSTANCE_LIMIT, Invoker
+from fnsession.gateway.routes import Route, Routes
+from fnsession.gateway.server import Gateway
+from tests.unit.test_gateway_http import event_loop_policy, instance_app, read_response  # noqa: F401 - a fixture
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+TOKEN = "tok-" + "x" * 700
+AUTH = b"Authorization: Bearer " + TOKEN.encode() + b"\r\n"
+WHO = Identity("system:serviceaccount:team:caller", ("system:serviceaccounts",), "uid-1", "team")
+
+
+@dataclass
+class World:
+    gateway: Gateway
+    invoker: Invoker
+    routes: Routes
+    auth: Authenticator
+    pool: Pool
+    port: int
+    route: Route
+
+    @property
+    def lane(self):  # type: ignore[no-untyped-def]
+        return self.gateway.lane
+
+    async def connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        return await asyncio.open_connection("127.0.0.1", self.port)
+
+    async def settle(self) -> None:
+        for _ in range(50):
+            if not self.invoker.per_instance:
+                return
+            await asyncio.sleep(0.02)
+
+
+def get(path: str = "/fn/echo/echo/a?x=1", *extra: bytes, session: bytes = b"s-1", auth: bytes = AUTH) -> bytes:
+    return (b"GET " + path.encode() + b" HTTP/1.1\r\nHost: gw\r\nx-session-id: " + session + b"\r\n" + auth
+            + b"".join(extra) + b"\r\n")
+
+
+@pytest.fixture
+async def world() -> AsyncIterator[World]:
+    async def delay(request: web.Request) -> web.Response:
+        await asyncio.sleep(float(request.query.get("s", "0.3")))
+        return web.Response(text="late")
+
+    app = await instance_app()
+    app.router.add_get("/delay", delay)
+    runner = web.AppRunner(app, handler_cancellation=True, shutdown_timeout=0.5)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    up_port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    api = ApiClient()
+    clients = SimpleNamespace(api=api)
+    loop = asyncio.get_running_loop()
+    routes = Routes(clients)  # type: ignore[arg-type]
+    routes.functions[("team", "echo")] = {"sessionAffinity": "HEADER_FIELD",
+                                          "sessionAffinityConfig": {"affinityHeaderFieldName": "x-session-id"}}
+    route = Route("echo-s1", "127.0.0.1", up_port, math.inf, math.inf, time.time())
+    routes.sessions[("team", "echo", "s-1")] = route
+    auth = Authenticator(clients, "kubernetes", "default", "fnsession-system")  # type: ignore[arg-type]
+    auth.tokens.put((TOKEN, None), WHO)
+    auth.reviews.put((WHO, "get"), True)
+    auth.reviews.put((WHO, "create"), False)  # a request the table cannot route is refused, not created
+    pool = Pool(loop)
+    invoker = Invoker(clients, None, routes, pool)  # type: ignore[arg-type]
+    gateway = Gateway(None, auth, invoker)  # type: ignore[arg-type]
+    server = await loop.create_server(Listener(gateway.handle, loop, gateway.lane), "127.0.0.1", 0)
+    yield World(gateway, invoker, routes, auth, pool, server.sockets[0].getsockname()[1], route)
+    server.close()
+    await runner.cleanup()
+    await api.close()
+
+
+async def warm(w: World) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A client connection whose first request (the full path) left an idle upstream connection."""
+    reader, writer = await w.connect()
+    writer.write(get())
+    status, _, _ = await read_response(reader)
+    assert status == 200 and w.lane.requests == 0 and w.pool.size() == 1
+    return reader, writer
+
+
+async def test_a_known_sessions_request_takes_the_lane_without_the_callers_credential(world: World) -> None:
+    reader, writer = await warm(world)
+    for n in (1, 2, 3):
+        writer.write(get("/fn/echo/echo/a?x=1", b"X-Trace: t-%d\r\n" % n))
+        status, headers, body = await read_response(reader)
+        seen = json.loads(body)
+        assert status == 200 and world.lane.requests == n
+        assert seen["path"] == "/echo/a?x=1" and seen["method"] == "GET"
+        assert "authorization" not in seen["headers"] and seen["headers"]["x-forwarded-for"] == "127.0.0.1"
+        assert seen["headers"]["x-trace"] == f"t-{n}" and seen["headers"]["x-session-id"] == "s-1"
+        assert len(headers["x-fc-request-id"].split("-")) == 5
+    assert world.pool.opened == 1 and world.lane.promoted == 0
+    await world.settle()
+    assert world.invoker.per_instance == {} and world.invoker.running == {}
+    assert ("team", "echo-s1") in world.invoker.activity
+    writer.close()
+
+
+async def test_a_body_in_the_same_read_goes_up_whole(world: World) -> None:
+    reader, writer = await warm(world)
+    head = get("/fn/echo/echo").replace(b"GET", b"POST")[:-2]
+    writer.write(head + b"Content-Type: text/plain\r\nContent-Length: 11\r\n\r\nhello world")
+    status, _, body = await read_response(reader)
+    assert status == 200 and json.loads(body)["body"] == "hello world" and world.lane.requests == 1
+    writer.close()
+
+
+DECLINED = {
+    "chunked body": (get("/fn/echo/echo").replace(b"GET", b"POST")[:-2]
+                     + b"Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n", "hello"),
+    "expect": (get("/fn/echo/echo").replace(b"GET", b"POST")[:-2]
+               + b"Expect: 100-continue\r\nContent-Length: 2\r\n\r\nhi", "hi"),
+    "connection close": (get("/fn/echo/echo", b"Connection: close\r\n"), ""),
+    "http/1.0": (get("/fn/echo/echo").replace(b"HTTP/1.1", b"HTTP/1.0"), ""),
+    "percent-encoded function": (get("/fn/ec%68o/echo"), ""),
+    "two credentials": (get("/fn/echo/echo", AUTH), ""),
+    "no host": (get("/fn/echo/echo").replace(b"Host: gw\r\n", b""), ""),
+}
+
+
+@pytest.mark.parametrize("raw,body", DECLINED.values(), ids=DECLINED.keys())
+async def test_what_the_lane_declines_gets_the_full_paths_answer(world: World, raw: bytes, body: str) -> None:
+    reader, writer = await warm(world)
+    writer.write(raw)
+    status, headers, answer = await read_response(reader)
+    if status == 100:  # Expect: 100-continue
+        status, headers, answer = await read_response(reader)
+    seen = json.loads(answer)
+    assert status == 200 and seen["body"] == body and "x-fc-request-id" in headers
+    assert "authorization" not in seen["headers"]
+    assert world.lane.requests == 0, "the lane took it"
+    writer.close()
+
+
+async def test_two_pipelined_requests_in_one_read_are_declined_and_answered_in_order(world: World) -> None:
+    reader, writer = await warm(world)
+    writer.write(get("/fn/echo/echo/1") + get("/fn/echo/echo/2"))
+    first, second = await read_response(reader), await read_response(reader)
+    assert [json.loads(r[2])["path"] for r in (first, second)] == ["/echo/1", "/echo/2"]
+    assert world.lane.requests == 0
+    writer.close()
+
+
+async def test_a_request_pipelined_behind_a_flight_waits_its_turn(world: World) -> None:
+    reader, writer = await warm(world)
+    writer.write(get("/fn/echo/delay?s=0.3"))
+    await asyncio.sleep(0.05)
+    writer.write(get("/fn/echo/echo/after"))
+    first, second = await read_response(reader), await read_response(reader)
+    assert first[2] == b"late" and json.loads(second[2])["path"] == "/echo/after"
+    assert world.lane.requests == 1  # the second came while the first was in flight: the full path queued it
+    writer.close()
+
+
+async def test_an_answer_that_is_not_whole_makes_the_flight_an_exchange(world: World) -> None:
+    reader, writer = await warm(world)
+    writer.write(get("/fn/echo/stream"))
+    status, headers, body = await read_response(reader)
+    assert status == 200 and body == b"data: 0\n\ndata: 1\n\ndata: 2\n\n" and headers["transfer-encoding"] == "chunked"
+    assert world.lane.requests == 1 and world.lane.promoted == 1
+    writer.write(get("/fn/echo/echo/next"))  # and the connection carries on, through the lane again
+    status, _, body = await read_response(reader)
+    assert status == 200 and json.loads(body)["path"] == "/echo/next" and world.lane.requests == 2
+    await world.settle()
+    assert world.invoker.per_instance == {} and world.invoker.running == {}
+    writer.close()
+
+
+async def test_a_function_error_status_goes_back_as_it_came(world: World) -> None:
+    reader, writer = await warm(world)
+    writer.write(get("/fn/echo/status/503"))
+    status, _, body = await read_response(reader)
+    assert status == 503 and body == b"function says no" and world.lane.requests == 1
+    writer.close()
+
+
+class ClosingInstance(asyncio.Protocol):
+    """Answers the first request of each connection, then closes it at the next one without answering:
+    the race of a kept-alive connection the instance closes as the gateway reuses it."""
+
+    connections = 0
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport, self.seen = transport, 0
+        ClosingInstance.connections += 1
+
+    def data_received(self, data: bytes) -> None:
+        self.seen += 1
+        if self.seen == 1:
+            self.transport.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")  # type: ignore[attr-defined]
+        else:
+            self.transport.close()
+
+
+async def test_a_kept_alive_connection_the_instance_closed_is_replayed_once(world: World) -> None:
+    loop = asyncio.get_running_loop()
+    ClosingInstance.connections = 0
+    instance = await loop.create_server(ClosingInstance, "127.0.0.1", 0)
+    world.route.port = instance.sockets[0].getsockname()[1]
+    try:
+        reader, writer = await warm(world)
+        writer.write(get())
+        status, _, body = await read_response(reader)
+        assert (status, body) == (200, b"ok")
+        assert world.lane.requests == 1 and world.lane.promoted == 1 and ClosingInstance.connections == 2
+        writer.close()
+    finally:
+        instance.close()
+
+
+async def test_a_client_that_goes_away_mid_flight_leaves_nothing_in_flight(world: World) -> None:
+    _, writer = await warm(world)
+    writer.write(get("/fn/echo/hang"))
+    for _ in range(50):
+        if world.invoker.per_instance:
+            break
+        await asyncio.sleep(0.01)
+    assert world.lane.requests == 1 and world.invoker.in_flight() == 1
+    writer.close()
+    await world.settle()
+    assert world.invoker.per_instance == {} and world.invoker.running == {}
+    assert world.pool.size() == 0, "a connection mid-answer went back to the pool"
+
+
+async def test_fencing_cuts_a_flight(world: World) -> None:
+    reader, writer = await warm(world)
+    writer.write(get("/fn/echo/hang"))
+    for _ in range(50):
+        if world.invoker.per_instance:
+            break
+        await asyncio.sleep(0.01)
+    world.invoker.cut("team", "echo-s1")
+    assert await asyncio.wait_for(reader.read(), 2) == b""  # closed, no answer
+    assert world.invoker.cuts == 1 and world.invoker.per_instance == {} and world.invoker.running == {}
+    writer.close()
+
+
+async def test_denied_throttled_and_expired_requests_are_not_routed(world: World) -> None:
+    reader, writer = await warm(world)
+    world.invoker.per_instance["127.0.0.1"] = INSTANCE_LIMIT
+    writer.write(get())
+    status, headers, body = await read_response(reader)
+    assert status == 429 and json.loads(body)["Code"] == "ResourceThrottled" and "x-acs-retry-after" in headers
+    del world.invoker.per_instance["127.0.0.1"]
+
+    world.route.hard = time.time() - 1  # past its TTL: not routed, and the create it would need is denied
+    writer.write(get())
+    status, _, _ = await read_response(reader)
+    assert status == 403
+    world.route.hard = math.inf
+
+    assert world.lane.requests == 0 and world.pool.opened == 1
+    writer.close()
+
+    # RBAC's answer is trusted for as long as the Authenticator caches it (a connection's memo of it
+    # too): a refusal shows on a connection that has not had the earlier answer
+    world.auth.reviews.put((WHO, "get"), False)
+    reader, writer = await world.connect()
+    writer.write(get())
+    status, _, body = await read_response(reader)
+    assert status == 403 and b"may not get" in body and world.lane.requests == 0
+    writer.close()
+
+
+async def test_a_cookie_affinity_function_is_left_to_the_full_path(world: World) -> None:
+    world.routes.functions[("team", "web")] = {"sessionAffinity": "GENERATED_COOKIE"}
+    world.routes.sessions[("team", "web", "c" * 32)] = world.route
+    reader, writer = await world.connect()
+    for _ in range(2):
+        writer.write(b"GET /fn/web/echo HTTP/1.1\r\nHost: gw\r\nCookie: x-fc-cookie-session-id=" + b"c" * 32
+                     + b"\r\n" + AUTH + b"\r\n")
+        status, _, body = await read_response(reader)
+        assert status == 200 and json.loads(body)["path"] == "/echo"
+    assert world.lane.requests == 0
+    writer.close()
