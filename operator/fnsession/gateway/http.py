@@ -592,7 +592,9 @@ class Pool:
     def give(self, conn: UpstreamConnection) -> None:
         conn.exchange = None
         conn.idle_since = time.monotonic()
-        conns = self.idle.setdefault(conn.address, [])
+        conns = self.idle.get(conn.address)
+        if conns is None:
+            conns = self.idle[conn.address] = []
         if len(conns) >= UPSTREAM_IDLE_PER_ADDRESS or conn.closed:
             conn.close()
         else:

@@ -23,12 +23,13 @@ whole, a kept-alive connection the instance had closed) becomes a full Exchange 
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import httptools
 
 from fnsession.gateway.http import MAX_HEAD_BYTES, Exchange, Request, ServerConnection, UpstreamConnection
 from fnsession.gateway.invoke import INSTANCE_LIMIT
+from fnsession.gateway.routes import Route
 
 if TYPE_CHECKING:
     from fnsession.gateway.auth import Authenticator
@@ -116,6 +117,25 @@ def target_of(url: bytes) -> tuple[bytes, bytes]:
     return url[4:slash], url[slash:]
 
 
+NO_ROUTE = Route("", "", 0, 0.0, 0.0, 0.0)  # live never
+
+
+class _Memo:
+    """A client connection's last request as the lane found it: the credential and namespace header it
+    sent, the identity's namespace and until when (Unix time) the caches vouch for it; then, while the
+    routing table's generation holds, the function, its session header and the session's route."""
+
+    __slots__ = ("credential", "namespace", "until", "ns", "generation", "name", "header", "session_id", "route",
+                 "key", "address")
+
+    def __init__(self, credential: bytes | None, namespace: bytes | None, until: float, ns: str) -> None:
+        self.credential, self.namespace, self.until, self.ns = credential, namespace, until, ns
+        self.generation, self.name, self.header, self.session_id = -1, b"", b"", None
+        self.route = NO_ROUTE
+        self.key: tuple[str, str] = ("", "")
+        self.address: tuple[str, int] = ("", 0)
+
+
 class Lane:
     """``lane(conn, data)``: True when it took the request in ``data`` (see the module's docstring)."""
 
@@ -124,7 +144,6 @@ class Lane:
         self.routes, self.pool = invoker.routes, invoker.pool
         self.head = _Head()
         self.answers = _Answer()
-        self.session_headers: dict[tuple[str, str], tuple[dict[str, Any], bytes | None]] = {}
         self.requests = self.promoted = 0  # for metrics
 
     def __call__(self, conn: ServerConnection, data: bytes) -> bool:
@@ -153,34 +172,17 @@ class Lane:
             return False
         credential, namespace = h.credential, h.namespace
 
-        now = time.monotonic()
-        memo = conn.memo  # (credential, namespace header, until, identity) of this connection's last request
-        if memo is None or memo[0] != credential or memo[1] != namespace or memo[2] <= now:
-            grant = self.auth.cached_grant(credential, namespace)
-            if grant is None or grant[0] <= now:
-                return False
-            memo = conn.memo = (credential, namespace, grant[0], grant[1])
-        ns = memo[3].namespace
-
-        function = (ns, name.decode("latin-1"))
-        spec = self.routes.functions.get(function)
-        if spec is None:
-            return False
-        known = self.session_headers.get(function)
-        if known is None or known[0] is not spec:
-            affinity = spec.get("sessionAffinity")
-            header = (spec.get("sessionAffinityConfig") or {}).get("affinityHeaderFieldName")
-            known = self.session_headers[function] = (
-                spec, header.lower().encode("latin-1") if affinity == "HEADER_FIELD" and header else None)
-        if known[1] is None:
-            return False  # cookie affinity: the full path parses cookies
-        session_id = values.get(known[1])
-        if session_id is None:
-            return False
-        route = self.routes.sessions.get((ns, function[1], session_id.decode("latin-1")))
-        if route is None:
-            return False
         wall = time.time()
+        m = conn.memo  # what this connection's last request was found to be
+        if m is None or m.credential != credential or m.namespace != namespace or m.until <= wall:
+            grant = self.auth.cached_grant(credential, namespace)
+            if grant is None:
+                return False
+            m = conn.memo = _Memo(credential, namespace, wall + grant[0] - time.monotonic(), grant[1].namespace)
+        if m.generation != self.routes.generation or m.name != name or values.get(m.header) != m.session_id:
+            if not self.resolve(m, name, values):
+                return False
+        route = m.route
         if not (wall < route.hard and wall < route.last + route.idle):
             return False
         invoker = self.invoker
@@ -188,14 +190,20 @@ class Lane:
         in_flight = invoker.per_instance.get(ip, 0)
         if in_flight >= INSTANCE_LIMIT:
             return False  # the full path refuses it with FC's 429
-        address = (ip, route.port)
+        length = values.get(b"content-length")
+        body = b""
+        if length and length != b"0":
+            # the body is what follows the head (llhttp lets a stray CRLF after it pass, so not the tail)
+            start = data.find(b"\r\n\r\n") + 4
+            body = data[start:start + int(length)]
+        address = m.address
         up = self.pool.take(address)
         if up is None or up.transport is None:
             return False  # the full path opens a connection, in a task
 
         # taken: from here on the request is the lane's
         invoker.per_instance[ip] = in_flight + 1
-        key = (ns, route.name)
+        key = m.key
         invoker.activity[key] = route.last = wall
         flight = Flight(self, conn, up, address, key, data, self.ids.header())
         running = invoker.running.get(key)
@@ -207,12 +215,31 @@ class Lane:
         up.used += 1
         conn.flight = flight
         conn.idle_since = 0.0
-        length = values.get(b"content-length")
         out = h.out
         out[0] = b"%s %s HTTP/1.1\r\n" % (method, target)
-        out += (conn.forwarded_for, b"\r\n", data[len(data) - int(length):] if length else b"")
+        out += (conn.forwarded_for, b"\r\n", body)
         up.transport.write(b"".join(out))
         self.requests += 1
+        return True
+
+    def resolve(self, m: _Memo, name: bytes, values: dict[bytes, bytes]) -> bool:
+        """Find the session a request names (its Function's header) in the routing table, into ``m``."""
+        routes = self.routes
+        function = name.decode("latin-1")
+        spec = routes.functions.get((m.ns, function))
+        if spec is None:
+            return False
+        header = (spec.get("sessionAffinityConfig") or {}).get("affinityHeaderFieldName")
+        if spec.get("sessionAffinity") != "HEADER_FIELD" or not header:
+            return False  # cookie affinity: the full path parses cookies
+        m.header = header.lower().encode("latin-1")
+        session_id = values.get(m.header)
+        route = routes.sessions.get((m.ns, function, session_id.decode("latin-1"))) if session_id is not None else None
+        if route is None:
+            m.generation = -1
+            return False
+        m.generation, m.name, m.session_id, m.route = routes.generation, name, session_id, route
+        m.key, m.address = (m.ns, route.name), (route.pod_ip, route.port)
         return True
 
     def reset(self) -> bool:

@@ -85,6 +85,7 @@ class Routes:
         self.functions_ready = asyncio.Event()  # Functions listed: sessions' timeouts are known
         self.on_fenced: Callable[[str, str], None] = lambda ns, name: None  # cut the session's running requests
         self.waiters: dict[tuple[str, str], list[asyncio.Future[dict[str, Any]]]] = {}
+        self.generation = 0  # moves on every change of the table: what was looked up before may be stale
 
     def next_change(self, ns: str, name: str) -> asyncio.Future[dict[str, Any]]:
         """A future that gets the FunctionSession ``ns/name`` at its next watch event."""
@@ -99,6 +100,7 @@ class Routes:
         return found if found is not None and found.live(time.time()) else None
 
     def apply_session(self, event: str, obj: dict[str, Any]) -> None:
+        self.generation += 1
         meta = obj["metadata"]
         name = (meta["namespace"], meta["name"])
         old = self.keys.pop(name, None)
@@ -118,6 +120,7 @@ class Routes:
                 future.set_result(obj)
 
     def apply_function(self, event: str, obj: dict[str, Any]) -> None:
+        self.generation += 1
         key = (obj["metadata"]["namespace"], obj["metadata"]["name"])
         if event == "DELETED":
             self.functions.pop(key, None)
@@ -126,11 +129,16 @@ class Routes:
 
     async def run(self) -> None:
         await asyncio.gather(self.follow(SESSION.plural, self.apply_session, self.reset_sessions),
-                             self.follow(FUNCTION.plural, self.apply_function, self.functions.clear))
+                             self.follow(FUNCTION.plural, self.apply_function, self.reset_functions))
 
     def reset_sessions(self) -> None:
+        self.generation += 1
         self.sessions.clear()
         self.keys.clear()
+
+    def reset_functions(self) -> None:
+        self.generation += 1
+        self.functions.clear()
 
     async def follow(self, plural: str, apply: Callable[[str, dict[str, Any]], None], reset: Callable[[], None]) -> None:
         """List, then watch from the list's resourceVersion. A watch that ends is resumed from the last
