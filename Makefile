@@ -73,7 +73,7 @@ kind-up: ## for machines with Docker: create a kind cluster, `kind load` the ima
 	@hack/kind/up.sh
 
 # --- Python environment ---------------------------------------------------------------------------
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml setup.py operator/fnsession/gateway/_lane.c
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found (fnsession needs Python 3.11+; set PYTHON=...)" >&2; exit 1; }
 	@echo "==> creating $(VENV) and installing fnsession with its test dependencies"
 	@$(PYTHON) -m venv $(VENV)

@@ -31,7 +31,7 @@ if inputs_changed tenant-init "$bb"; then
 else log "$TENANT_INIT_IMAGE unchanged"; fi
 
 # the project image, from the repo's Dockerfile
-listing=$(cd "$REPO" && git ls-files -co --exclude-standard Dockerfile .dockerignore pyproject.toml README.md operator) ||
+listing=$(cd "$REPO" && git ls-files -co --exclude-standard Dockerfile .dockerignore pyproject.toml setup.py README.md operator) ||
   die "git could not list the image's build context in $REPO"
 mapfile -t ctx_files < <(sort <<< "$listing")
 if inputs_changed fnsession "${ctx_files[@]/#/$REPO/}"; then

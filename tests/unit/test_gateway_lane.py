@@ -28,6 +28,7 @@ from kubernetes_asyncio.client import ApiClient
 from fnsession.gateway.auth import Authenticator, Identity
 from fnsession.gateway.http import Listener, Pool
 from fnsession.gateway.invoke import INSTANCE_LIMIT, Invoker
+from fnsession.gateway.lane import native
 from fnsession.gateway.routes import Route, Routes
 from fnsession.gateway.server import Gateway
 from tests.unit.test_gateway_http import event_loop_policy, instance_app, read_response  # noqa: F401 - a fixture
@@ -67,8 +68,9 @@ def get(path: str = "/fn/echo/echo/a?x=1", *extra: bytes, session: bytes = b"s-1
             + b"".join(extra) + b"\r\n")
 
 
-@pytest.fixture
-async def world() -> AsyncIterator[World]:
+@pytest.fixture(params=["c", "llhttp"])
+async def world(request: pytest.FixtureRequest) -> AsyncIterator[World]:
+    """Once with the C scans (required: the suite runs where the module is built), once with llhttp's."""
     async def delay(request: web.Request) -> web.Response:
         await asyncio.sleep(float(request.query.get("s", "0.3")))
         return web.Response(text="late")
@@ -95,6 +97,10 @@ async def world() -> AsyncIterator[World]:
     pool = Pool(loop)
     invoker = Invoker(clients, None, routes, pool)  # type: ignore[arg-type]
     gateway = Gateway(None, auth, invoker)  # type: ignore[arg-type]
+    if request.param == "llhttp":
+        gateway.lane.scan, gateway.lane.whole = gateway.lane.parse, gateway.lane.parse_answer
+    elif native is None:
+        pytest.skip("fnsession.gateway._lane is not built (no C compiler at install time)")
     server = await loop.create_server(Listener(gateway.handle, loop, gateway.lane), "127.0.0.1", 0)
     yield World(gateway, invoker, routes, auth, pool, server.sockets[0].getsockname()[1], route)
     server.close()
@@ -135,10 +141,10 @@ async def test_a_body_in_the_same_read_goes_up_whole(world: World) -> None:
     writer.write(head + b"Content-Type: text/plain\r\nContent-Length: 11\r\n\r\nhello world")
     status, _, body = await read_response(reader)
     assert status == 200 and json.loads(body)["body"] == "hello world" and world.lane.requests == 1
-    # a stray CRLF after a body (older clients send one): the body is what follows the head
+    # a stray CRLF after a body (older clients send one): the full path's, which reads it right
     writer.write(head + b"Content-Length: 5\r\n\r\nhello\r\n")
     status, _, body = await read_response(reader)
-    assert status == 200 and json.loads(body)["body"] == "hello" and world.lane.requests == 2
+    assert status == 200 and json.loads(body)["body"] == "hello" and world.lane.requests == 1
     writer.close()
 
 

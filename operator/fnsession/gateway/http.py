@@ -465,6 +465,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.exchange: Exchange | None = None
         self.flight: Any = None  # the lane's request on this connection (lane.Flight), instead of an exchange
+        self.spare: Any = None   # the lane's Flight for this connection, kept for its next request
         self.headers: list[tuple[bytes, bytes]] = []
         self.interim = False
         self.closed = False

@@ -2,34 +2,46 @@
 as the job allows.
 
 A client connection between requests hands each read to :class:`Lane` first. The lane takes the
-read only when all of it is one whole HTTP/1.1 request (llhttp says so: a parser of the lane's own,
-with four callbacks) on the ``/fn/{function}/...`` path, with a bearer token whose identity and
-RBAC ``get`` decision are cached, naming by the Function's header a session that is live by the
-gateway's clock, whose instance has fewer than 200 requests in flight and an idle kept-alive
-connection. It then writes the request to that connection (the caller's credential cut out,
-``X-Forwarded-For`` added) and keeps a :class:`Flight` instead of a Request, an Exchange or a task.
-The instance's answer, when it arrives whole with a Content-Length, goes back with the gateway's
-``x-fc-request-id`` after its status line.
+read only when all of it is one whole HTTP/1.1 request of a strict form (one scan: ``_lane.c``'s
+when it is built, else llhttp's with Python callbacks; both take the same requests) on the
+``/fn/{function}/...`` path, with a bearer token whose identity and RBAC ``get`` decision are
+cached, naming by the Function's header a session that is live by the gateway's clock, whose
+instance has fewer than 200 requests in flight and an idle kept-alive connection. It writes the
+request to that connection (the caller's credential cut out, ``X-Forwarded-For`` added) and keeps a
+:class:`Flight` instead of a Request, an Exchange or a task. The instance's answer, when it is one
+whole message with a Content-Length, goes back as it came with the gateway's ``x-fc-request-id``
+after its status line. A client connection remembers what its last request was found to be (the
+identity until the caches' expiry; the route while the routing table's generation holds), so a
+stream of requests for one session costs no table lookups.
 
 Everything else declines, before any side effect, to the full path (http.py's parser, then
-server.py): partial reads, bodies in pieces, chunked bodies, ``Expect``, upgrades, HEAD,
-``Connection`` other than keep-alive, a Function with cookie affinity, a percent-encoded function
-name, a credential not seen in the last seconds, a session the table does not hold, an instance at
-its limit, no idle connection. And a flight that turns out to need more (an answer that is not
-whole, a kept-alive connection the instance had closed) becomes a full Exchange in mid-flight
-(:meth:`Flight.promote`), which carries on from where the lane stood.
+server.py): partial reads, pipelined reads, bodies in pieces, chunked bodies, ``Expect``, upgrades,
+HEAD, ``Connection`` other than keep-alive, a Function with cookie affinity, a percent-encoded
+function name, a credential not seen in the last seconds, a session the table does not hold, an
+instance at its limit, no idle connection. And a flight that turns out to need more (an answer that
+is not whole, a kept-alive connection the instance had closed) becomes a full Exchange in
+mid-flight (:meth:`Flight.promote`), which carries on from where the lane stood.
 """
 
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, cast
 
 import httptools
 
 from fnsession.gateway.http import MAX_HEAD_BYTES, Exchange, Request, ServerConnection, UpstreamConnection
 from fnsession.gateway.invoke import INSTANCE_LIMIT
 from fnsession.gateway.routes import Route
+
+try:  # the scans in C (built from _lane.c when a compiler is at hand): the same rules, fewer microseconds
+    from fnsession.gateway import _lane as native
+except ImportError:  # pragma: no cover - the tests run the llhttp scans too, by choice
+    native = None  # type: ignore[assignment]
+
+# (method, url, credential, namespace header, the wanted header's value, head to forward, body)
+Parsed = tuple[bytes, bytes, bytes | None, bytes | None, bytes | None, bytes, bytes]
 
 if TYPE_CHECKING:
     from fnsession.gateway.auth import Authenticator
@@ -42,7 +54,9 @@ CONNECTION = b"connection"
 # headers the lane does not forward as they came (framing, hop-by-hop, a second credential): the full path
 DECLINED = frozenset({b"transfer-encoding", b"expect", b"upgrade", b"keep-alive", b"te", b"trailer",
                       b"proxy-authorization"})
-SPECIAL = DECLINED | {AUTHORIZATION, NAMESPACE, CONNECTION}
+HOST = b"host"
+SPECIAL = DECLINED | {AUTHORIZATION, NAMESPACE, CONNECTION, HOST}
+METHODS = frozenset({b"GET", b"POST", b"PUT", b"DELETE", b"PATCH", b"OPTIONS"})  # HEAD's answer has no body
 
 
 class _Head:
@@ -65,6 +79,9 @@ class _Head:
     def on_header(self, name: bytes, value: bytes) -> None:
         lname = name.lower()
         if lname not in SPECIAL:
+            self.values[lname] = value
+            self.out += (name, b": ", value, b"\r\n")
+        elif lname == HOST and HOST not in self.values:
             self.values[lname] = value
             self.out += (name, b": ", value, b"\r\n")
         elif lname == AUTHORIZATION and self.credential is None:
@@ -93,16 +110,26 @@ class _Request:
 
 
 class _Answer:
-    """The callbacks of the lane's parser of answers: whether exactly one message ended."""
+    """The callbacks of the lane's parser of answers: whether exactly one message ended, with one
+    Content-Length and no framing or connection header, and how many body bytes it had."""
 
-    __slots__ = ("messages", "complete", "parser")
+    __slots__ = ("messages", "complete", "lengths", "declined", "body", "parser")
 
     def __init__(self) -> None:
-        self.messages, self.complete = 0, False
         self.parser = httptools.HttpResponseParser(self)
 
     def on_message_begin(self) -> None:
         self.messages += 1
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        lname = name.lower()
+        if lname == b"content-length":
+            self.lengths += 1
+        elif lname in (b"transfer-encoding", b"connection"):
+            self.declined = True
+
+    def on_body(self, body: bytes) -> None:
+        self.body += len(body)
 
     def on_message_complete(self) -> None:
         self.complete = self.parser.should_keep_alive()
@@ -144,23 +171,21 @@ class Lane:
         self.routes, self.pool = invoker.routes, invoker.pool
         self.head = _Head()
         self.answers = _Answer()
+        # the scans: C's when built, else llhttp's with Python callbacks (the same answers)
+        self.scan: Callable[[bytes, bytes], Parsed | None] = native.scan if native is not None else self.parse
+        self.whole: Callable[[bytes], int] = native.whole if native is not None else self.parse_answer
         self.requests = self.promoted = 0  # for metrics
 
     def __call__(self, conn: ServerConnection, data: bytes) -> bool:
         if len(data) > MAX_HEAD_BYTES:
             return False
-        h = self.head
-        h.url, h.values, h.out, h.credential, h.namespace, h.declined, h.messages, h.complete = (
-            b"", {}, [b""], None, None, False, 0, False)
-        p = h.parser
-        try:
-            p.feed_data(data)
-        except (httptools.HttpParserError, httptools.HttpParserUpgrade):
-            return self.reset()
-        if not h.complete or h.messages != 1 or p.get_http_version() != "1.1":
-            return self.reset()
-        method, url, values = p.get_method(), h.url, h.values
-        if h.declined or method == b"HEAD" or not url.startswith(b"/fn/") or b"host" not in values:
+        m = conn.memo  # what this connection's last request was found to be
+        want = m.header if m is not None else b""
+        parsed = self.scan(data, want)
+        if parsed is None:
+            return False
+        method, url, credential, namespace, session_id, head, body = parsed
+        if not url.startswith(b"/fn/"):
             return False
         # /fn/{name}[/path][?query]: what server.invocation() and Invoker.start() make of it (target_of)
         slash, query = url.find(b"/", 4), url.find(b"?", 4)
@@ -170,17 +195,20 @@ class Lane:
             name, target = url[4:slash], url[slash:]
         if not name or b"%" in name:
             return False
-        credential, namespace = h.credential, h.namespace
 
         wall = time.time()
-        m = conn.memo  # what this connection's last request was found to be
         if m is None or m.credential != credential or m.namespace != namespace or m.until <= wall:
             grant = self.auth.cached_grant(credential, namespace)
             if grant is None:
                 return False
             m = conn.memo = _Memo(credential, namespace, wall + grant[0] - time.monotonic(), grant[1].namespace)
-        if m.generation != self.routes.generation or m.name != name or values.get(m.header) != m.session_id:
-            if not self.resolve(m, name, values):
+        if m.generation != self.routes.generation or m.name != name or m.header != want or session_id != m.session_id:
+            header = self.session_header(m.ns, name)
+            if header is None:
+                return False
+            if header != want:
+                session_id = self.scan(data, header)[4]  # type: ignore[index]
+            if not self.resolve(m, name, header, session_id):
                 return False
         route = m.route
         if not (wall < route.hard and wall < route.last + route.idle):
@@ -190,12 +218,6 @@ class Lane:
         in_flight = invoker.per_instance.get(ip, 0)
         if in_flight >= INSTANCE_LIMIT:
             return False  # the full path refuses it with FC's 429
-        length = values.get(b"content-length")
-        body = b""
-        if length and length != b"0":
-            # the body is what follows the head (llhttp lets a stray CRLF after it pass, so not the tail)
-            start = data.find(b"\r\n\r\n") + 4
-            body = data[start:start + int(length)]
         address = m.address
         up = self.pool.take(address)
         if up is None or up.transport is None:
@@ -205,7 +227,10 @@ class Lane:
         invoker.per_instance[ip] = in_flight + 1
         key = m.key
         invoker.activity[key] = route.last = wall
-        flight = Flight(self, conn, up, address, key, data, self.ids.header())
+        flight = up.spare  # one Flight per upstream connection, reused: it serves one request at a time
+        if flight is None:
+            flight = up.spare = Flight(self, up)
+        flight.conn, flight.key, flight.data, flight.extra = conn, key, data, self.ids.header()
         running = invoker.running.get(key)
         if running is None:
             invoker.running[key] = {flight}
@@ -215,30 +240,53 @@ class Lane:
         up.used += 1
         conn.flight = flight
         conn.idle_since = 0.0
-        out = h.out
-        out[0] = b"%s %s HTTP/1.1\r\n" % (method, target)
-        out += (conn.forwarded_for, b"\r\n", body)
-        up.transport.write(b"".join(out))
+        up.transport.write(b"".join((method, b" ", target, b" HTTP/1.1\r\n", head, conn.forwarded_for, b"\r\n", body)))
         self.requests += 1
         return True
 
-    def resolve(self, m: _Memo, name: bytes, values: dict[bytes, bytes]) -> bool:
-        """Find the session a request names (its Function's header) in the routing table, into ``m``."""
-        routes = self.routes
-        function = name.decode("latin-1")
-        spec = routes.functions.get((m.ns, function))
+    def parse(self, data: bytes, want: bytes) -> Parsed | None:
+        """What :func:`_lane.scan` returns, from llhttp and Python callbacks (when the C module is not built)."""
+        h = self.head
+        h.url, h.values, h.out, h.credential, h.namespace, h.declined, h.messages, h.complete = (
+            b"", {}, [], None, None, False, 0, False)
+        p = h.parser
+        try:
+            p.feed_data(data)
+        except (httptools.HttpParserError, httptools.HttpParserUpgrade):
+            self.reset()
+            return None
+        if not h.complete or h.messages != 1 or p.get_http_version() != "1.1":
+            self.reset()
+            return None
+        method, values, url = p.get_method(), h.values, h.url
+        if h.declined or method not in METHODS or b"host" not in values or url[:1] != b"/" or not url.isascii():
+            return None
+        # the body is what follows the head, and nothing after it (llhttp lets a stray CRLF pass)
+        start = data.find(b"\r\n\r\n") + 4
+        body = data[start:]
+        if len(body) != int(values.get(b"content-length") or 0):
+            return None
+        return method, url, h.credential, h.namespace, values.get(want), b"".join(h.out), body
+
+    def session_header(self, ns: str, name: bytes) -> bytes | None:
+        """The lower-case header that names a session of the Function, if it routes by header."""
+        spec = self.routes.functions.get((ns, name.decode("latin-1")))
         if spec is None:
-            return False
+            return None
         header = (spec.get("sessionAffinityConfig") or {}).get("affinityHeaderFieldName")
         if spec.get("sessionAffinity") != "HEADER_FIELD" or not header:
-            return False  # cookie affinity: the full path parses cookies
-        m.header = header.lower().encode("latin-1")
-        session_id = values.get(m.header)
+            return None  # cookie affinity: the full path parses cookies
+        return header.lower().encode("latin-1")
+
+    def resolve(self, m: _Memo, name: bytes, header: bytes, session_id: bytes | None) -> bool:
+        """Find the session in the routing table, into ``m``."""
+        routes = self.routes
+        function = name.decode("latin-1")
         route = routes.sessions.get((m.ns, function, session_id.decode("latin-1"))) if session_id is not None else None
         if route is None:
             m.generation = -1
             return False
-        m.generation, m.name, m.session_id, m.route = routes.generation, name, session_id, route
+        m.generation, m.name, m.header, m.session_id, m.route = routes.generation, name, header, session_id, route
         m.key, m.address = (m.ns, route.name), (route.pod_ip, route.port)
         return True
 
@@ -247,39 +295,45 @@ class Lane:
         self.head.parser = httptools.HttpRequestParser(self.head)
         return False
 
-    def whole(self, data: bytes) -> bool:
-        """``data`` is exactly one whole final answer, on a connection kept alive (llhttp's judgement):
-        it can go to the client as it came."""
+    def parse_answer(self, data: bytes) -> int:
+        """What :func:`_lane.whole` returns, from llhttp: the offset of the first header line when
+        ``data`` is exactly one whole final answer on a connection kept alive, which can go to the
+        client as it came; -1 otherwise."""
         a = self.answers
-        a.messages, a.complete = 0, False
+        a.messages, a.complete, a.lengths, a.declined, a.body = 0, False, 0, False, 0
         p = a.parser
         try:
             p.feed_data(data)
         except (httptools.HttpParserError, httptools.HttpParserUpgrade):
             a.parser = httptools.HttpResponseParser(a)
-            return False
-        if a.complete and a.messages == 1 and p.get_status_code() >= 200:
-            return True
+            return -1
+        status = p.get_status_code()
+        if (a.complete and a.messages == 1 and a.lengths == 1 and not a.declined and 200 <= status
+                and status not in (204, 304) and data.find(b"\r\n\r\n") + 4 + a.body == len(data)
+                and p.get_http_version() == "1.1"):
+            return data.find(b"\r\n") + 2
         a.parser = httptools.HttpResponseParser(a)
-        return False
+        return -1
 
 
 class Flight:
     """A request the lane wrote to ``up``, until its answer has gone back to ``conn``. It stands in for
     an Exchange where the Invoker counts requests (``address``, ``key``, :meth:`cut`)."""
 
-    __slots__ = ("lane", "conn", "up", "address", "key", "data", "extra")
+    __slots__ = ("lane", "up", "address", "conn", "key", "data", "extra")
 
-    def __init__(self, lane: Lane, conn: ServerConnection, up: UpstreamConnection, address: tuple[str, int],
-                 key: tuple[str, str], data: bytes, extra: bytes) -> None:
-        self.lane, self.conn, self.up, self.address, self.key, self.data, self.extra = lane, conn, up, address, key, data, extra
+    def __init__(self, lane: Lane, up: UpstreamConnection) -> None:
+        self.lane, self.up, self.address = lane, up, up.address
+        self.conn: ServerConnection = cast(ServerConnection, None)  # set for each request
+        self.key: tuple[str, str] = ("", "")
+        self.data = self.extra = b""
 
     def answer(self, data: bytes) -> None:
         """Bytes from the instance: the whole answer goes back as it came; anything else, to an Exchange."""
-        if self.lane.whole(data):
+        i = self.lane.whole(data)
+        if i > 0:
             up, conn = self.up, self.conn
             up.flight = None
-            i = data.find(b"\r\n") + 2
             conn.write(b"".join((data[:i], self.extra, data[i:])))
             lane = self.lane
             lane.pool.give(up)

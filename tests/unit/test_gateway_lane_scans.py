@@ -1,0 +1,89 @@
+"""The lane's two scans take the same requests and answers and read them the same: the C module
+(``fnsession.gateway._lane``) and llhttp with Python callbacks (lane.Lane.parse, parse_answer),
+compared on generated messages, near-misses included (bare LFs, control characters, two lengths,
+framing headers, bytes after the body, a second message). What either takes, the other takes too,
+with the same method, target, credential, namespace, session id, forwarded head and body."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
+
+from fnsession.gateway.lane import Lane, native
+
+pytestmark = pytest.mark.skipif(native is None, reason="fnsession.gateway._lane is not built (no C compiler)")
+
+
+def llhttp_lane() -> Lane:
+    return Lane(None, SimpleNamespace(routes=None, pool=None), None)  # type: ignore[arg-type]
+
+
+NAMES = [b"Host", b"host", b"X-Session-Id", b"x-session-id", b"Authorization", b"AUTHORIZATION", b"Accept",
+         b"Content-Length", b"content-length", b"Transfer-Encoding", b"Connection", b"Expect", b"Upgrade", b"TE",
+         b"X-Fnsession-Namespace", b"Cookie", b"X Bad", b"X:Bad", b"", b"X-\x01"]
+VALUES = [b"gw", b"s-1", b"Bearer tok", b"keep-alive", b"close", b"chunked", b"100-continue", b"5", b"0", b" 7 ",
+          b"a\tb", b"caf\xc3\xa9", b"x\x00y", b"x\ry", b"", b"  padded  ", b"12345678901234567890"]
+header = st.tuples(st.sampled_from(NAMES), st.sampled_from(VALUES), st.sampled_from([b"\r\n", b"\r\n", b"\n"]))
+
+
+@st.composite
+def requests(draw: st.DrawFn) -> bytes:
+    method = draw(st.sampled_from([b"GET", b"POST", b"PUT", b"DELETE", b"PATCH", b"OPTIONS", b"HEAD", b"get", b"FOO"]))
+    target = draw(st.sampled_from([b"/fn/echo/", b"/fn/echo/a?x=1", b"/fn/echo", b"*", b"http://h/fn/echo/",
+                                   b"/fn/e\xc3\xa9", b"/fn/echo/a b", b""]))
+    version = draw(st.sampled_from([b"HTTP/1.1", b"HTTP/1.1", b"HTTP/1.0", b"HTTP/2.0"]))
+    headers = [(b"Host", b"gw", b"\r\n")] if draw(st.booleans()) else []
+    headers += draw(st.lists(header, max_size=6))
+    body = draw(st.sampled_from([b"", b"hello", b"hi\r\n"]))
+    if body and draw(st.booleans()):
+        headers.append((b"Content-Length", str(len(body.rstrip() if draw(st.booleans()) else body)).encode(), b"\r\n"))
+    head = b"".join(n + b": " + v + e for n, v, e in draw(st.permutations(headers)))
+    tail = draw(st.sampled_from([b"", b"", b"\r\n", b"GET / HTTP/1.1\r\nHost: gw\r\n\r\n", b"GE"]))
+    return method + b" " + target + b" " + version + b"\r\n" + head + b"\r\n" + body + tail
+
+
+@given(requests(), st.sampled_from([b"x-session-id", b"host", b"", b"cookie"]))
+@settings(max_examples=3000, deadline=None)
+@example(b"GET /fn/echo/ HTTP/1.1\r\nHost: gw\r\nx-session-id: s-1\r\nAuthorization: Bearer t\r\n\r\n", b"x-session-id")
+@example(b"POST /fn/echo/ HTTP/1.1\r\nHost: gw\r\nContent-Length: 5\r\n\r\nhello", b"")
+@example(b"GET /fn/echo/ HTTP/1.1\r\nHost: gw\r\nConnection: keep-alive\r\nauthorization: a\r\n\r\n", b"")
+def test_both_scans_take_the_same_requests_and_read_them_alike(data: bytes, want: bytes) -> None:
+    expected = llhttp_lane().parse(data, want)
+    assert native.scan(data, want) == expected
+
+
+def test_what_the_scans_take_and_leave() -> None:
+    lane = llhttp_lane()
+    ok = b"GET /fn/echo/a HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer t\r\nx-session-id: s-1\r\nConnection: keep-alive\r\nX-A: b\r\n\r\n"
+    for scan in (native.scan, lane.parse):
+        assert scan(ok, b"x-session-id") == (b"GET", b"/fn/echo/a", b"Bearer t", None, b"s-1",
+                                             b"Host: gw\r\nx-session-id: s-1\r\nX-A: b\r\n", b"")
+        for bad in (ok.replace(b"X-A: b", b"Transfer-Encoding: chunked"), ok.replace(b"keep-alive", b"close"),
+                    ok.replace(b"X-A: b", b"Authorization: again"), ok + b"GET", ok.replace(b"HTTP/1.1", b"HTTP/1.0"),
+                    ok.replace(b"X-A: b\r\n", b"X-A: b\n"), ok.replace(b"GET", b"HEAD")):
+            assert scan(bad, b"x-session-id") is None, bad
+
+
+ANSWER_HEADERS = [b"Content-Type: text/plain", b"Content-Length: 5", b"Content-Length: 5", b"Content-Length: 4",
+                  b"Transfer-Encoding: chunked", b"Connection: close", b"Connection: keep-alive", b"X-A: b",
+                  b"X-Bad\x01: c", b"Date: Tue, 01 Dec 2026 23:00:00 GMT"]
+
+
+@st.composite
+def answers(draw: st.DrawFn) -> bytes:
+    line = draw(st.sampled_from([b"HTTP/1.1 200 OK", b"HTTP/1.1 503 Service Unavailable", b"HTTP/1.1 204 No Content",
+                                 b"HTTP/1.1 100 Continue", b"HTTP/1.0 200 OK", b"HTTP/1.1 302 Found", b"HTTP/1.1 200"]))
+    headers = draw(st.lists(st.sampled_from(ANSWER_HEADERS), max_size=4))
+    ends = draw(st.sampled_from([b"\r\n", b"\r\n", b"\n"]))
+    body = draw(st.sampled_from([b"hello", b"", b"hello\r\n", b"hello" + b"HTTP/1.1 200 OK\r\n"]))
+    return line + b"\r\n" + b"".join(h + ends for h in headers) + b"\r\n" + body
+
+
+@given(answers())
+@settings(max_examples=2000, deadline=None)
+@example(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 5\r\n\r\nhello")
+def test_both_scans_take_the_same_answers(data: bytes) -> None:
+    assert native.whole(data) == llhttp_lane().parse_answer(data)
