@@ -1,13 +1,15 @@
 /* The lane's two scans in C (fnsession.gateway.lane uses them when this module is built; it falls
  * back to llhttp's parser with Python callbacks when not).
  *
- * scan(data, want) reads one whole HTTP/1.1 request of a strict form and returns
- *   (method, url, credential, namespace, wanted, head, body)
+ * scan(data, want, forwarded) reads one whole HTTP/1.1 request of a strict form for
+ * /fn/{function}/... and returns
+ *   (function, credential, namespace, wanted, upstream)
  * or None for anything else, which the full path (llhttp) then parses. ``want`` is a lower-case
- * header name whose last value is returned as ``wanted``; ``head`` is the request's header lines
- * as they came, without the caller's Authorization and a "Connection: keep-alive", ready to follow
- * a request line; ``credential`` and ``namespace`` are the Authorization and x-fnsession-namespace
- * values (None when absent).
+ * header name whose last value is returned as ``wanted``; ``credential`` and ``namespace`` are the
+ * Authorization and x-fnsession-namespace values (None when absent); ``upstream`` is the request as
+ * it goes to the instance: the function's own path and query, the header lines as they came without
+ * the caller's Authorization and a "Connection: keep-alive", ``forwarded`` (an X-Forwarded-For line),
+ * the body. A function name with a '%' is left to the full path, which decodes it.
  *
  * The form accepted is a subset of what llhttp accepts, so that the lane never takes a request the
  * full path would read differently: a method of GET, POST, PUT, DELETE, PATCH or OPTIONS; an
@@ -96,9 +98,9 @@ static Py_ssize_t digits(const char *v, Py_ssize_t len) {
 static const char *METHODS[] = {"GET", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", NULL};
 
 static PyObject *scan(PyObject *self, PyObject *args) {
-    const char *d, *want;
-    Py_ssize_t n, want_len;
-    if (!PyArg_ParseTuple(args, "y#y#", &d, &n, &want, &want_len)) return NULL;
+    const char *d, *want, *fwd;
+    Py_ssize_t n, want_len, fwd_len;
+    if (!PyArg_ParseTuple(args, "y#y#y#", &d, &n, &want, &want_len, &fwd, &fwd_len)) return NULL;
 
     Py_ssize_t p = 0;
     while (p < n && d[p] >= 'A' && d[p] <= 'Z') p++;
@@ -110,7 +112,20 @@ static PyObject *scan(PyObject *self, PyObject *args) {
     Py_ssize_t url = ++p;
     while (p < n && d[p] > 0x20 && d[p] < 0x7f) p++;
     Py_ssize_t url_len = p - url;
-    if (url_len == 0 || d[url] != '/' || n - p < 11 || memcmp(d + p, " HTTP/1.1\r\n", 11) != 0) Py_RETURN_NONE;
+    if (url_len < 5 || memcmp(d + url, "/fn/", 4) != 0 || n - p < 11 || memcmp(d + p, " HTTP/1.1\r\n", 11) != 0)
+        Py_RETURN_NONE;
+    /* /fn/{name}[/path][?query] -> the name, and the instance's target (what server.invocation() makes of it) */
+    const char *u = d + url;
+    Py_ssize_t slash = -1, query = -1;
+    for (Py_ssize_t i = 4; i < url_len; i++) {
+        if (u[i] == '/' && slash < 0 && query < 0) slash = i;
+        else if (u[i] == '?' && query < 0) query = i;
+    }
+    Py_ssize_t name_end = slash >= 0 ? slash : (query >= 0 ? query : url_len);
+    if (name_end == 4 || memchr(u + 4, '%', name_end - 4) != NULL) Py_RETURN_NONE;
+    const char *target = slash >= 0 ? u + slash : u + name_end;  /* without a path: "/" then the query */
+    Py_ssize_t target_len = u + url_len - target;
+    int target_slash = slash < 0;
     p += 11;
     Py_ssize_t head_start = p;
 
@@ -146,31 +161,41 @@ static PyObject *scan(PyObject *self, PyObject *args) {
     Py_ssize_t head_end = p - 2;  /* before the empty line */
     if (n - p != (length < 0 ? 0 : length)) Py_RETURN_NONE;
 
-    /* the head without the credential and connection lines (they are in order, at most two) */
+    /* the request for the instance: its line, the head without the credential and connection
+     * lines (in order, at most two), the X-Forwarded-For line, the end of the head, the body */
     Header *cut[2];
     int cuts = 0;
     if (have_cred) cut[cuts++] = &cred;
     if (have_conn) cut[cuts++] = &conn;
     if (cuts == 2 && cut[0]->start > cut[1]->start) { Header *t = cut[0]; cut[0] = cut[1]; cut[1] = t; }
-    Py_ssize_t size = head_end - head_start;
-    for (int i = 0; i < cuts; i++) size -= cut[i]->end - cut[i]->start;
-    PyObject *head = PyBytes_FromStringAndSize(NULL, size);
-    if (head == NULL) return NULL;
-    char *out = PyBytes_AS_STRING(head);
+    Py_ssize_t head = head_end - head_start;
+    for (int i = 0; i < cuts; i++) head -= cut[i]->end - cut[i]->start;
+    Py_ssize_t size = method_len + 1 + target_slash + target_len + 11 + head + fwd_len + 2 + (n - p);
+    PyObject *upstream = PyBytes_FromStringAndSize(NULL, size);
+    if (upstream == NULL) return NULL;
+    char *out = PyBytes_AS_STRING(upstream);
+#define PUT(src, len) do { memcpy(out, (src), (len)); out += (len); } while (0)
+    PUT(d, method_len);
+    PUT(" /", 1 + target_slash);
+    PUT(target, target_len);
+    PUT(" HTTP/1.1\r\n", 11);
     Py_ssize_t from = head_start;
     for (int i = 0; i < cuts; i++) {
-        memcpy(out, d + from, cut[i]->start - from);
-        out += cut[i]->start - from;
+        PUT(d + from, cut[i]->start - from);
         from = cut[i]->end;
     }
-    memcpy(out, d + from, head_end - from);
+    PUT(d + from, head_end - from);
+    PUT(fwd, fwd_len);
+    PUT("\r\n", 2);
+    PUT(d + p, n - p);
+#undef PUT
 
     PyObject *none = Py_None;
-    return Py_BuildValue("(y#y#NNNNy#)", d, method_len, d + url, url_len,
+    return Py_BuildValue("(y#NNNN)", u + 4, name_end - 4,
                          have_cred ? PyBytes_FromStringAndSize(cred.value, cred.value_len) : (Py_INCREF(none), none),
                          have_ns ? PyBytes_FromStringAndSize(ns.value, ns.value_len) : (Py_INCREF(none), none),
                          have_wanted ? PyBytes_FromStringAndSize(wanted.value, wanted.value_len) : (Py_INCREF(none), none),
-                         head, d + p, n - p);
+                         upstream);
 }
 
 static PyObject *whole(PyObject *self, PyObject *arg) {
@@ -203,7 +228,7 @@ static PyObject *whole(PyObject *self, PyObject *arg) {
 }
 
 static PyMethodDef methods[] = {
-    {"scan", scan, METH_VARARGS, "scan(data, want) -> (method, url, credential, namespace, wanted, head, body) or None"},
+    {"scan", scan, METH_VARARGS, "scan(data, want, forwarded) -> (function, credential, namespace, wanted, upstream) or None"},
     {"whole", whole, METH_O, "whole(answer) -> offset of its first header line, or -1"},
     {NULL, NULL, 0, NULL},
 };

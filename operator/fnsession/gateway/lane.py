@@ -40,8 +40,8 @@ try:  # the scans in C (built from _lane.c when a compiler is at hand): the same
 except ImportError:  # pragma: no cover - the tests run the llhttp scans too, by choice
     native = None  # type: ignore[assignment]
 
-# (method, url, credential, namespace header, the wanted header's value, head to forward, body)
-Parsed = tuple[bytes, bytes, bytes | None, bytes | None, bytes | None, bytes, bytes]
+# (function name, credential, namespace header, the wanted header's value, the request for the instance)
+Parsed = tuple[bytes, bytes | None, bytes | None, bytes | None, bytes]
 
 if TYPE_CHECKING:
     from fnsession.gateway.auth import Authenticator
@@ -172,7 +172,7 @@ class Lane:
         self.head = _Head()
         self.answers = _Answer()
         # the scans: C's when built, else llhttp's with Python callbacks (the same answers)
-        self.scan: Callable[[bytes, bytes], Parsed | None] = native.scan if native is not None else self.parse
+        self.scan: Callable[[bytes, bytes, bytes], Parsed | None] = native.scan if native is not None else self.parse
         self.whole: Callable[[bytes], int] = native.whole if native is not None else self.parse_answer
         self.requests = self.promoted = 0  # for metrics
 
@@ -181,20 +181,11 @@ class Lane:
             return False
         m = conn.memo  # what this connection's last request was found to be
         want = m.header if m is not None else b""
-        parsed = self.scan(data, want)
+        forwarded = conn.forwarded_for
+        parsed = self.scan(data, want, forwarded)
         if parsed is None:
             return False
-        method, url, credential, namespace, session_id, head, body = parsed
-        if not url.startswith(b"/fn/"):
-            return False
-        # /fn/{name}[/path][?query]: what server.invocation() and Invoker.start() make of it (target_of)
-        slash, query = url.find(b"/", 4), url.find(b"?", 4)
-        if slash < 0 or 0 <= query < slash:
-            name, target = (url[4:query], b"/" + url[query:]) if query >= 0 else (url[4:], b"/")
-        else:
-            name, target = url[4:slash], url[slash:]
-        if not name or b"%" in name:
-            return False
+        name, credential, namespace, session_id, upstream = parsed
 
         wall = time.time()
         if m is None or m.credential != credential or m.namespace != namespace or m.until <= wall:
@@ -207,7 +198,7 @@ class Lane:
             if header is None:
                 return False
             if header != want:
-                session_id = self.scan(data, header)[4]  # type: ignore[index]
+                session_id = self.scan(data, header, forwarded)[3]  # type: ignore[index]
             if not self.resolve(m, name, header, session_id):
                 return False
         route = m.route
@@ -240,11 +231,11 @@ class Lane:
         up.used += 1
         conn.flight = flight
         conn.idle_since = 0.0
-        up.transport.write(b"".join((method, b" ", target, b" HTTP/1.1\r\n", head, conn.forwarded_for, b"\r\n", body)))
+        up.transport.write(upstream)
         self.requests += 1
         return True
 
-    def parse(self, data: bytes, want: bytes) -> Parsed | None:
+    def parse(self, data: bytes, want: bytes, forwarded: bytes) -> Parsed | None:
         """What :func:`_lane.scan` returns, from llhttp and Python callbacks (when the C module is not built)."""
         h = self.head
         h.url, h.values, h.out, h.credential, h.namespace, h.declined, h.messages, h.complete = (
@@ -264,9 +255,13 @@ class Lane:
         # the body is what follows the head, and nothing after it (llhttp lets a stray CRLF pass)
         start = data.find(b"\r\n\r\n") + 4
         body = data[start:]
-        if len(body) != int(values.get(b"content-length") or 0):
+        if len(body) != int(values.get(b"content-length") or 0) or not url.startswith(b"/fn/"):
             return None
-        return method, url, h.credential, h.namespace, values.get(want), b"".join(h.out), body
+        name, target = target_of(url)
+        if not name or b"%" in name:
+            return None
+        return (name, h.credential, h.namespace, values.get(want),
+                b"".join((method, b" ", target, b" HTTP/1.1\r\n", *h.out, forwarded, b"\r\n", body)))
 
     def session_header(self, ns: str, name: bytes) -> bytes | None:
         """The lower-case header that names a session of the Function, if it routes by header."""
