@@ -19,10 +19,11 @@
  * no Transfer-Encoding, Expect, Upgrade, Keep-Alive, TE, Trailer or Proxy-Authorization header; no
  * Connection header but "keep-alive"; no second Authorization.
  *
- * whole(data) returns the offset of the first header line when ``data`` is exactly one whole final
- * answer that can go to the client as it came: "HTTP/1.1 " and a status from 200 to 599 other than
- * 204 and 304, one Content-Length and exactly that many bytes after the head, no Transfer-Encoding
- * or Connection header, the same strict lines; -1 for anything else.
+ * whole(data, extra) returns ``data`` with the header lines ``extra`` after its status line when
+ * ``data`` is exactly one whole final answer that can go to the client as it came: "HTTP/1.1 " and
+ * a status from 200 to 599 other than 204 and 304, one Content-Length and exactly that many bytes
+ * after the head, no Transfer-Encoding or Connection header, the same strict lines; None for
+ * anything else.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -198,18 +199,18 @@ static PyObject *scan(PyObject *self, PyObject *args) {
                          upstream);
 }
 
-static PyObject *whole(PyObject *self, PyObject *arg) {
-    if (!PyBytes_Check(arg)) { PyErr_SetString(PyExc_TypeError, "whole() takes bytes"); return NULL; }
-    const char *d = PyBytes_AS_STRING(arg);
-    Py_ssize_t n = PyBytes_GET_SIZE(arg), p;
+static PyObject *whole(PyObject *self, PyObject *args) {
+    const char *d, *extra;
+    Py_ssize_t n, extra_len, p;
+    if (!PyArg_ParseTuple(args, "y#y#", &d, &n, &extra, &extra_len)) return NULL;
     if (n < 14 || memcmp(d, "HTTP/1.1 ", 9) != 0 || d[9] < '2' || d[9] > '5' || d[10] < '0' || d[10] > '9' ||
         d[11] < '0' || d[11] > '9' || (d[12] != ' ' && d[12] != '\r'))
-        return PyLong_FromLong(-1);
+        Py_RETURN_NONE;
     int status = (d[9] - '0') * 100 + (d[10] - '0') * 10 + (d[11] - '0');
-    if (status == 204 || status == 304) return PyLong_FromLong(-1);
+    if (status == 204 || status == 304) Py_RETURN_NONE;
     p = 12;
     while (p < n && VALUE[(unsigned char)d[p]]) p++;
-    if (p + 1 >= n || d[p] != '\r' || d[p + 1] != '\n') return PyLong_FromLong(-1);
+    if (p + 1 >= n || d[p] != '\r' || d[p + 1] != '\n') Py_RETURN_NONE;
     p += 2;
     Py_ssize_t first = p, length = -1;
     Header h;
@@ -218,18 +219,24 @@ static PyObject *whole(PyObject *self, PyObject *arg) {
         const char *name = h.name;
         Py_ssize_t name_len = h.name_len;
         if (IS("content-length")) {
-            if (length >= 0 || (length = digits(h.value, h.value_len)) < 0) return PyLong_FromLong(-1);
+            if (length >= 0 || (length = digits(h.value, h.value_len)) < 0) Py_RETURN_NONE;
         } else if (IS("transfer-encoding") || IS("connection")) {
-            return PyLong_FromLong(-1);
+            Py_RETURN_NONE;
         }
     }
-    if (r < 0 || length < 0 || n - p != length) return PyLong_FromLong(-1);
-    return PyLong_FromSsize_t(first);
+    if (r < 0 || length < 0 || n - p != length) Py_RETURN_NONE;
+    PyObject *out = PyBytes_FromStringAndSize(NULL, n + extra_len);
+    if (out == NULL) return NULL;
+    char *o = PyBytes_AS_STRING(out);
+    memcpy(o, d, first);
+    memcpy(o + first, extra, extra_len);
+    memcpy(o + first + extra_len, d + first, n - first);
+    return out;
 }
 
 static PyMethodDef methods[] = {
     {"scan", scan, METH_VARARGS, "scan(data, want, forwarded) -> (function, credential, namespace, wanted, upstream) or None"},
-    {"whole", whole, METH_O, "whole(answer) -> offset of its first header line, or -1"},
+    {"whole", whole, METH_VARARGS, "whole(answer, extra) -> the answer with the extra header lines after its status line, or None"},
     {NULL, NULL, 0, NULL},
 };
 

@@ -173,7 +173,7 @@ class Lane:
         self.answers = _Answer()
         # the scans: C's when built, else llhttp's with Python callbacks (the same answers)
         self.scan: Callable[[bytes, bytes, bytes], Parsed | None] = native.scan if native is not None else self.parse
-        self.whole: Callable[[bytes], int] = native.whole if native is not None else self.parse_answer
+        self.whole: Callable[[bytes, bytes], bytes | None] = native.whole if native is not None else self.parse_answer
         self.requests = self.promoted = 0  # for metrics
 
     def __call__(self, conn: ServerConnection, data: bytes) -> bool:
@@ -290,10 +290,10 @@ class Lane:
         self.head.parser = httptools.HttpRequestParser(self.head)
         return False
 
-    def parse_answer(self, data: bytes) -> int:
-        """What :func:`_lane.whole` returns, from llhttp: the offset of the first header line when
-        ``data`` is exactly one whole final answer on a connection kept alive, which can go to the
-        client as it came; -1 otherwise."""
+    def parse_answer(self, data: bytes, extra: bytes) -> bytes | None:
+        """What :func:`_lane.whole` returns, from llhttp: when ``data`` is exactly one whole final
+        answer on a connection kept alive, which can go to the client as it came, ``data`` with the
+        header lines ``extra`` after its status line; None otherwise."""
         a = self.answers
         a.messages, a.complete, a.lengths, a.declined, a.body = 0, False, 0, False, 0
         p = a.parser
@@ -301,14 +301,15 @@ class Lane:
             p.feed_data(data)
         except (httptools.HttpParserError, httptools.HttpParserUpgrade):
             a.parser = httptools.HttpResponseParser(a)
-            return -1
+            return None
         status = p.get_status_code()
         if (a.complete and a.messages == 1 and a.lengths == 1 and not a.declined and 200 <= status
                 and status not in (204, 304) and data.find(b"\r\n\r\n") + 4 + a.body == len(data)
                 and p.get_http_version() == "1.1"):
-            return data.find(b"\r\n") + 2
+            i = data.find(b"\r\n") + 2
+            return b"".join((data[:i], extra, data[i:]))
         a.parser = httptools.HttpResponseParser(a)
-        return -1
+        return None
 
 
 class Flight:
@@ -325,11 +326,11 @@ class Flight:
 
     def answer(self, data: bytes) -> None:
         """Bytes from the instance: the whole answer goes back as it came; anything else, to an Exchange."""
-        i = self.lane.whole(data)
-        if i > 0:
+        answer = self.lane.whole(data, self.extra)
+        if answer is not None:
             up, conn = self.up, self.conn
             up.flight = None
-            conn.write(b"".join((data[:i], self.extra, data[i:])))
+            conn.write(answer)
             lane = self.lane
             lane.pool.give(up)
             lane.invoker.ended(self)
