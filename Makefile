@@ -90,6 +90,7 @@ bench: $(VENV)/.installed images deploy ## create->Active latency over 100 sessi
 
 bench-gateway: $(VENV)/.installed images deploy ## the gateway against HAProxy and the direct path (wrk), and create->routable; see bench/README.md
 	bench/gateway_vs_haproxy.sh
+	$(VENV)/bin/python bench/gateway_python_path.py
 	$(VENV)/bin/python bench/create_to_routable.py
 
 demo: images deploy ## on the local cluster: run the sample function as two tenants sharing one volume, and show what each can see

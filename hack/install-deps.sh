@@ -4,7 +4,8 @@
 #   containerd, runc, CNI plugins, iptables: the node runtime and network
 #   buildah, mmdebstrap: image builds without Docker or a registry (base image from the apt mirror)
 #   busybox-static: the tenant-directory init image
-#   gcc: the pause image (a static C binary); curl, openssl, iproute2: used by the scripts
+#   gcc: the pause image (a static C binary) and the gateway lane's C module (python3-dev too, for a
+#   Python without its headers); curl, openssl, iproute2: used by the scripts
 set -euo pipefail
 . "$(dirname "$0")/cluster/env.sh"
 PKGS="unzip containerd runc containernetworking-plugins iptables buildah mmdebstrap busybox-static gcc libc6-dev curl openssl iproute2 procps"
@@ -24,6 +25,13 @@ if ! go_ok; then
   PATH=$CACHE/go-$GO_TOOLCHAIN_VERSION/bin:$PATH
   go_ok || die "the fetched Go does not run: $CACHE/go-$GO_TOOLCHAIN_VERSION"
   log "$(go version)"
+fi
+
+# Python's headers where the Python that make venv uses lacks them (Debian's own): the gateway lane's
+# C module is compiled when fnsession is installed
+py=${PYTHON:-python3.11}
+if command -v "$py" >/dev/null && ! "$py" -c "import os, sys, sysconfig; sys.exit(not os.path.exists(sysconfig.get_paths()['include'] + '/Python.h'))"; then
+  PKGS="$PKGS python3-dev"
 fi
 
 missing=()
