@@ -56,6 +56,14 @@ class World:
     async def connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         return await asyncio.open_connection("127.0.0.1", self.port)
 
+    async def hanging(self, writer: asyncio.StreamWriter) -> None:
+        """A request that the instance does not answer, once it is in flight."""
+        writer.write(get("/fn/echo/hang"))
+        for _ in range(50):
+            if self.invoker.per_instance:
+                return
+            await asyncio.sleep(0.01)
+
     async def settle(self) -> None:
         for _ in range(50):
             if not self.invoker.per_instance:
@@ -253,11 +261,7 @@ async def test_a_kept_alive_connection_the_instance_closed_is_replayed_once(worl
 
 async def test_a_client_that_goes_away_mid_flight_leaves_nothing_in_flight(world: World) -> None:
     _, writer = await warm(world)
-    writer.write(get("/fn/echo/hang"))
-    for _ in range(50):
-        if world.invoker.per_instance:
-            break
-        await asyncio.sleep(0.01)
+    await world.hanging(writer)
     assert world.lane.requests == 1 and world.invoker.in_flight() == 1
     writer.close()
     await world.settle()
@@ -267,11 +271,7 @@ async def test_a_client_that_goes_away_mid_flight_leaves_nothing_in_flight(world
 
 async def test_fencing_cuts_a_flight(world: World) -> None:
     reader, writer = await warm(world)
-    writer.write(get("/fn/echo/hang"))
-    for _ in range(50):
-        if world.invoker.per_instance:
-            break
-        await asyncio.sleep(0.01)
+    await world.hanging(writer)
     world.invoker.cut("team", "echo-s1")
     assert await asyncio.wait_for(reader.read(), 2) == b""  # closed, no answer
     assert world.invoker.cuts == 1 and world.invoker.per_instance == {} and world.invoker.running == {}
