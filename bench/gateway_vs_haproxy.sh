@@ -3,13 +3,13 @@
 # pod, and of HAProxy routing the same sessions by the same header from a map, in one run.
 # Load generator (wrk) and server are pinned to different cores.
 #   bench/gateway_vs_haproxy.sh        (needs the local cluster with fnsession deployed: make deploy)
-#   ROUNDS=5 DURATION=5 CONNS=16       (the defaults: 5 interleaved rounds of 5 s per path)
+#   ROUNDS=9 DURATION=5 CONNS=16       (the defaults: 9 interleaved rounds of 5 s per path)
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd); REPO=$(cd "$HERE/.." && pwd)
 . "$REPO/hack/cluster/env.sh"
 export KUBECONFIG=${KUBECONFIG:-$KUBECONFIG_ADMIN}
 K=("$BIN/kubectl")
-DURATION=${DURATION:-5}; CONNS=${CONNS:-16}; ROUNDS=${ROUNDS:-5}
+DURATION=${DURATION:-5}; CONNS=${CONNS:-16}; ROUNDS=${ROUNDS:-9}
 command -v haproxy >/dev/null && command -v wrk >/dev/null || \
   { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq haproxy wrk >/dev/null; }
 NS=fns-bench-gw; W=$(mktemp -d); trap 'kill $(jobs -p) 2>/dev/null; rm -rf "$W"; "${K[@]}" delete ns $NS --wait=false >/dev/null 2>&1' EXIT
