@@ -88,7 +88,7 @@ venv: $(VENV)/.installed ## create .venv with fnsession installed in editable mo
 bench: $(VENV)/.installed images deploy ## create->Active latency over 100 sessions (warm instance, new pod); see bench/README.md
 	$(VENV)/bin/python bench/create_to_active.py
 
-bench-gateway: $(VENV)/.installed images deploy ## the gateway against HAProxy and the direct path (wrk), and create->routable; see bench/README.md
+bench-gateway: $(VENV)/.installed images deploy ## the gateway against HAProxy and the direct path (wrk), its Python per request, create->routable; see bench/README.md
 	bench/gateway_vs_haproxy.sh
 	$(VENV)/bin/python bench/gateway_python_path.py
 	$(VENV)/bin/python bench/create_to_routable.py
