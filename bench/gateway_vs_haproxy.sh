@@ -25,6 +25,12 @@ taskset -c 0 "$REPO/.venv/bin/fnsession" gateway --auth kubernetes --host 127.0.
 for _ in $(seq 100); do curl -fs -o /dev/null http://127.0.0.1:18090/healthz && break; sleep 0.1; done
 curl -fs -o /dev/null -H "Authorization: Bearer $TOKEN" -H 'x-session-id: bench-1' http://127.0.0.1:18090/fn/echo/
 POD_IP=$("${K[@]}" -n $NS get fsess -o jsonpath='{.items[0].status.instance.podIP}')
+# the instance's process on this host (the local cluster's kubelet runs here), found by its pod's cgroup
+POD_UID=$("${K[@]}" -n $NS get pod "$("${K[@]}" -n $NS get fsess -o jsonpath='{.items[0].status.instance.podName}')" \
+          -o jsonpath='{.metadata.uid}')
+FUNCTION_PID=$(for p in $(pgrep -x sample-function); do
+  grep -qE "pod${POD_UID}|pod${POD_UID//-/_}" /proc/$p/cgroup && echo "$p"; done | head -1)
+[ -n "$FUNCTION_PID" ] || { echo "the instance's process (pod $POD_UID) is not on this host" >&2; exit 1; }
 
 # HAProxy: one thread on core 0, the session's server chosen from a map by the same header
 echo "bench-1 $POD_IP:9000" > "$W/sessions.map"
@@ -49,20 +55,24 @@ CFG
 haproxy -f "$W/haproxy.cfg" > "$W/haproxy.log" 2>&1 &
 sleep 1
 
-# One measurement: wrk for DURATION seconds; prints "rps p50 p99 cpu_us_per_request" (cpu: the server's
-# user+system time from /proc over the run, divided by the requests; "-" for the direct path).
+# One measurement: wrk for DURATION seconds; prints "rps p50 p99 server_cpu function_cpu" (µs per
+# request: the process's user+system time from /proc over the run, divided by the requests; the
+# server is HAProxy or the gateway, "-" for the direct path; the function is the instance's process).
+cpu() { awk '{print $14+$15}' "/proc/$1/stat"; }
 measure() { # pid url [header...]
   local pid=$1 url=$2; shift 2
   local hdrs=(); for h in "$@"; do hdrs+=(-H "$h"); done
-  local before=0 after=0
-  [ "$pid" != - ] && before=$(awk '{print $14+$15}' /proc/$pid/stat)
+  local before=0 after=0 fn_before fn_after
+  [ "$pid" != - ] && before=$(cpu "$pid")
+  fn_before=$(cpu "$FUNCTION_PID")
   taskset -c 1 wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency "${hdrs[@]}" "$url" > "$W/wrk.txt"
-  [ "$pid" != - ] && after=$(awk '{print $14+$15}' /proc/$pid/stat)
-  awk -v t=$((after - before)) -v hz="$(getconf CLK_TCK)" -v pid="$pid" '
+  fn_after=$(cpu "$FUNCTION_PID")
+  [ "$pid" != - ] && after=$(cpu "$pid")
+  awk -v t=$((after - before)) -v f=$((fn_after - fn_before)) -v hz="$(getconf CLK_TCK)" -v pid="$pid" '
     /Requests\/sec/ {rps=$2} /requests in/ {n=$1} $1=="50%" {p50=$2} $1=="99%" {p99=$2}
     /Non-2xx/ {bad=$NF}
     END {if (bad) {print "wrk saw non-2xx answers" > "/dev/stderr"; exit 1}
-         printf "%s %s %s %s\n", rps, p50, p99, (pid=="-" ? "-" : sprintf("%.1f", t / hz * 1e6 / n))}' "$W/wrk.txt"
+         printf "%s %s %s %s %.1f\n", rps, p50, p99, (pid=="-" ? "-" : sprintf("%.1f", t / hz * 1e6 / n)), f / hz * 1e6 / n}' "$W/wrk.txt"
 }
 HAPROXY_PID=$(pgrep -f "haproxy -f $W/haproxy.cfg" | head -1)
 GATEWAY_PID=$(pgrep -f "fnsession gateway --auth kubernetes --host 127.0.0.1 --port 18090" | head -1)
@@ -74,7 +84,7 @@ for round in $(seq "$ROUNDS"); do
   h=$(measure "$HAPROXY_PID" "http://127.0.0.1:18091/" "x-session-id: bench-1")
   g=$(measure "$GATEWAY_PID" "http://127.0.0.1:18090/fn/echo/" "x-session-id: bench-1" "Authorization: Bearer $TOKEN")
   echo "$round $d $h $g" >> "$W/rounds"
-  read -r _ drps _ _ _ hrps _ _ hcpu grps _ _ gcpu <<< "$round $d $h $g"
+  read -r _ drps _ _ _ _ hrps _ _ _ _ grps _ <<< "$round $d $h $g"
   printf 'round %d/%d: direct %s, haproxy %s, gateway %s requests/s (gateway/haproxy %.2f)\n' \
     "$round" "$ROUNDS" "$drps" "$hrps" "$grps" "$(awk -v a="$grps" -v b="$hrps" 'BEGIN {print a / b}')" >&2
 done
@@ -87,20 +97,21 @@ def us(text):  # wrk's latency: 402.00us, 1.07ms, 1.20s
             return float(text[:-len(unit)]) * scale
     raise ValueError(text)
 rows = [line.split() for line in open(sys.argv[1])]
-ratio = lambda r: float(r[9]) / float(r[5])
+ratio = lambda r: float(r[11]) / float(r[6])  # columns: round, then rps p50 p99 cpu fcpu per path
 rows.sort(key=ratio)
 mid = rows[len(rows) // 2]
 print(f"{len(rows)} rounds; gateway/haproxy requests/s per round: " + ", ".join(f"{ratio(r):.2f}" for r in rows))
 print(f"median round (#{mid[0]}), latency added to the direct path's, and each path against HAProxy:\n")
-print("| path | requests/s | p50 | p99 | added p50 | added p99 | server CPU µs/request | requests/s vs haproxy | CPU/request vs haproxy |")
-print("|---|---|---|---|---|---|---|---|---|")
+print("| path | requests/s | p50 | p99 | added p50 | added p99 | server CPU µs/request | function CPU µs/request "
+      "| requests/s vs haproxy | server CPU/request vs haproxy |")
+print("|---|---|---|---|---|---|---|---|---|---|")
 d50, d99 = us(mid[2]), us(mid[3])
-for name, (rps, p50, p99, cpu) in (("direct", mid[1:5]), ("haproxy", mid[5:9]), ("gateway", mid[9:13])):
+for name, (rps, p50, p99, cpu, fcpu) in (("direct", mid[1:6]), ("haproxy", mid[6:11]), ("gateway", mid[11:16])):
     added = ("-", "-") if name == "direct" else (f"{us(p50) - d50:.0f} µs", f"{us(p99) - d99:.0f} µs")
-    cpu_ratio = "-" if cpu == "-" else f"{float(cpu) / float(mid[8]):.2f}×"
-    print(f"| {name} | {float(rps):.0f} | {p50} | {p99} | {added[0]} | {added[1]} | {cpu} | "
-          f"{float(rps) / float(mid[5]):.2f}× | {cpu_ratio} |")
-cpus = [float(r[12]) / float(r[8]) for r in rows]
+    cpu_ratio = "-" if cpu == "-" else f"{float(cpu) / float(mid[9]):.2f}×"
+    print(f"| {name} | {float(rps):.0f} | {p50} | {p99} | {added[0]} | {added[1]} | {cpu} | {fcpu} | "
+          f"{float(rps) / float(mid[6]):.2f}× | {cpu_ratio} |")
+cpus = [float(r[14]) / float(r[9]) for r in rows]
 print(f"\ngateway/haproxy CPU per request over all rounds: median {statistics.median(cpus):.2f}× ("
       + ", ".join(f"{c:.2f}" for c in sorted(cpus)) + ")")
 PY
