@@ -13,6 +13,7 @@ DURATION=${DURATION:-5}; CONNS=${CONNS:-16}; ROUNDS=${ROUNDS:-9}
 command -v haproxy >/dev/null && command -v wrk >/dev/null || \
   { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq haproxy wrk >/dev/null; }
 NS=fns-bench-gw; W=$(mktemp -d); trap 'kill $(jobs -p) 2>/dev/null; rm -rf "$W"; "${K[@]}" delete ns $NS --wait=false >/dev/null 2>&1' EXIT
+"${K[@]}" wait --for=delete ns/$NS --timeout=180s >/dev/null 2>&1 || true  # an earlier run's, still going
 "${K[@]}" create ns $NS >/dev/null
 "${K[@]}" -n $NS apply -f "$REPO/examples/function-shared.yaml" >/dev/null
 "${K[@]}" -n $NS create serviceaccount bench >/dev/null
