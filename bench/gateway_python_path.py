@@ -27,6 +27,7 @@ from fnsession.gateway.http import Listener, Pool, UpstreamConnection
 from fnsession.gateway.invoke import Invoker
 from fnsession.gateway.routes import Route, Routes
 from fnsession.gateway.server import Gateway
+from fnsession.gateway.session_api import SessionAPI
 
 TOKEN = "eyJhbGciOiJSUzI1NiIsImtpZCI6I" + "x" * 900  # a ServiceAccount token is about 1 KB
 REQUEST = (b"GET /fn/echo/ HTTP/1.1\r\nHost: 127.0.0.1:18090\r\nx-session-id: bench-1\r\n"
@@ -68,7 +69,7 @@ async def build() -> tuple[object, UpstreamConnection, Transport, Transport]:
     auth.tokens.put((TOKEN, None), who)
     auth.reviews.put((who, "get"), True)
     pool = Pool(loop)
-    invoker = Invoker(clients, None, routes, pool)  # type: ignore[arg-type]
+    invoker = Invoker(clients, SessionAPI(clients, changes=routes), routes, pool)  # type: ignore[arg-type]
     gateway = Gateway(None, auth, invoker)  # type: ignore[arg-type]
     up = UpstreamConnection(pool, ("10.0.0.9", 9000))
     up_transport = Transport(("10.0.0.9", 9000))

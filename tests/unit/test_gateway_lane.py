@@ -31,6 +31,7 @@ from fnsession.gateway.invoke import INSTANCE_LIMIT, Invoker
 from fnsession.gateway.lane import native
 from fnsession.gateway.routes import Route, Routes
 from fnsession.gateway.server import Gateway
+from fnsession.gateway.session_api import SessionAPI
 from tests.unit.test_gateway_http import event_loop_policy, instance_app, read_response  # noqa: F401 - a fixture
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
@@ -103,7 +104,7 @@ async def world(request: pytest.FixtureRequest) -> AsyncIterator[World]:
     auth.reviews.put((WHO, "get"), True)
     auth.reviews.put((WHO, "create"), False)  # a request the table cannot route is refused, not created
     pool = Pool(loop)
-    invoker = Invoker(clients, None, routes, pool)  # type: ignore[arg-type]
+    invoker = Invoker(clients, SessionAPI(clients, changes=routes), routes, pool)  # type: ignore[arg-type]
     gateway = Gateway(None, auth, invoker)  # type: ignore[arg-type]
     if request.param == "llhttp":
         gateway.lane.scan, gateway.lane.whole = gateway.lane.parse, gateway.lane.parse_answer

@@ -76,7 +76,7 @@ class Invoker:
                      authorize_create: Any) -> None:
         """Route a request, creating its session when it names none or an unknown one (a passive create:
         ``authorize_create()`` must allow it). Returns once the request is on its way."""
-        spec = self.routes.functions.get((ns, function)) or (await self.api.function(ns, function))["spec"]
+        spec = await self.api.function_spec(ns, function)
         affinity, header = self.affinity(spec)
         session_id = fc.request_session_id(affinity, header, req.headers)
         extra = b""

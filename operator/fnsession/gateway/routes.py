@@ -95,6 +95,9 @@ class Routes:
         waiting.append(future)
         return future
 
+    def function_spec(self, ns: str, name: str) -> dict[str, Any] | None:
+        return self.functions.get((ns, name))
+
     def route(self, ns: str, function: str, session_id: str) -> Route | None:
         found = self.sessions.get((ns, function, session_id))
         return found if found is not None and found.live(time.time()) else None

@@ -35,10 +35,14 @@ class Changes(Protocol):
     def next_change(self, ns: str, name: str) -> asyncio.Future[dict[str, Any]]:
         """Resolves with the object at its next watch event."""
 
+    def function_spec(self, ns: str, name: str) -> dict[str, Any] | None:
+        """A Function's spec as the watch last saw it; None when it has not seen the Function."""
+
 
 class SessionAPI:
-    """``changes``: the gateway's watch of FunctionSessions, so that a create learns the session is
-    Active from the watch event rather than by polling; without it, it polls."""
+    """``changes``: the gateway's watch of FunctionSessions and Functions, so that a create learns the
+    session is Active from the watch event rather than by polling, and a Function the watch has seen
+    costs no read; without it, it polls and reads."""
 
     def __init__(self, clients: Clients, create_wait: float = CREATE_WAIT_SECONDS, changes: Changes | None = None) -> None:
         self.clients = clients
@@ -54,6 +58,11 @@ class SessionAPI:
             if exc.status == 404:
                 raise function_not_found(name) from None
             raise
+
+    async def function_spec(self, ns: str, name: str) -> dict[str, Any]:
+        """The Function's spec: from the gateway's watch when it has seen the Function, else read (FC's 404)."""
+        spec = self.changes.function_spec(ns, name) if self.changes is not None else None
+        return spec if spec is not None else (await self.function(ns, name))["spec"]
 
     async def records(self, ns: str, function: str, session_id: str | None = None) -> list[dict[str, Any]]:
         """The function's FunctionSessions (with one id), oldest first."""
@@ -78,11 +87,11 @@ class SessionAPI:
     # --- operations ------------------------------------------------------------------------------
 
     async def create(self, ns: str, function: str, qualifier: str | None, body: Mapping[str, Any] | None) -> dict[str, Any]:
-        fn = await self.function(ns, function)
-        if fn["spec"].get("sessionAffinity") not in ("HEADER_FIELD", "GENERATED_COOKIE"):
+        fspec = await self.function_spec(ns, function)
+        if fspec.get("sessionAffinity") not in ("HEADER_FIELD", "GENERATED_COOKIE"):
             raise errors.unsupported_affinity()
         spec = fc.create_input_to_spec(function, qualifier, body)
-        if "storage" in spec and fn["spec"].get("instanceIsolation") != "SESSION_EXCLUSIVE":
+        if "storage" in spec and fspec.get("instanceIsolation") != "SESSION_EXCLUSIVE":
             raise errors.storage_needs_exclusive()
         if await self.live(ns, function, spec["sessionId"]) is not None:
             raise errors.session_exists(spec["sessionId"])
@@ -100,7 +109,7 @@ class SessionAPI:
         except BaseException:
             await self.delete_object(ns, name)  # a refused or abandoned create leaves nothing behind
             raise
-        return fc.session_json(active, fn["spec"].get("sessionAffinityConfig"))
+        return fc.session_json(active, fspec.get("sessionAffinityConfig"))
 
     async def until_active(self, ns: str, name: str) -> dict[str, Any]:
         """Wait (bounded) for the operator to bind the session; FC's error when it refuses."""
@@ -137,16 +146,16 @@ class SessionAPI:
         return ready.get("reason"), ready.get("message", "")
 
     async def get(self, ns: str, function: str, session_id: str) -> dict[str, Any]:
-        fn = await self.function(ns, function)
+        fspec = await self.function_spec(ns, function)
         obj = await self.live(ns, function, session_id)
         if obj is None or self.state(obj) != "Active":  # GetSession finds Active sessions only
             raise errors.session_not_found(session_id)
-        return fc.session_json(obj, fn["spec"].get("sessionAffinityConfig"))
+        return fc.session_json(obj, fspec.get("sessionAffinityConfig"))
 
     async def list(self, ns: str, function: str, params: Mapping[str, str]) -> dict[str, Any]:
         """Active and Expired sessions (or one of them), oldest first, ``limit`` a page; ``nextToken``
         names the last session of the previous page."""
-        fn = await self.function(ns, function)
+        fspec = await self.function_spec(ns, function)
         limit = self.limit(params.get("limit"))
         wanted = params.get("sessionStatus") or None
         if wanted not in (None, "Active", "Expired"):
@@ -160,7 +169,7 @@ class SessionAPI:
             after = self.decode_token(params["nextToken"])
             start = next((i + 1 for i, o in enumerate(matching) if o["metadata"]["name"] == after), len(matching))
         page = matching[start:start + limit]
-        out: dict[str, Any] = {"sessions": [fc.session_json(o, fn["spec"].get("sessionAffinityConfig")) for o in page]}
+        out: dict[str, Any] = {"sessions": [fc.session_json(o, fspec.get("sessionAffinityConfig")) for o in page]}
         if start + limit < len(matching):
             out["nextToken"] = self.encode_token(page[-1]["metadata"]["name"])
         return out
@@ -189,7 +198,7 @@ class SessionAPI:
             raise FCError(400, "InvalidArgument", "nextToken is not a token this API returned") from None
 
     async def update(self, ns: str, function: str, session_id: str, body: Mapping[str, Any] | None) -> dict[str, Any]:
-        fn = await self.function(ns, function)
+        fspec = await self.function_spec(ns, function)
         obj = await self.live(ns, function, session_id)
         if obj is None or self.state(obj) != "Active":
             raise errors.session_not_found(session_id)
@@ -198,7 +207,7 @@ class SessionAPI:
         if unknown:
             raise FCError(400, "InvalidArgument", f"UpdateSession changes only the timeouts; cannot change {sorted(unknown)}")
         reuse = body.get("disableSessionIdReuse")
-        if reuse is not None and bool(reuse) != bool(fc.session_json(obj, fn["spec"].get("sessionAffinityConfig"))["disableSessionIdReuse"]):
+        if reuse is not None and bool(reuse) != bool(fc.session_json(obj, fspec.get("sessionAffinityConfig"))["disableSessionIdReuse"]):
             raise FCError(400, "InvalidArgument", "disableSessionIdReuse cannot be changed after the session is created")
         probe = fc.create_input_to_spec(function, None, {"sessionId": session_id, **{k: v for k, v in body.items() if k != "disableSessionIdReuse"}})
         patch = {k: probe[k] for k in ("sessionTTLInSeconds", "sessionIdleTimeoutInSeconds") if k in probe}
@@ -210,7 +219,7 @@ class SessionAPI:
             except ApiException as exc:
                 raise self.refused_by_api(exc) from None
             obj = await self.until_observed(ns, name, obj["metadata"]["generation"])
-        return fc.session_json(obj, fn["spec"].get("sessionAffinityConfig"))
+        return fc.session_json(obj, fspec.get("sessionAffinityConfig"))
 
     async def until_observed(self, ns: str, name: str, generation: int, wait: float = 2.0) -> dict[str, Any]:
         """The object once the operator has taken the update in (new deadline, lastModifiedTime)."""
@@ -224,7 +233,7 @@ class SessionAPI:
     async def delete(self, ns: str, function: str, session_id: str) -> None:
         """Every record of the id goes: the session (if live) and expired ones, which lifts a
         disableSessionIdReuse refusal; the same id then starts a new session."""
-        await self.function(ns, function)
+        await self.function_spec(ns, function)
         records = await self.records(ns, function, session_id)
         if not records:
             raise errors.session_not_found(session_id)
