@@ -49,10 +49,14 @@ class World:
     pool: Pool
     port: int
     route: Route
+    listener: Listener
 
     @property
     def lane(self):  # type: ignore[no-untyped-def]
         return self.gateway.lane
+
+    def lane_connections(self):  # type: ignore[no-untyped-def]
+        return [c for c in self.listener.connections if c.memo is not None]
 
     async def connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         return await asyncio.open_connection("127.0.0.1", self.port)
@@ -110,8 +114,9 @@ async def world(request: pytest.FixtureRequest) -> AsyncIterator[World]:
         gateway.lane.scan, gateway.lane.whole = gateway.lane.parse, gateway.lane.parse_answer
     elif native is None:
         pytest.skip("fnsession.gateway._lane is not built (no C compiler at install time)")
-    server = await loop.create_server(Listener(gateway.handle, loop, gateway.lane), "127.0.0.1", 0)
-    yield World(gateway, invoker, routes, auth, pool, server.sockets[0].getsockname()[1], route)
+    listener = Listener(gateway.handle, loop, gateway.lane)
+    server = await loop.create_server(listener, "127.0.0.1", 0)
+    yield World(gateway, invoker, routes, auth, pool, server.sockets[0].getsockname()[1], route, listener)
     server.close()
     await runner.cleanup()
     await api.close()
@@ -316,4 +321,23 @@ async def test_a_cookie_affinity_function_is_left_to_the_full_path(world: World)
         status, _, body = await read_response(reader)
         assert status == 200 and json.loads(body)["path"] == "/echo"
     assert world.lane.requests == 0
+    writer.close()
+
+
+async def test_an_expired_identity_or_rbac_answer_is_not_vouched_for_by_the_lane(world: World) -> None:
+    """The caches' expiry holds on the lane too: once the token's identity or RBAC's answer has
+    expired, a connection that had them takes the full path (which asks the API server again)."""
+    assert world.auth.cached_grant(b"Bearer " + TOKEN.encode(), None) is not None
+    reader, writer = await warm(world)
+    writer.write(get())
+    assert (await read_response(reader))[0] == 200 and world.lane.requests == 1
+    for cache, key in ((world.auth.reviews, (WHO, "get")), (world.auth.tokens, (TOKEN, None))):
+        fresh = cache.items[key]
+        cache.items[key] = (time.monotonic() - 1, fresh[1])  # expired, still in the dict
+        assert world.auth.cached_grant(b"Bearer " + TOKEN.encode(), None) is None
+        conn = next(iter(world.lane_connections()))
+        conn.memo.until = 0.0  # this connection's memo has run out too
+        before = world.lane.requests
+        assert world.lane(conn, get()) is False and world.lane.requests == before
+        cache.items[key] = fresh
     writer.close()

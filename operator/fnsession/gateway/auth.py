@@ -54,10 +54,15 @@ class TTLCache:
         self.items: dict[Any, tuple[float, Any]] = {}
 
     def get(self, key: Any) -> Any:
+        hit = self.entry(key)
+        return None if hit is None else hit[1]
+
+    def entry(self, key: Any) -> tuple[float, Any] | None:
+        """``(expiry, value)`` (monotonic time) while the entry holds; None when missing or expired."""
         hit = self.items.get(key)
         if hit is None or hit[0] < time.monotonic():
             return None
-        return hit[1]
+        return hit
 
     def put(self, key: Any, value: Any) -> Any:
         if len(self.items) > 10000:
@@ -108,10 +113,10 @@ class Authenticator:
             return math.inf, self.anonymous(ns)
         if credential is None or not credential.startswith(b"Bearer "):
             return None
-        token = self.tokens.items.get((credential[7:].strip().decode("latin-1"), ns))
+        token = self.tokens.entry((credential[7:].strip().decode("latin-1"), ns))
         if token is None:
             return None
-        decision = self.reviews.items.get((token[1], "get"))
+        decision = self.reviews.entry((token[1], "get"))
         if decision is None or not decision[1]:
             return None
         return min(token[0], decision[0]), token[1]
