@@ -672,7 +672,7 @@ class Exchange:
                 head = without_credentials(head, req.raw_headers)
             upstream.transport.write(b"".join((
                 req.method.encode("latin-1"), b" ", self.target, b" HTTP/1.1", head,
-                b"\r\nX-Forwarded-For: ", req.conn.peer.encode(), raw[head_end:])))
+                b"\r\n", req.conn.forwarded_for, raw[head_end + 2:])))
             req.sink = self
             self.replayable = upstream.used > 1
             self.sent = True
@@ -686,8 +686,7 @@ class Exchange:
             if lname in drop and not (req.upgrade and lname in UPGRADE_KEEP):
                 continue
             parts += (name, b": ", value, b"\r\n")
-        if req.conn.peer:
-            parts.append(b"X-Forwarded-For: " + req.conn.peer.encode() + b"\r\n")
+        parts.append(req.conn.forwarded_for)
         if req.chunked and not req.upgrade:
             parts.append(b"Transfer-Encoding: chunked\r\n")
         elif req.has_body and not req.upgrade:

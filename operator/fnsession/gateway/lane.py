@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, cast
 import httptools
 
 from fnsession.gateway.http import MAX_HEAD_BYTES, Exchange, Request, ServerConnection, UpstreamConnection
-from fnsession.gateway.invoke import INSTANCE_LIMIT
+from fnsession.gateway.invoke import INSTANCE_LIMIT, Invoker
 from fnsession.gateway.routes import Route
 
 try:  # the scans in C (built from _lane.c when a compiler is at hand): the same rules, fewer microseconds
@@ -46,7 +46,6 @@ Parsed = tuple[bytes, bytes | None, bytes | None, bytes | None, bytes]
 if TYPE_CHECKING:
     from fnsession.gateway.auth import Authenticator
     from fnsession.gateway.http import RequestIds
-    from fnsession.gateway.invoke import Invoker
 
 AUTHORIZATION = b"authorization"
 NAMESPACE = b"x-fnsession-namespace"
@@ -61,8 +60,8 @@ METHODS = frozenset({b"GET", b"POST", b"PUT", b"DELETE", b"PATCH", b"OPTIONS"}) 
 
 class _Head:
     """The lane parser's callbacks, which sort the headers as they come: ``values`` by lower-case name,
-    ``out`` the head as it goes to the instance (``out[0]`` is left for the request line), the
-    caller's ``credential`` and namespace header, and whether a header ``declined`` the lane;
+    ``out`` the header lines as they go to the instance, the caller's ``credential`` and namespace
+    header, and whether a header ``declined`` the lane;
     ``complete``: exactly one message ended and the connection stays open (llhttp knows only then)."""
 
     __slots__ = ("url", "values", "out", "credential", "namespace", "declined", "messages", "complete", "parser")
@@ -250,12 +249,12 @@ class Lane:
             self.reset()
             return None
         method, values, url = p.get_method(), h.values, h.url
-        if h.declined or method not in METHODS or b"host" not in values or url[:1] != b"/" or not url.isascii():
+        if h.declined or method not in METHODS or HOST not in values or not url.startswith(b"/fn/") or not url.isascii():
             return None
         # the body is what follows the head, and nothing after it (llhttp lets a stray CRLF pass)
         start = data.find(b"\r\n\r\n") + 4
         body = data[start:]
-        if len(body) != int(values.get(b"content-length") or 0) or not url.startswith(b"/fn/"):
+        if len(body) != int(values.get(b"content-length") or 0):
             return None
         name, target = target_of(url)
         if not name or b"%" in name:
@@ -265,11 +264,11 @@ class Lane:
 
     def session_header(self, ns: str, name: bytes) -> bytes | None:
         """The lower-case header that names a session of the Function, if it routes by header."""
-        spec = self.routes.functions.get((ns, name.decode("latin-1")))
+        spec = self.routes.function_spec(ns, name.decode("latin-1"))
         if spec is None:
             return None
-        header = (spec.get("sessionAffinityConfig") or {}).get("affinityHeaderFieldName")
-        if spec.get("sessionAffinity") != "HEADER_FIELD" or not header:
+        affinity, header = Invoker.affinity(spec)
+        if affinity != "HEADER_FIELD" or not header:
             return None  # cookie affinity: the full path parses cookies
         return header.lower().encode("latin-1")
 
@@ -285,10 +284,9 @@ class Lane:
         m.key, m.address = (m.ns, route.name), (route.pod_ip, route.port)
         return True
 
-    def reset(self) -> bool:
-        """After a read the lane's parser did not end on a message boundary: a fresh parser. False (declined)."""
+    def reset(self) -> None:
+        """After a read the lane's parser did not end on a message boundary: a fresh parser."""
         self.head.parser = httptools.HttpRequestParser(self.head)
-        return False
 
     def parse_answer(self, data: bytes, extra: bytes) -> bytes | None:
         """What :func:`_lane.whole` returns, from llhttp: when ``data`` is exactly one whole final
