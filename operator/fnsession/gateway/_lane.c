@@ -27,6 +27,7 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <stdint.h>
 #include <string.h>
 
 static unsigned char TOKEN[256];  /* RFC 9110 tchar */
@@ -63,6 +64,28 @@ typedef struct {
     Py_ssize_t start, end;  /* the whole line, CRLF included */
 } Header;
 
+/* The end of a field value from d[i]: the first byte that is not VALUE's. A value is mostly long
+ * runs of visible characters (a bearer token is a kilobyte), so eight bytes are looked at a time:
+ * a word with no byte below 0x20 and none equal to 0x7f (obs-text, 0x80 and up, is VALUE's too) is
+ * skipped whole; the word holding the end, or a tab, is read byte by byte. */
+#define ONES 0x0101010101010101ULL
+#define HIGHS 0x8080808080808080ULL
+static Py_ssize_t value_end(const char *d, Py_ssize_t i, Py_ssize_t n) {
+    for (;;) {
+        while (i + 8 <= n) {
+            uint64_t x;
+            memcpy(&x, d + i, 8);
+            uint64_t below = (x - 0x20 * ONES) & ~x & HIGHS;    /* some byte < 0x20 (no false alarm before it) */
+            uint64_t del = ((x ^ 0x7f * ONES) - ONES) & ~(x ^ 0x7f * ONES) & HIGHS;  /* some byte == 0x7f */
+            if (below | del) break;
+            i += 8;
+        }
+        Py_ssize_t stop = i + 8 < n ? i + 8 : n;
+        while (i < stop && VALUE[(unsigned char)d[i]]) i++;
+        if (i < stop || i >= n) return i;  /* the end found, or the data's */
+    }
+}
+
 /* One header line at d[*p]: 1 read, 0 the end of the head (the empty line), -1 malformed. */
 static int header_line(const char *d, Py_ssize_t n, Py_ssize_t *p, Header *h) {
     Py_ssize_t i = *p;
@@ -75,7 +98,7 @@ static int header_line(const char *d, Py_ssize_t n, Py_ssize_t *p, Header *h) {
     i++;
     while (i < n && (d[i] == ' ' || d[i] == '\t')) i++;
     Py_ssize_t v = i;
-    while (i < n && VALUE[(unsigned char)d[i]]) i++;
+    i = value_end(d, i, n);
     if (i + 1 >= n || d[i] != '\r' || d[i + 1] != '\n') return -1;
     Py_ssize_t e = i;
     while (e > v && (d[e - 1] == ' ' || d[e - 1] == '\t')) e--;
@@ -98,10 +121,36 @@ static Py_ssize_t digits(const char *v, Py_ssize_t len) {
 
 static const char *METHODS[] = {"GET", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", NULL};
 
-static PyObject *scan(PyObject *self, PyObject *args) {
-    const char *d, *want, *fwd;
-    Py_ssize_t n, want_len, fwd_len;
-    if (!PyArg_ParseTuple(args, "y#y#y#", &d, &n, &want, &want_len, &fwd, &fwd_len)) return NULL;
+/* METH_FASTCALL's arguments, each a bytes object */
+static int bytes_args(PyObject *const *args, Py_ssize_t nargs, Py_ssize_t want, const char *fn,
+                      const char **ptr, Py_ssize_t *len) {
+    if (nargs != want) {
+        PyErr_Format(PyExc_TypeError, "%s() takes %zd arguments (%zd given)", fn, want, nargs);
+        return -1;
+    }
+    for (Py_ssize_t i = 0; i < nargs; i++) {
+        if (!PyBytes_Check(args[i])) {
+            PyErr_Format(PyExc_TypeError, "%s() argument %zd must be bytes, not %.50s", fn, i + 1,
+                         Py_TYPE(args[i])->tp_name);
+            return -1;
+        }
+        ptr[i] = PyBytes_AS_STRING(args[i]);
+        len[i] = PyBytes_GET_SIZE(args[i]);
+    }
+    return 0;
+}
+
+static PyObject *bytes_or_none(int have, const char *v, Py_ssize_t len) {
+    if (have) return PyBytes_FromStringAndSize(v, len);
+    Py_RETURN_NONE;
+}
+
+static PyObject *scan(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    const char *ptr[3];
+    Py_ssize_t len[3];
+    if (bytes_args(args, nargs, 3, "scan", ptr, len) < 0) return NULL;
+    const char *d = ptr[0], *want = ptr[1], *fwd = ptr[2];
+    Py_ssize_t n = len[0], want_len = len[1], fwd_len = len[2];
 
     Py_ssize_t p = 0;
     while (p < n && d[p] >= 'A' && d[p] <= 'Z') p++;
@@ -191,25 +240,39 @@ static PyObject *scan(PyObject *self, PyObject *args) {
     PUT(d + p, n - p);
 #undef PUT
 
-    PyObject *none = Py_None;
-    return Py_BuildValue("(y#NNNN)", u + 4, name_end - 4,
-                         have_cred ? PyBytes_FromStringAndSize(cred.value, cred.value_len) : (Py_INCREF(none), none),
-                         have_ns ? PyBytes_FromStringAndSize(ns.value, ns.value_len) : (Py_INCREF(none), none),
-                         have_wanted ? PyBytes_FromStringAndSize(wanted.value, wanted.value_len) : (Py_INCREF(none), none),
-                         upstream);
+    PyObject *result = PyTuple_New(5);
+    if (result == NULL) {
+        Py_DECREF(upstream);
+        return NULL;
+    }
+    PyTuple_SET_ITEM(result, 4, upstream);  /* the tuple owns each item from here, NULL ones included */
+    PyObject *item;
+    if ((item = PyBytes_FromStringAndSize(u + 4, name_end - 4)) == NULL) goto fail;
+    PyTuple_SET_ITEM(result, 0, item);
+    if ((item = bytes_or_none(have_cred, cred.value, cred.value_len)) == NULL) goto fail;
+    PyTuple_SET_ITEM(result, 1, item);
+    if ((item = bytes_or_none(have_ns, ns.value, ns.value_len)) == NULL) goto fail;
+    PyTuple_SET_ITEM(result, 2, item);
+    if ((item = bytes_or_none(have_wanted, wanted.value, wanted.value_len)) == NULL) goto fail;
+    PyTuple_SET_ITEM(result, 3, item);
+    return result;
+fail:
+    Py_DECREF(result);
+    return NULL;
 }
 
-static PyObject *whole(PyObject *self, PyObject *args) {
-    const char *d, *extra;
-    Py_ssize_t n, extra_len, p;
-    if (!PyArg_ParseTuple(args, "y#y#", &d, &n, &extra, &extra_len)) return NULL;
+static PyObject *whole(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    const char *ptr[2];
+    Py_ssize_t len[2], p;
+    if (bytes_args(args, nargs, 2, "whole", ptr, len) < 0) return NULL;
+    const char *d = ptr[0], *extra = ptr[1];
+    Py_ssize_t n = len[0], extra_len = len[1];
     if (n < 14 || memcmp(d, "HTTP/1.1 ", 9) != 0 || d[9] < '2' || d[9] > '5' || d[10] < '0' || d[10] > '9' ||
         d[11] < '0' || d[11] > '9' || (d[12] != ' ' && d[12] != '\r'))
         Py_RETURN_NONE;
     int status = (d[9] - '0') * 100 + (d[10] - '0') * 10 + (d[11] - '0');
     if (status == 204 || status == 304) Py_RETURN_NONE;
-    p = 12;
-    while (p < n && VALUE[(unsigned char)d[p]]) p++;
+    p = value_end(d, 12, n);
     if (p + 1 >= n || d[p] != '\r' || d[p + 1] != '\n') Py_RETURN_NONE;
     p += 2;
     Py_ssize_t first = p, length = -1;
@@ -235,8 +298,8 @@ static PyObject *whole(PyObject *self, PyObject *args) {
 }
 
 static PyMethodDef methods[] = {
-    {"scan", scan, METH_VARARGS, "scan(data, want, forwarded) -> (function, credential, namespace, wanted, upstream) or None"},
-    {"whole", whole, METH_VARARGS, "whole(answer, extra) -> the answer with the extra header lines after its status line, or None"},
+    {"scan", (PyCFunction)(void (*)(void))scan, METH_FASTCALL, "scan(data, want, forwarded) -> (function, credential, namespace, wanted, upstream) or None"},
+    {"whole", (PyCFunction)(void (*)(void))whole, METH_FASTCALL, "whole(answer, extra) -> the answer with the extra header lines after its status line, or None"},
     {NULL, NULL, 0, NULL},
 };
 
