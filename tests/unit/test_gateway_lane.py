@@ -50,6 +50,12 @@ class World:
     port: int
     route: Route
     listener: Listener
+    path: str  # "c": _lane.c's scans and read callbacks; "llhttp": all of it in Python
+
+    def taken_in(self) -> tuple[int, int]:
+        """(requests the lane took in C, in Python)"""
+        fast = self.gateway.lane.fast
+        return (fast.requests if fast is not None else 0), self.gateway.lane.taken
 
     @property
     def lane(self):  # type: ignore[no-untyped-def]
@@ -83,7 +89,8 @@ def get(path: str = "/fn/echo/echo/a?x=1", *extra: bytes, session: bytes = b"s-1
 
 @pytest.fixture(params=["c", "llhttp"])
 async def world(request: pytest.FixtureRequest) -> AsyncIterator[World]:
-    """Once with the C scans (required: the suite runs where the module is built), once with llhttp's."""
+    """Once with _lane.c (its scans, and the connections' read callbacks that run the lane's steady
+    state; required: the suite runs where the module is built), once all in Python with llhttp's scans."""
     async def delay(request: web.Request) -> web.Response:
         await asyncio.sleep(float(request.query.get("s", "0.3")))
         return web.Response(text="late")
@@ -111,12 +118,12 @@ async def world(request: pytest.FixtureRequest) -> AsyncIterator[World]:
     invoker = Invoker(clients, SessionAPI(clients, changes=routes), routes, pool)  # type: ignore[arg-type]
     gateway = Gateway(None, auth, invoker)  # type: ignore[arg-type]
     if request.param == "llhttp":
-        gateway.lane.scan, gateway.lane.whole = gateway.lane.parse, gateway.lane.parse_answer
+        gateway.lane.use_python()
     elif native is None:
         pytest.skip("fnsession.gateway._lane is not built (no C compiler at install time)")
     listener = Listener(gateway.handle, loop, gateway.lane)
     server = await loop.create_server(listener, "127.0.0.1", 0)
-    yield World(gateway, invoker, routes, auth, pool, server.sockets[0].getsockname()[1], route, listener)
+    yield World(gateway, invoker, routes, auth, pool, server.sockets[0].getsockname()[1], route, listener, request.param)
     server.close()
     await runner.cleanup()
     await api.close()
@@ -133,16 +140,19 @@ async def warm(w: World) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
 
 async def test_a_known_sessions_request_takes_the_lane_without_the_callers_credential(world: World) -> None:
     reader, writer = await warm(world)
+    ids = {world.gateway.ids.next()}  # the full path's ids and the lane's share one counter
     for n in (1, 2, 3):
         writer.write(get("/fn/echo/echo/a?x=1", b"X-Trace: t-%d\r\n" % n))
         status, headers, body = await read_response(reader)
         seen = json.loads(body)
         assert status == 200 and world.lane.requests == n
+        assert world.taken_in() == ((n, 0) if world.path == "c" else (0, n))
+        ids.add(headers["x-fc-request-id"])
         assert seen["path"] == "/echo/a?x=1" and seen["method"] == "GET"
         assert "authorization" not in seen["headers"] and seen["headers"]["x-forwarded-for"] == "127.0.0.1"
         assert seen["headers"]["x-trace"] == f"t-{n}" and seen["headers"]["x-session-id"] == "s-1"
         assert len(headers["x-fc-request-id"].split("-")) == 5
-    assert world.pool.opened == 1 and world.lane.promoted == 0
+    assert len(ids) == 4 and world.pool.opened == 1 and world.lane.promoted == 0
     await world.settle()
     assert world.invoker.per_instance == {} and world.invoker.running == {}
     assert ("team", "echo-s1") in world.invoker.activity

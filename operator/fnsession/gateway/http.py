@@ -32,6 +32,14 @@ import httptools
 
 from fnsession.gateway.errors import FCError
 
+try:  # the lane's steady state in C (_lane.c): the connections' read callbacks; without it, Python's
+    from fnsession.gateway import _lane as native
+    _ClientBase: type = native.Client
+    _UpstreamBase: type = native.Upstream
+except ImportError:  # pragma: no cover - where no compiler was at hand at install time
+    native = None  # type: ignore[assignment]
+    _ClientBase = _UpstreamBase = object
+
 log = logging.getLogger(__name__)
 
 MAX_HEAD_BYTES = 64 << 10       # a request head larger than this gets 431
@@ -166,9 +174,11 @@ Handler = Callable[[Request], None]
 Lane = Callable[["ServerConnection", bytes], bool]
 
 
-class ServerConnection(asyncio.Protocol):
+class ServerConnection(_ClientBase, asyncio.Protocol):  # type: ignore[misc,valid-type]
     """One client connection. Requests are answered in order; a pipelined request waits in a queue
-    (its body buffered) until the one before it has been answered."""
+    (its body buffered) until the one before it has been answered. Reads come to ``data_received``:
+    _lane.c's (the base class) when the module is built, which takes the lane's steady state in C and
+    hands the rest to :meth:`data_received_py`; else that method itself."""
 
     def __init__(self, handler: Handler, loop: asyncio.AbstractEventLoop,
                  registry: set[ServerConnection] | None = None, lane: Lane | None = None) -> None:
@@ -191,6 +201,7 @@ class ServerConnection(asyncio.Protocol):
         self.forwarded_for = b""  # the X-Forwarded-For line this client's requests carry upstream
         self.flight: Any = None   # a request the lane took (lane.Flight), until it is answered
         self.memo: Any = None     # the lane's record of this connection's last credential
+        self.fast: Any = lane.fast if lane is not None else None  # the lane's state for _lane.c, if built
 
     # --- asyncio.Protocol ---------------------------------------------------------------------------
 
@@ -203,14 +214,15 @@ class ServerConnection(asyncio.Protocol):
         if self.registry is not None:
             self.registry.add(self)
 
-    def data_received(self, data: bytes) -> None:
+    def data_received_py(self, data: bytes, tried: bool = False) -> None:
+        """A read; ``tried``: the C lane has already declined it (so the lane is not asked again)."""
         if self.tunnel is not None:
             self.tunnel.client_bytes(data)
             return
         if self.upgraded is not None:  # the instance has not answered the upgrade yet
             self.upgraded.feed(data)
             return
-        if self.idle_since and self.lane is not None and self.lane(self, data):
+        if not tried and self.idle_since and self.lane is not None and self.lane(self, data):
             return  # between requests, and the lane took this one whole (lane.py)
         between = self.parsing is None  # this read starts a message
         self.messages = 0
@@ -234,6 +246,9 @@ class ServerConnection(asyncio.Protocol):
                     last.raw = data  # exactly one whole request: it can be forwarded with a light edit
         if self.active is None and self.flight is None and self.queue:
             self.start(self.queue.popleft())
+
+    if _ClientBase is object:  # pragma: no cover - no C module
+        data_received = data_received_py
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -456,8 +471,10 @@ async def every(seconds: float, job: Callable[[], None]) -> None:
 Address = tuple[str, int]
 
 
-class UpstreamConnection(asyncio.Protocol):
-    """A keep-alive connection to one instance; serves one :class:`Exchange` at a time."""
+class UpstreamConnection(_UpstreamBase, asyncio.Protocol):  # type: ignore[misc,valid-type]
+    """A keep-alive connection to one instance; serves one :class:`Exchange` at a time. Reads come
+    to ``data_received``: _lane.c's when built (a lane Flight's whole answer sent back in C, the rest
+    to :meth:`data_received_py`), else that method."""
 
     def __init__(self, pool: Pool, address: Address) -> None:
         self.pool, self.address = pool, address
@@ -477,7 +494,7 @@ class UpstreamConnection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
 
-    def data_received(self, data: bytes) -> None:
+    def data_received_py(self, data: bytes, tried: bool = False) -> None:
         if self.flight is not None:
             self.flight.answer(data)
             return
@@ -501,6 +518,9 @@ class UpstreamConnection(asyncio.Protocol):
             return
         if ex.head is not None:  # the head came in this read: send it, as it came if the whole answer did
             ex.send_head(data if self.messages == 1 else None)
+
+    if _UpstreamBase is object:  # pragma: no cover - no C module
+        data_received = data_received_py
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True

@@ -31,7 +31,8 @@ from typing import TYPE_CHECKING, cast
 
 import httptools
 
-from fnsession.gateway.http import MAX_HEAD_BYTES, Exchange, Request, ServerConnection, UpstreamConnection
+from fnsession.gateway.http import (MAX_HEAD_BYTES, UPSTREAM_IDLE_PER_ADDRESS, Exchange, Request, ServerConnection,
+                                    UpstreamConnection)
 from fnsession.gateway.invoke import INSTANCE_LIMIT, Invoker
 from fnsession.gateway.routes import Route
 
@@ -173,33 +174,30 @@ class Lane:
         # the scans: C's when built, else llhttp's with Python callbacks (the same answers)
         self.scan: Callable[[bytes, bytes, bytes], Parsed | None] = native.scan if native is not None else self.parse
         self.whole: Callable[[bytes, bytes], bytes | None] = native.whole if native is not None else self.parse_answer
-        self.requests = self.promoted = 0  # for metrics
+        self.taken = self.promoted = 0  # for metrics
+        # the steady state in C (_lane.c's Client and Upstream read callbacks, which the connections
+        # are built on): the same rules on the same objects; None runs it all here in Python
+        self.fast = (native.Fast(self, _Memo, Route, Flight, INSTANCE_LIMIT, UPSTREAM_IDLE_PER_ADDRESS, MAX_HEAD_BYTES)
+                     if native is not None else None)
+
+    @property
+    def requests(self) -> int:
+        """Requests the lane took, here and in C."""
+        return self.taken + (self.fast.requests if self.fast is not None else 0)
+
+    def use_python(self) -> None:
+        """Everything in Python, the scans llhttp's (the tests run this path too); before connections come."""
+        self.fast, self.scan, self.whole = None, self.parse, self.parse_answer
 
     def __call__(self, conn: ServerConnection, data: bytes) -> bool:
         if len(data) > MAX_HEAD_BYTES:
             return False
         m = conn.memo  # what this connection's last request was found to be
-        want = m.header if m is not None else b""
-        forwarded = conn.forwarded_for
-        parsed = self.scan(data, want, forwarded)
-        if parsed is None:
+        parsed = self.scan(data, m.header if m is not None else b"", conn.forwarded_for)
+        if parsed is None or not self.refresh(conn, data, parsed):
             return False
-        name, credential, namespace, session_id, upstream = parsed
-
+        m = conn.memo
         wall = time.time()
-        if m is None or m.credential != credential or m.namespace != namespace or m.until <= wall:
-            grant = self.auth.cached_grant(credential, namespace)
-            if grant is None:
-                return False
-            m = conn.memo = _Memo(credential, namespace, wall + grant[0] - time.monotonic(), grant[1].namespace)
-        if m.generation != self.routes.generation or m.name != name or m.header != want or session_id != m.session_id:
-            header = self.session_header(m.ns, name)
-            if header is None:
-                return False
-            if header != want:
-                session_id = self.scan(data, header, forwarded)[3]  # type: ignore[index]
-            if not self.resolve(m, name, header, session_id):
-                return False
         route = m.route
         if not (wall < route.hard and wall < route.last + route.idle):
             return False
@@ -230,8 +228,31 @@ class Lane:
         up.used += 1
         conn.flight = flight
         conn.idle_since = 0.0
-        up.transport.write(upstream)
-        self.requests += 1
+        up.transport.write(parsed[4])
+        self.taken += 1
+        return True
+
+    def refresh(self, conn: ServerConnection, data: bytes, parsed: Parsed) -> bool:
+        """Make ``conn.memo`` hold for the request ``parsed`` (scanned with the memo's header): the
+        identity from the caches, then the session's route; False when either is not to be had (the
+        full path takes the request). Cheap when the memo already holds: _lane.c calls it only when not."""
+        name, credential, namespace, session_id, _ = parsed
+        m = conn.memo
+        want = m.header if m is not None else b""
+        wall = time.time()
+        if m is None or m.credential != credential or m.namespace != namespace or m.until <= wall:
+            grant = self.auth.cached_grant(credential, namespace)
+            if grant is None:
+                return False
+            m = conn.memo = _Memo(credential, namespace, wall + grant[0] - time.monotonic(), grant[1].namespace)
+        if m.generation != self.routes.generation or m.name != name or m.header != want or session_id != m.session_id:
+            header = self.session_header(m.ns, name)
+            if header is None:
+                return False
+            if header != want:
+                session_id = self.scan(data, header, conn.forwarded_for)[3]  # type: ignore[index]
+            if not self.resolve(m, name, header, session_id):
+                return False
         return True
 
     def parse(self, data: bytes, want: bytes, forwarded: bytes) -> Parsed | None:
