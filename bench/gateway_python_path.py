@@ -8,6 +8,7 @@ written. What is left is the interpreter's share of a request, which on this mac
 than requests/s over loopback (see bench/README.md).
 
     .venv/bin/python bench/gateway_python_path.py [--requests 200000] [--profile]
+    NO_LANE=1 (the full path)   PY_LANE=1 (the lane all in Python, with llhttp's scans)
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import cProfile
 import math
 import os
 import pstats
+import resource
 import statistics
 import time
 from types import SimpleNamespace
@@ -25,6 +27,7 @@ from types import SimpleNamespace
 from fnsession.gateway.auth import Authenticator, Identity
 from fnsession.gateway.http import Listener, Pool, UpstreamConnection
 from fnsession.gateway.invoke import Invoker
+from fnsession.gateway.lane import Lane
 from fnsession.gateway.routes import Route, Routes
 from fnsession.gateway.server import Gateway
 from fnsession.gateway.session_api import SessionAPI
@@ -56,7 +59,7 @@ class Transport:
     def abort(self) -> None: ...
 
 
-async def build() -> tuple[object, UpstreamConnection, Transport, Transport]:
+async def build() -> tuple[object, UpstreamConnection, Transport, Transport, Lane]:
     loop = asyncio.get_running_loop()
     clients = SimpleNamespace(api=None)
     routes = Routes(clients)  # type: ignore[arg-type]
@@ -71,6 +74,8 @@ async def build() -> tuple[object, UpstreamConnection, Transport, Transport]:
     pool = Pool(loop)
     invoker = Invoker(clients, SessionAPI(clients, changes=routes), routes, pool)  # type: ignore[arg-type]
     gateway = Gateway(None, auth, invoker)  # type: ignore[arg-type]
+    if os.environ.get("PY_LANE"):
+        gateway.lane.use_python()
     up = UpstreamConnection(pool, ("10.0.0.9", 9000))
     up_transport = Transport(("10.0.0.9", 9000))
     up.connection_made(up_transport)  # type: ignore[arg-type]
@@ -78,7 +83,7 @@ async def build() -> tuple[object, UpstreamConnection, Transport, Transport]:
     conn = Listener(gateway.handle, loop, None if os.environ.get("NO_LANE") else gateway.lane)()
     client_transport = Transport(("127.0.0.1", 40000))
     conn.connection_made(client_transport)  # type: ignore[arg-type]
-    return conn, up, client_transport, up_transport
+    return conn, up, client_transport, up_transport, gateway.lane
 
 
 def run(conn: object, up: UpstreamConnection, n: int) -> float:
@@ -96,11 +101,15 @@ async def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--profile", action="store_true", help="print cProfile's top functions instead")
     args = parser.parse_args()
-    conn, up, client_t, up_t = await build()
+    conn, up, client_t, up_t, lane = await build()
     run(conn, up, 1000)  # warm up; and check the path is the one meant
     assert up_t.last.startswith(b"GET / HTTP/1.1\r\n") and b"Authorization" not in up_t.last, up_t.last[:200]
     assert client_t.last.startswith(b"HTTP/1.1 200 OK\r\nx-fc-request-id: ") and client_t.last.endswith(BODY)
-    assert conn.gateway_fast if hasattr(conn, "gateway_fast") else True
+    in_c = lane.fast.requests if lane.fast is not None else 0
+    path = ("the lane in C" if in_c == 1000 else "the lane in Python" if lane.taken == 1000
+            else "the full path" if lane.requests == 0 else None)
+    assert path is not None, (in_c, lane.taken)
+    print(f"path: {path}")
     if args.profile:
         prof = cProfile.Profile()
         prof.enable()
@@ -108,9 +117,13 @@ async def main() -> None:
         prof.disable()
         pstats.Stats(prof).sort_stats("tottime").print_stats(25)
         return
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     rounds = [run(conn, up, args.requests) for _ in range(args.rounds)]
     print(f"python per request and answer: min {min(rounds):.2f} µs, median {statistics.median(rounds):.2f} µs "
           f"(rounds: {', '.join(f'{r:.2f}' for r in rounds)}; {args.requests} requests each)")
+    # a leak of even one object per request would show here: rounds × requests of them
+    grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss
+    print(f"peak RSS grew {grown} KiB over {args.rounds * args.requests} requests")
 
 
 if __name__ == "__main__":

@@ -21,6 +21,13 @@ function name, a credential not seen in the last seconds, a session the table do
 instance at its limit, no idle connection. And a flight that turns out to need more (an answer that
 is not whole, a kept-alive connection the instance had closed) becomes a full Exchange in
 mid-flight (:meth:`Flight.promote`), which carries on from where the lane stood.
+
+Where ``_lane.c`` is built, the steady state runs there: the connections are built on its
+``Client`` and ``Upstream`` types, whose ``data_received`` does what :meth:`Lane.__call__` and
+:meth:`Flight.answer` do, on these same objects (``Lane.fast`` tells it where their slots are). It
+calls back into Python for what needs judgement (:meth:`Lane.refresh`, when a connection's memo
+does not hold) and for everything it does not take (``data_received_py``, the Python path, which is
+also the whole of it where the module is not built). The tests run both.
 """
 
 from __future__ import annotations
