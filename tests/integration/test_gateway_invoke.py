@@ -260,3 +260,4 @@ def test_the_gateway_counts_what_it_routes_in_prometheus_metrics(gateway_url: st
     lane = 'fnsession_gateway_requests_total{path="lane"}'
     assert after[lane] >= before[lane] + 2
     assert after["fnsession_gateway_routes"] >= 1 and after["fnsession_gateway_upstream_connections_opened_total"] >= 1
+    assert after["fnsession_gateway_auth_renewals_total"] >= before["fnsession_gateway_auth_renewals_total"]

@@ -9,16 +9,22 @@
   the REST API grants nothing that RBAC does not.
 
 Decisions are cached for a few seconds (tokens, keys, reviews), so a stream of requests costs no
-API call per request.
+API call per request. A bearer token's identity and its ``get`` decision that are still in use past
+half their life are asked again in the background (one TokenReview and one SubjectAccessReview per
+token, whatever the number of connections), so that a steady stream never finds them expired and
+never waits on the API server; no answer is used longer than :data:`CACHE_SECONDS` after it was
+given, and a token that no longer authenticates is forgotten at once. Concurrent misses for one
+key make one API call, which they all await.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import logging
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,6 +38,7 @@ log = logging.getLogger(__name__)
 LABEL_ACCESS_KEY = "fnsession.dev/access-key-id"
 NAMESPACE_HEADER = "x-fnsession-namespace"
 CACHE_SECONDS = 10.0
+RENEW_AFTER = 0.5  # of a cached decision's life: asked again in the background from then, when in use
 
 
 @dataclass(frozen=True)
@@ -81,6 +88,8 @@ class Authenticator:
         self.authz_api = client.AuthorizationV1Api(clients.api)
         self.tokens, self.keys, self.reviews = TTLCache(), TTLCache(), TTLCache()
         self.replays = signing.ReplayGuard()
+        self.calls: dict[Any, asyncio.Task[Any]] = {}  # API calls under way, by what they decide (single-flight)
+        self.renewals = 0  # tokens renewed in the background (metrics)
 
     async def identify(self, method: str, raw_target: str, headers: Mapping[str, str], body: bytes) -> Identity:
         """``headers``: lower-case names. FC's 401 when nobody can be identified."""
@@ -102,7 +111,14 @@ class Authenticator:
         value = headers.get("authorization", "")
         if not value.startswith("Bearer "):
             return None
-        return self.tokens.get((value[7:].strip(), headers.get(NAMESPACE_HEADER)))
+        key = (value[7:].strip(), headers.get(NAMESPACE_HEADER))
+        hit = self.tokens.entry(key)
+        if hit is None:
+            return None
+        if hit[0] - time.monotonic() < self.tokens.seconds * RENEW_AFTER:
+            self.renew(key)
+        identity: Identity = hit[1]
+        return identity
 
     def cached_grant(self, credential: bytes | None, header_ns: bytes | None) -> tuple[float, Identity] | None:
         """For the lane: ``(until, identity)`` when a request with this Authorization value (as sent)
@@ -113,13 +129,48 @@ class Authenticator:
             return math.inf, self.anonymous(ns)
         if credential is None or not credential.startswith(b"Bearer "):
             return None
-        token = self.tokens.entry((credential[7:].strip().decode("latin-1"), ns))
+        key = (credential[7:].strip().decode("latin-1"), ns)
+        token = self.tokens.entry(key)
         if token is None:
             return None
         decision = self.reviews.entry((token[1], "get"))
         if decision is None or not decision[1]:
             return None
-        return min(token[0], decision[0]), token[1]
+        expiry = min(token[0], decision[0])
+        renew_at = expiry - min(self.tokens.seconds, self.reviews.seconds) * RENEW_AFTER
+        if time.monotonic() < renew_at:
+            return renew_at, token[1]  # asked again then, when the renewal is due
+        self.renew(key)
+        return expiry, token[1]
+
+    def renew(self, key: tuple[str, str | None]) -> None:
+        """Ask again, in the background, who the token ``key`` is and whether they may ``get``; once."""
+        if ("renew", key) in self.calls:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no loop (a caller outside the gateway): the entries just expire
+            return
+        task = self.calls[("renew", key)] = loop.create_task(self.renewal(key))
+        task.add_done_callback(lambda _: self.calls.pop(("renew", key), None))
+
+    async def renewal(self, key: tuple[str, str | None]) -> None:
+        try:
+            who = await self.by_token(*key, fresh=True)
+            await self.decide(who, "get", fresh=True)
+            self.renewals += 1
+        except errors.FCError:  # not authenticated any more: forgotten, so its next request is refused
+            self.tokens.items.pop(key, None)
+        except Exception as exc:  # the API server did not answer: the entries expire as they would have
+            log.warning("renewing a bearer token's identity and RBAC decision failed: %s", exc)
+
+    async def once(self, key: Any, call: Callable[[], Awaitable[Any]]) -> Any:
+        """``call()``'s result, shared by every caller that asks for ``key`` while it runs."""
+        task = self.calls.get(key)
+        if task is None:
+            task = self.calls[key] = asyncio.ensure_future(call())
+            task.add_done_callback(lambda t: (self.calls.pop(key, None), t.cancelled() or t.exception()))
+        return await asyncio.shield(task)  # one caller cancelled does not cancel the call for the others
 
     def anonymous(self, header_ns: str | None) -> Identity:
         return Identity("anonymous", (), None, header_ns or self.default_namespace)
@@ -132,10 +183,14 @@ class Authenticator:
         """RBAC's answer for ``who`` and ``verb`` if known (no API call); None otherwise."""
         return True if self.mode == "none" else self.reviews.get((who, verb))
 
-    async def by_token(self, token: str, header_ns: str | None) -> Identity:
-        found = self.tokens.get((token, header_ns))
+    async def by_token(self, token: str, header_ns: str | None, fresh: bool = False) -> Identity:
+        found = None if fresh else self.tokens.get((token, header_ns))
         if found is not None:
             return found
+        identity: Identity = await self.once(("token", token, header_ns), lambda: self.token_review(token, header_ns))
+        return identity
+
+    async def token_review(self, token: str, header_ns: str | None) -> Identity:
         review = await self.auth_api.create_token_review(client.V1TokenReview(spec=client.V1TokenReviewSpec(token=token)))
         if not review.status.authenticated:
             raise errors.unauthenticated("the bearer token is not valid")
@@ -175,15 +230,22 @@ class Authenticator:
         """FC's 403 unless RBAC lets ``who`` do ``verb`` on functionsessions in their namespace."""
         if self.mode == "none":
             return
-        key = (who, verb)
-        allowed = self.reviews.get(key)
-        if allowed is None:
-            review = await self.authz_api.create_subject_access_review(client.V1SubjectAccessReview(
-                spec=client.V1SubjectAccessReviewSpec(
-                    user=who.user, groups=list(who.groups), uid=who.uid,
-                    extra={k: list(v) for k, v in who.extra} or None,
-                    resource_attributes=client.V1ResourceAttributes(
-                        group=GROUP, resource=SESSION.plural, verb=verb, namespace=who.namespace))))
-            allowed = self.reviews.put(key, bool(review.status.allowed))
-        if not allowed:
+        if not await self.decide(who, verb):
             raise self.denied(who, verb)
+
+    async def decide(self, who: Identity, verb: str, fresh: bool = False) -> bool:
+        """RBAC's answer for ``who`` and ``verb``: from the cache, else (or when ``fresh``) a SubjectAccessReview."""
+        allowed = None if fresh else self.reviews.get((who, verb))
+        if allowed is None:
+            allowed = await self.once(("review", who, verb), lambda: self.access_review(who, verb))
+        return bool(allowed)
+
+    async def access_review(self, who: Identity, verb: str) -> bool:
+        review = await self.authz_api.create_subject_access_review(client.V1SubjectAccessReview(
+            spec=client.V1SubjectAccessReviewSpec(
+                user=who.user, groups=list(who.groups), uid=who.uid,
+                extra={k: list(v) for k, v in who.extra} or None,
+                resource_attributes=client.V1ResourceAttributes(
+                    group=GROUP, resource=SESSION.plural, verb=verb, namespace=who.namespace))))
+        allowed: bool = self.reviews.put((who, verb), bool(review.status.allowed))
+        return allowed

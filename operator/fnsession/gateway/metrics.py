@@ -34,6 +34,9 @@ class GatewayCollector(Collector):
         yield requests
         yield CounterMetricFamily("fnsession_gateway_lane_promotions", "Requests the lane took whose answer or upstream "
                                   "needed the full path after all (not a whole answer, a replay)", value=self.gateway.lane.promoted)
+        yield CounterMetricFamily("fnsession_gateway_auth_renewals", "Bearer tokens whose identity and RBAC decision, "
+                                  "in use past half their cached life, were asked again in the background",
+                                  value=self.gateway.auth.renewals)
         yield CounterMetricFamily("fnsession_gateway_passive_creates", "Sessions created by an invocation",
                                   value=self.invoker.passive_creates)
         yield CounterMetricFamily("fnsession_gateway_throttled", "Invocations refused because their instance had 200 "
