@@ -23,7 +23,7 @@ from kubernetes import client
 
 from .cluster import websocket_echo, websocket_open
 from .test_gateway import FC, Credentials, creds, gateway_url  # noqa: F401 - fixtures
-from .test_operator import GROUP, SESSIONS, VERSION, create, function, status_of
+from .test_operator import FUNCTIONS, GROUP, SESSIONS, VERSION, create, function, status_of
 
 
 def curl(*args: str) -> tuple[dict[str, str], dict[str, Any] | str, int]:
@@ -234,6 +234,29 @@ def test_a_busy_session_outlives_its_idle_timeout_from_creation_and_an_idle_one_
     reasons = [c.get("reason") for c in status_of(objects, namespace, obj["metadata"]["name"])["conditions"]
                if c["type"] == "Expired"]
     assert reasons == ["IdleTimeout"]
+
+
+def test_a_functions_longer_idle_timeout_reaches_a_live_sessions_route_at_once(
+    gateway_url: str, objects: client.CustomObjectsApi, namespace: str, creds: Credentials
+) -> None:
+    """The Function's default idle timeout lengthened from 3 s to 60 s while a session is live: the
+    operator reschedules its expiry and the gateway's route follows (at the Function's watch event,
+    and again at the session's next one: this test holds by either, the unit test in
+    test_gateway_routes.py isolates the first), so a request 5 s later reaches the same session, not
+    a passive create that finds the id taken."""
+    create(objects, namespace, function("longer-fn", sessionAffinityConfig={"sessionIdleTimeoutInSeconds": 3}))
+    auth = f"Authorization: Bearer {creds.token}"
+    url = f"{gateway_url}/fn/longer-fn/"
+    _, first, status = curl("-H", auth, "-H", "x-session-id: stay-1", url)
+    assert status == 200, first
+    objects.patch_namespaced_custom_object(GROUP, VERSION, namespace, FUNCTIONS, "longer-fn",
+                                           {"spec": {"sessionAffinityConfig": {"sessionIdleTimeoutInSeconds": 60}}})
+    time.sleep(5)
+    _, again, status = curl("-H", auth, "-H", "x-session-id: stay-1", url)
+    assert status == 200 and again["pod"] == first["pod"], (status, again)
+    [obj] = [o for o in objects.list_namespaced_custom_object(GROUP, VERSION, namespace, SESSIONS)["items"]
+             if o["spec"]["sessionId"] == "stay-1"]
+    assert status_of(objects, namespace, obj["metadata"]["name"])["sessionStatus"] == "Active"
 
 
 @pytest.mark.usefixtures("seeds")

@@ -79,3 +79,34 @@ async def test_a_watch_event_resolves_who_waits_for_that_session() -> None:
     routes.apply_session("MODIFIED", session())
     assert mine.done() and mine.result()["status"]["sessionStatus"] == "Active"
     assert not other.done() and ("ns", "echo-s-1") not in routes.waiters
+
+
+def test_a_functions_new_default_timeouts_reach_its_sessions_routes_at_once() -> None:
+    """The operator reschedules a session's expiry when its Function's defaults change; the routes
+    follow at the Function's watch event, not at the session's next one."""
+    routes = Routes(clients=None)  # type: ignore[arg-type] - no API calls in apply_*
+    function = {"metadata": {"namespace": "ns", "name": "echo"}, "spec": FUNCTION}
+    routes.apply_function("ADDED", function)
+    routes.apply_session("ADDED", session())
+    own = session(sessionIdleTimeoutInSeconds=30)
+    own["metadata"]["name"], own["spec"]["sessionId"], own["status"]["sessionId"] = "echo-s-2", "s-2", "s-2"
+    routes.apply_session("ADDED", own)
+    other = {"metadata": {"namespace": "ns", "name": "other"}, "spec": FUNCTION}
+    route, mine = routes.sessions[("ns", "echo", "s-1")], routes.sessions[("ns", "echo", "s-2")]
+    route.last = at(1000)  # a request the gateway saw
+    assert route.idle == 600 and not route.live(at(1601))
+    generation = routes.generation
+
+    longer = {"sessionAffinity": "HEADER_FIELD", "sessionAffinityConfig": {
+        "affinityHeaderFieldName": "x-session-id", "sessionTTLInSeconds": 7200, "sessionIdleTimeoutInSeconds": 1800}}
+    routes.apply_function("MODIFIED", {**other, "spec": longer})  # another Function's change touches nothing
+    assert route.idle == 600
+    routes.apply_function("MODIFIED", {**function, "spec": longer})
+    assert routes.sessions[("ns", "echo", "s-1")] is route and routes.generation > generation
+    assert (route.hard, route.idle, route.last) == (at(7200), 1800, at(1000)) and route.live(at(2700))
+    assert mine.idle == 30 and mine.hard == at(7200), "a session's own timeout still wins; its TTL was the default"
+
+    routes.apply_function("DELETED", function)  # the sessions keep what they had
+    assert route.idle == 1800
+    routes.apply_session("MODIFIED", session("Expired"))
+    assert ("ns", "echo-s-1") not in routes.own and ("ns", "echo-s-2") in routes.own

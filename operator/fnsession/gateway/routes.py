@@ -57,22 +57,36 @@ def route_of(obj: dict[str, Any], function_spec: dict[str, Any] | None = None) -
     inst = status.get("instance") or {}
     if status.get("sessionStatus") != "Active" or spec.get("fenced") or not inst.get("podIP"):
         return None
-    created = parse_time(status.get("createdTime")) or parse_time(obj["metadata"].get("creationTimestamp"))
+    own = own_timeouts(obj)
     activity = parse_time(status.get("lastActivityTime"))
-    start = created.timestamp() if created is not None else time.time()
-    last = max(start, activity.timestamp() if activity is not None else start)
+    last = max(own[0], activity.timestamp() if activity is not None else own[0])
     if function_spec is None:
         expire = parse_time(status.get("expireTime"))
         hard = math.inf if expire is None else expire.timestamp()
         idle = math.inf
     else:
-        defaults = function_spec.get("sessionAffinityConfig") or {}
-        ttl, idle_s = timeouts_in_force(spec.get("sessionTTLInSeconds"), spec.get("sessionIdleTimeoutInSeconds"),
-                                        defaults.get("sessionTTLInSeconds", TTL_DEFAULT),
-                                        defaults.get("sessionIdleTimeoutInSeconds", IDLE_DEFAULT))
-        hard = start + ttl
-        idle = math.inf if not idle_s else float(idle_s)
+        hard, idle = deadlines(own, function_spec)
     return Route(obj["metadata"]["name"], inst["podIP"], int(inst.get("port") or 9000), hard, idle, last)
+
+
+Own = tuple[float, "int | None", "int | None"]  # a session's start (Unix time) and the timeouts it sets itself
+
+
+def own_timeouts(obj: dict[str, Any]) -> Own:
+    status, spec = obj.get("status") or {}, obj.get("spec") or {}
+    created = parse_time(status.get("createdTime")) or parse_time(obj["metadata"].get("creationTimestamp"))
+    start = created.timestamp() if created is not None else time.time()
+    return start, spec.get("sessionTTLInSeconds"), spec.get("sessionIdleTimeoutInSeconds")
+
+
+def deadlines(own: Own, function_spec: dict[str, Any]) -> tuple[float, float]:
+    """(hard, idle) of a route: the TTL's end (Unix time) and the idle timeout (inf: none), from the
+    session's own timeouts where it sets them, else its Function's defaults, as the operator reckons."""
+    start, ttl, idle = own
+    defaults = function_spec.get("sessionAffinityConfig") or {}
+    ttl, idle = timeouts_in_force(ttl, idle, defaults.get("sessionTTLInSeconds", TTL_DEFAULT),
+                                  defaults.get("sessionIdleTimeoutInSeconds", IDLE_DEFAULT))
+    return start + ttl, (math.inf if not idle else float(idle))
 
 
 class Routes:
@@ -80,6 +94,7 @@ class Routes:
         self.clients = clients
         self.sessions: dict[SessionKey, Route] = {}
         self.keys: dict[tuple[str, str], SessionKey] = {}  # (namespace, object name) -> key
+        self.own: dict[tuple[str, str], Own] = {}  # (namespace, object name) -> what its deadlines start from
         self.functions: dict[tuple[str, str], dict[str, Any]] = {}
         self.ready = asyncio.Event()            # sessions listed: the gateway may serve
         self.functions_ready = asyncio.Event()  # Functions listed: sessions' timeouts are known
@@ -116,6 +131,9 @@ class Routes:
                 route.last = max(route.last, before.last)  # the gateway's own record runs ahead of the status
             self.sessions[key] = route
             self.keys[name] = key
+            self.own[name] = own_timeouts(obj)
+        else:
+            self.own.pop(name, None)
         if event != "DELETED" and (obj.get("spec") or {}).get("fenced"):
             self.on_fenced(*name)  # SHARED: the instance stays, this session's requests stop now
         for future in self.waiters.pop(name, ()):
@@ -127,8 +145,15 @@ class Routes:
         key = (obj["metadata"]["namespace"], obj["metadata"]["name"])
         if event == "DELETED":
             self.functions.pop(key, None)
-        else:
-            self.functions[key] = obj["spec"]
+            return  # its sessions keep the deadlines they had (their instances go with the Function)
+        self.functions[key] = obj["spec"]
+        # its default timeouts may have changed: the operator reschedules its sessions' expiry, and so
+        # do the routes (else a lengthened idle timeout would stop routing a session the operator keeps)
+        for name, (ns, function, _) in self.keys.items():
+            if (ns, function) == key:
+                route, own = self.sessions.get(self.keys[name]), self.own.get(name)
+                if route is not None and own is not None:
+                    route.hard, route.idle = deadlines(own, obj["spec"])
 
     async def run(self) -> None:
         await asyncio.gather(self.follow(SESSION.plural, self.apply_session, self.reset_sessions),
@@ -138,6 +163,7 @@ class Routes:
         self.generation += 1
         self.sessions.clear()
         self.keys.clear()
+        self.own.clear()
 
     def reset_functions(self) -> None:
         self.generation += 1
