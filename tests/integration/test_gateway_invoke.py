@@ -21,6 +21,8 @@ import pytest
 from alibabacloud_fc20230330 import models as m
 from kubernetes import client
 
+from fnsession.core.status import parse_time
+
 from .cluster import websocket_echo, websocket_open
 from .test_gateway import FC, Credentials, creds, gateway_url  # noqa: F401 - fixtures
 from .test_operator import FUNCTIONS, GROUP, SESSIONS, VERSION, create, function, status_of
@@ -226,7 +228,11 @@ def test_a_busy_session_outlives_its_idle_timeout_from_creation_and_an_idle_one_
         assert status == 200 and again["pod"] == first["pod"], (round(time.monotonic() - started, 1), status, again)
     [obj] = [o for o in objects.list_namespaced_custom_object(GROUP, VERSION, namespace, SESSIONS)["items"]
              if o["spec"]["sessionId"] == "busy-1"]
-    assert status_of(objects, namespace, obj["metadata"]["name"])["sessionStatus"] == "Active"
+    busy = status_of(objects, namespace, obj["metadata"]["name"])
+    assert busy["sessionStatus"] == "Active"
+    # the gateway's activity writes move expireTime too, so kubectl shows when the session really ends
+    lived = parse_time(busy["expireTime"]) - parse_time(busy["createdTime"])  # type: ignore[operator]
+    assert lived.total_seconds() > 9, busy
     deadline = time.monotonic() + 15
     while status_of(objects, namespace, obj["metadata"]["name"])["sessionStatus"] != "Expired":
         assert time.monotonic() < deadline, "the idle session never expired"

@@ -23,6 +23,8 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
+from kubernetes_asyncio.client.exceptions import ApiException
+
 from fnsession.api.names import GROUP, SESSION, VERSION
 from fnsession.core.status import stamp
 from fnsession.gateway import errors, fc
@@ -162,17 +164,37 @@ class Invoker:
     # --- activity -----------------------------------------------------------------------------------
 
     async def flush_activity(self) -> None:
-        """Write lastActivityTime of the sessions that had requests since the last flush."""
+        """Write lastActivityTime of the sessions that had requests since the last flush, and the
+        expireTime that activity moves (the idle timeout's end), so that ``kubectl get fsess`` shows
+        when a busy session really expires; one write per session per flush either way. The
+        expireTime goes only onto the version of the object the route was made from (a merge patch
+        with its resourceVersion): never over a newer word of the operator's, such as Expired. On a
+        conflict the activity alone is written, which the operator needs for the idle timeout."""
         pending, self.activity = self.activity, {}
         for (ns, name), at in pending.items():
+            status: dict[str, Any] = {"lastActivityTime": stamp(datetime.fromtimestamp(at, UTC))}
+            expire, version = self.routes.expiry((ns, name), at)
+            body: dict[str, Any] = {"status": status}
+            if expire is not None and version:
+                body = {"metadata": {"resourceVersion": version},
+                        "status": {**status, "expireTime": stamp(datetime.fromtimestamp(expire, UTC))}}
             try:
-                await self.clients.custom.patch_namespaced_custom_object_status(
-                    GROUP, VERSION, ns, SESSION.plural, name,
-                    {"status": {"lastActivityTime": stamp(datetime.fromtimestamp(at, UTC))}},
-                    _content_type="application/merge-patch+json")
+                try:
+                    written = await self.patch_status(ns, name, body)
+                except ApiException as exc:
+                    if exc.status != 409 or "metadata" not in body:
+                        raise
+                    written = await self.patch_status(ns, name, {"status": status})  # changed since: activity only
                 self.activity_writes += 1
+                if (ns, name) in self.routes.versions:  # the next flush builds on this write, not the one before
+                    self.routes.versions[(ns, name)] = (written.get("metadata") or {}).get("resourceVersion", "")
             except Exception as exc:  # noqa: BLE001 - the session may be gone; the next request records again
                 log.debug("activity of %s/%s: %s", ns, name, exc)
+
+    async def patch_status(self, ns: str, name: str, body: dict[str, Any]) -> dict[str, Any]:
+        written: dict[str, Any] = await self.clients.custom.patch_namespaced_custom_object_status(
+            GROUP, VERSION, ns, SESSION.plural, name, body, _content_type="application/merge-patch+json")
+        return written
 
     async def run_flusher(self) -> None:
         while True:

@@ -95,6 +95,7 @@ class Routes:
         self.sessions: dict[SessionKey, Route] = {}
         self.keys: dict[tuple[str, str], SessionKey] = {}  # (namespace, object name) -> key
         self.own: dict[tuple[str, str], Own] = {}  # (namespace, object name) -> what its deadlines start from
+        self.versions: dict[tuple[str, str], str] = {}  # (namespace, object name) -> resourceVersion routed from
         self.functions: dict[tuple[str, str], dict[str, Any]] = {}
         self.ready = asyncio.Event()            # sessions listed: the gateway may serve
         self.functions_ready = asyncio.Event()  # Functions listed: sessions' timeouts are known
@@ -117,6 +118,17 @@ class Routes:
         found = self.sessions.get((ns, function, session_id))
         return found if found is not None and found.live(time.time()) else None
 
+    def expiry(self, name: tuple[str, str], last: float) -> tuple[float | None, str | None]:
+        """When the routed session ``name`` (namespace, object name) expires if its last request was at
+        ``last`` (Unix time): the TTL's end or the idle timeout after it, whichever comes first (None:
+        not routed, or never); and the resourceVersion its route was made from."""
+        key = self.keys.get(name)
+        route = self.sessions.get(key) if key is not None else None
+        if route is None:
+            return None, None
+        at = min(route.hard, max(last, route.last) + route.idle)
+        return (at if at != math.inf else None), self.versions.get(name)
+
     def apply_session(self, event: str, obj: dict[str, Any]) -> None:
         self.generation += 1
         meta = obj["metadata"]
@@ -132,8 +144,10 @@ class Routes:
             self.sessions[key] = route
             self.keys[name] = key
             self.own[name] = own_timeouts(obj)
+            self.versions[name] = meta.get("resourceVersion", "")
         else:
             self.own.pop(name, None)
+            self.versions.pop(name, None)
         if event != "DELETED" and (obj.get("spec") or {}).get("fenced"):
             self.on_fenced(*name)  # SHARED: the instance stays, this session's requests stop now
         for future in self.waiters.pop(name, ()):
@@ -164,6 +178,7 @@ class Routes:
         self.sessions.clear()
         self.keys.clear()
         self.own.clear()
+        self.versions.clear()
 
     def reset_functions(self) -> None:
         self.generation += 1
