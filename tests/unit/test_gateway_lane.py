@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import socket
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -26,7 +27,7 @@ from aiohttp import web
 from kubernetes_asyncio.client import ApiClient
 
 from fnsession.gateway.auth import Authenticator, Identity
-from fnsession.gateway.http import Listener, Pool
+from fnsession.gateway.http import Listener, Pool, UpstreamConnection
 from fnsession.gateway.invoke import INSTANCE_LIMIT, Invoker
 from fnsession.gateway.lane import native
 from fnsession.gateway.routes import Route, Routes
@@ -37,6 +38,7 @@ from tests.unit.test_gateway_http import event_loop_policy, instance_app, read_r
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 TOKEN = "tok-" + "x" * 700
 AUTH = b"Authorization: Bearer " + TOKEN.encode() + b"\r\n"
+BIG = b"x" * 400_000  # an answer larger than any socket buffer here
 WHO = Identity("system:serviceaccount:team:caller", ("system:serviceaccounts",), "uid-1", "team")
 
 
@@ -95,8 +97,12 @@ async def world(request: pytest.FixtureRequest) -> AsyncIterator[World]:
         await asyncio.sleep(float(request.query.get("s", "0.3")))
         return web.Response(text="late")
 
+    async def big(request: web.Request) -> web.Response:
+        return web.Response(body=BIG)
+
     app = await instance_app()
     app.router.add_get("/delay", delay)
+    app.router.add_get("/big", big)
     runner = web.AppRunner(app, handler_cancellation=True, shutdown_timeout=0.5)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -351,3 +357,66 @@ async def test_an_expired_identity_or_rbac_answer_is_not_vouched_for_by_the_lane
         assert world.lane(conn, get()) is False and world.lane.requests == before
         cache.items[key] = fresh
     writer.close()
+
+
+async def test_a_head_that_came_in_part_during_a_flight_stays_llhttps(world: World) -> None:
+    """A client that sent part of its next head while the lane's request was in flight: llhttp holds
+    those bytes, so the connection is not idle when the answer goes back, and the lane does not take
+    the next read as a request of its own (llhttp reads it as more header lines: a malformed head)."""
+    reader, writer = await warm(world)
+    writer.write(get("/fn/echo/delay?s=0.3"))
+    await asyncio.sleep(0.05)
+    writer.write(b"GET /fn/echo/echo/partial HTTP/1.1\r\nHost: gw\r\n")  # not whole yet
+    assert (await read_response(reader))[0] == 200 and world.lane.requests == 1
+    await asyncio.sleep(0.05)
+    [conn] = world.lane_connections()
+    assert conn.in_message and conn.idle_since == 0.0
+    writer.write(get("/fn/echo/echo/whole"))  # whole on its own; after the bytes before it, not a head
+    status, _, body = await read_response(reader)
+    assert status == 400 and b"malformed" in body and world.lane.requests == 1
+    writer.close()
+
+
+async def test_an_instance_connection_paused_by_a_slow_client_reads_again_once_pooled(
+        world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An answer larger than the client reads at once pauses the instance's connection (back-pressure);
+    when the answer is done and the connection goes back to the pool it reads again, so the next
+    request on it is answered (it hung before)."""
+    loop = asyncio.get_running_loop()
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    s.setblocking(False)
+    await loop.sock_connect(s, ("127.0.0.1", world.port))
+
+    async def answer() -> bytes:
+        got = b""
+        while not got.endswith(BIG):
+            chunk = await asyncio.wait_for(loop.sock_recv(s, 1 << 16), 5)
+            assert chunk, "the gateway closed the connection"
+            got += chunk
+        return got
+
+    await loop.sock_sendall(s, get("/fn/echo/big"))
+    assert b" 200 OK" in await answer()
+    for conn in world.listener.connections:  # small buffers on the gateway's side too: the answer backs up
+        conn.transport.set_write_buffer_limits(high=1024)
+        conn.transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    paused: list[UpstreamConnection] = []
+    pause = UpstreamConnection.pause_reading
+
+    def spy(self: UpstreamConnection) -> None:
+        paused.append(self)
+        pause(self)
+
+    monkeypatch.setattr(UpstreamConnection, "pause_reading", spy)
+    await loop.sock_sendall(s, get("/fn/echo/big"))  # the lane takes it; the client does not read yet
+    await asyncio.sleep(0.3)
+    assert world.lane.requests == 1 and paused, "the instance's connection was never paused: the test shows nothing"
+
+    assert b" 200 OK" in await answer()
+    await world.settle()
+    pooled = [u for conns in world.pool.idle.values() for u in conns]
+    assert pooled and not any(u.reading_paused for u in pooled) and all(u.transport.is_reading() for u in pooled)
+    await loop.sock_sendall(s, get("/fn/echo/big"))
+    assert b" 200 OK" in await answer()
+    s.close()

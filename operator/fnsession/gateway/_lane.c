@@ -328,6 +328,7 @@ typedef struct {
     PyObject_HEAD
     PyObject *lane, *routes, *invoker, *idle, *ids, *memo_type, *route_type, *flight_type;
     Py_ssize_t instance_limit, idle_per_address, max_head, requests;
+    int ready;  /* __init__ ran to its end: every field is set */
     Py_ssize_t m_credential, m_namespace, m_until, m_generation, m_name, m_header, m_session_id, m_route,
         m_key, m_address;
     Py_ssize_t r_pod_ip, r_hard, r_idle, r_last;
@@ -338,7 +339,7 @@ typedef struct {
     PyObject_HEAD
     PyObject *fast, *memo, *flight, *tunnel, *upgraded, *transport, *forwarded_for, *queue;
     double idle_since;
-    char closed;
+    char closed, in_message, reading_paused;
 } Client;
 
 typedef struct {
@@ -346,12 +347,12 @@ typedef struct {
     PyObject *fast, *flight, *spare, *transport, *exchange, *address;
     double idle_since;
     Py_ssize_t used;
-    char closed;
+    char closed, reading_paused;
 } Upstream;
 
 static PyTypeObject FastType, ClientType, UpstreamType;
 static PyObject *s_refresh, *s_data_received_py, *s_write, *s_close, *s_flight_done, *s_generation, *s_per_instance,
-    *s_activity, *s_running, *s_n, *s_line, *s_routes, *s_invoker, *s_pool, *s_ids, *empty, *one;
+    *s_activity, *s_running, *s_n, *s_line, *s_routes, *s_invoker, *s_pool, *s_ids, *s_resume_reading, *empty, *one;
 
 static double clock_now(clockid_t which) {  /* time.time() and time.monotonic() read these clocks */
     struct timespec t;
@@ -417,11 +418,13 @@ static int fast_init(Fast *self, PyObject *args, PyObject *kwds) {
     Py_XSETREF(self->route_type, route_type);
     Py_INCREF(flight_type);
     Py_XSETREF(self->flight_type, flight_type);
+    self->ready = 0;
     Py_XSETREF(self->routes, PyObject_GetAttr(lane, s_routes));
+    if (self->routes == NULL) return -1;
     Py_XSETREF(self->invoker, PyObject_GetAttr(lane, s_invoker));
+    if (self->invoker == NULL) return -1;
     Py_XSETREF(self->ids, PyObject_GetAttr(lane, s_ids));
-    if (self->routes == NULL || self->invoker == NULL || self->ids == NULL || (pool = PyObject_GetAttr(lane, s_pool)) == NULL)
-        return -1;
+    if (self->ids == NULL || (pool = PyObject_GetAttr(lane, s_pool)) == NULL) return -1;
     Py_XSETREF(self->idle, PyObject_GetAttrString(pool, "idle"));
     Py_DECREF(pool);
     if (self->idle == NULL) return -1;
@@ -439,6 +442,7 @@ static int fast_init(Fast *self, PyObject *args, PyObject *kwds) {
     OFF(f_conn, flight_type, "conn"); OFF(f_key, flight_type, "key"); OFF(f_data, flight_type, "data");
     OFF(f_extra, flight_type, "extra");
 #undef OFF
+    self->ready = 1;
     return 0;
 }
 
@@ -520,6 +524,7 @@ static int lane_take(Client *c, Fast *f, PyObject *data) {
     }
     int rc = -1;
     PyObject *per = NULL, *activity = NULL, *running = NULL, *wall_f = NULL, *count = NULL, *extra = NULL, *r;
+    PyObject *route = NULL, *ip = NULL, *address = NULL, *key = NULL, *transport = NULL;  /* held: Python runs below */
     Upstream *up = NULL;
     double wall = clock_now(CLOCK_REALTIME), until, hard, idle, last;
 
@@ -532,8 +537,10 @@ static int lane_take(Client *c, Fast *f, PyObject *data) {
         PyObject *generation = PyObject_GetAttr(f->routes, s_generation);
         if (generation == NULL) goto done;
         PyObject *mine = SLOT(m, f->m_generation);
-        valid = until > wall && mine != NULL && PyObject_RichCompareBool(generation, mine, Py_EQ) == 1;
+        int equal = mine != NULL ? PyObject_RichCompareBool(generation, mine, Py_EQ) : 0;
         Py_DECREF(generation);
+        if (equal < 0) goto done;
+        valid = until > wall && equal;
     }
     if (!valid) {  /* a first request, or a memo gone stale: Lane.refresh finds it all again, in Python */
         PyObject *ok = PyObject_CallMethodObjArgs(f->lane, s_refresh, (PyObject *)c, data, parsed, NULL);
@@ -550,11 +557,13 @@ static int lane_take(Client *c, Fast *f, PyObject *data) {
             goto done;
         }
     }
-    PyObject *route = SLOT(m, f->m_route);
+    route = SLOT(m, f->m_route);
     if (route == NULL || !Py_IS_TYPE(route, (PyTypeObject *)f->route_type)) {
+        route = NULL;
         rc = 0;
         goto done;
     }
+    Py_INCREF(route);
     if (slot_double(route, f->r_hard, &hard) < 0 || slot_double(route, f->r_idle, &idle) < 0 ||
         slot_double(route, f->r_last, &last) < 0)
         goto done;
@@ -562,11 +571,15 @@ static int lane_take(Client *c, Fast *f, PyObject *data) {
         rc = 0;
         goto done;
     }
-    PyObject *ip = SLOT(route, f->r_pod_ip), *address = SLOT(m, f->m_address), *key = SLOT(m, f->m_key);
+    ip = SLOT(route, f->r_pod_ip), address = SLOT(m, f->m_address), key = SLOT(m, f->m_key);
     if (ip == NULL || address == NULL || key == NULL) {
+        ip = address = key = NULL;
         rc = 0;
         goto done;
     }
+    Py_INCREF(ip);
+    Py_INCREF(address);
+    Py_INCREF(key);
     if ((per = PyObject_GetAttr(f->invoker, s_per_instance)) == NULL) goto done;
     PyObject *now_in = PyDict_GetItemWithError(per, ip);
     if (now_in == NULL && PyErr_Occurred()) goto done;
@@ -625,12 +638,23 @@ static int lane_take(Client *c, Fast *f, PyObject *data) {
     Py_INCREF(flight);
     Py_XSETREF(c->flight, flight);
     c->idle_since = 0.0;
-    if ((r = PyObject_CallMethodOneArg(up->transport, s_write, PyTuple_GET_ITEM(parsed, 4))) == NULL) goto done;
+    if (is_none(up->transport)) {
+        PyErr_SetString(PyExc_RuntimeError, "the upstream connection lost its transport");
+        goto done;
+    }
+    transport = up->transport;
+    Py_INCREF(transport);
+    if ((r = PyObject_CallMethodOneArg(transport, s_write, PyTuple_GET_ITEM(parsed, 4))) == NULL) goto done;
     Py_DECREF(r);
     f->requests++;
     rc = 1;
 done:
     Py_DECREF(parsed);
+    Py_XDECREF(route);
+    Py_XDECREF(ip);
+    Py_XDECREF(address);
+    Py_XDECREF(key);
+    Py_XDECREF(transport);
     Py_XDECREF(per);
     Py_XDECREF(activity);
     Py_XDECREF(running);
@@ -648,10 +672,12 @@ static PyObject *call_py(PyObject *self, PyObject *data, int tried) {
 
 static PyObject *client_data_received(Client *self, PyObject *data) {
     Fast *f = (Fast *)self->fast;
-    if (is_none((PyObject *)f) || !Py_IS_TYPE(f, &FastType) || !PyBytes_CheckExact(data) || !is_none(self->tunnel) ||
-        !is_none(self->upgraded) || self->idle_since == 0.0)
+    if (is_none((PyObject *)f) || !Py_IS_TYPE(f, &FastType) || !f->ready || !PyBytes_CheckExact(data) ||
+        !is_none(self->tunnel) || !is_none(self->upgraded) || self->idle_since == 0.0)
         return call_py((PyObject *)self, data, 0);
+    Py_INCREF(f);  /* held: the connection's reference may go while Python runs */
     int took = lane_take(self, f, data);
+    Py_DECREF(f);
     if (took < 0) return NULL;
     if (took) Py_RETURN_NONE;
     return call_py((PyObject *)self, data, 1);  /* the lane declined: the full path, without asking it again */
@@ -662,12 +688,13 @@ static PyObject *client_data_received(Client *self, PyObject *data) {
 static PyObject *upstream_data_received(Upstream *up, PyObject *data) {
     Fast *f = (Fast *)up->fast;
     PyObject *flight = up->flight;
-    if (is_none(flight) || is_none((PyObject *)f) || !Py_IS_TYPE(f, &FastType) ||
+    if (is_none(flight) || is_none((PyObject *)f) || !Py_IS_TYPE(f, &FastType) || !f->ready ||
         !Py_IS_TYPE(flight, (PyTypeObject *)f->flight_type) || !PyBytes_CheckExact(data))
         return call_py((PyObject *)up, data, 0);
     PyObject *conn = SLOT(flight, f->f_conn), *key = SLOT(flight, f->f_key), *extra = SLOT(flight, f->f_extra);
+    PyObject *address = up->address;
     if (conn == NULL || key == NULL || extra == NULL || !PyObject_TypeCheck(conn, &ClientType) ||
-        !PyBytes_Check(extra) || !PyTuple_Check(up->address) || PyTuple_GET_SIZE(up->address) < 1)
+        !PyBytes_Check(extra) || address == NULL || !PyTuple_Check(address) || PyTuple_GET_SIZE(address) < 1)
         return call_py((PyObject *)up, data, 0);
     PyObject *answer = whole_impl(PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data), PyBytes_AS_STRING(extra),
                                   PyBytes_GET_SIZE(extra));
@@ -677,24 +704,34 @@ static PyObject *upstream_data_received(Upstream *up, PyObject *data) {
         return call_py((PyObject *)up, data, 0);
     }
     Client *c = (Client *)conn;
-    PyObject *result = NULL, *per = NULL, *running = NULL, *r;
+    PyObject *result = NULL, *per = NULL, *running = NULL, *transport = NULL, *r;
+    /* held while Python runs (the transports' write, close, flight_done): */
+    Py_INCREF(f);
     Py_INCREF(flight);
     Py_INCREF(conn);
+    Py_INCREF(key);
+    Py_INCREF(address);
     Py_INCREF(Py_None);
     Py_XSETREF(up->flight, Py_None);
     /* conn.write(answer) */
     if (!is_none(c->transport) && !c->closed) {
-        if ((r = PyObject_CallMethodOneArg(c->transport, s_write, answer)) == NULL) goto done;
+        transport = c->transport;
+        Py_INCREF(transport);
+        if ((r = PyObject_CallMethodOneArg(transport, s_write, answer)) == NULL) goto done;
         Py_DECREF(r);
     }
     /* pool.give(up) */
     Py_INCREF(Py_None);
     Py_XSETREF(up->exchange, Py_None);
     up->idle_since = clock_now(CLOCK_MONOTONIC);
-    PyObject *conns = PyDict_GetItemWithError(f->idle, up->address);
+    if (up->reading_paused) {  /* paused by this client's back-pressure, which has had its answer */
+        if ((r = PyObject_CallMethodNoArgs((PyObject *)up, s_resume_reading)) == NULL) goto done;
+        Py_DECREF(r);
+    }
+    PyObject *conns = PyDict_GetItemWithError(f->idle, address);
     if (conns == NULL) {
         if (PyErr_Occurred() || (conns = PyList_New(0)) == NULL) goto done;
-        int bad = PyDict_SetItem(f->idle, up->address, conns);
+        int bad = PyDict_SetItem(f->idle, address, conns);
         Py_DECREF(conns);
         if (bad < 0) goto done;
     }
@@ -709,7 +746,7 @@ static PyObject *upstream_data_received(Upstream *up, PyObject *data) {
         goto done;
     }
     /* invoker.ended(flight) */
-    PyObject *ip = PyTuple_GET_ITEM(up->address, 0);
+    PyObject *ip = PyTuple_GET_ITEM(address, 0);
     if ((per = PyObject_GetAttr(f->invoker, s_per_instance)) == NULL) goto done;
     PyObject *now_in = PyDict_GetItemWithError(per, ip);
     if (now_in == NULL && PyErr_Occurred()) goto done;
@@ -737,7 +774,8 @@ static PyObject *upstream_data_received(Upstream *up, PyObject *data) {
     if (!c->closed) {
         Py_ssize_t queued = is_none(c->queue) ? 0 : PyObject_Length(c->queue);
         if (queued < 0) goto done;
-        if (queued) {  /* a pipelined request is waiting: Python starts it */
+        if (queued || c->reading_paused || c->in_message) {  /* a pipelined request, a paused read, a head
+                                                             * llhttp is still reading: Python's flight_done */
             if ((r = PyObject_CallMethodNoArgs(conn, s_flight_done)) == NULL) goto done;
             Py_DECREF(r);
         } else {
@@ -750,6 +788,10 @@ done:
     Py_DECREF(answer);
     Py_DECREF(flight);
     Py_DECREF(conn);
+    Py_DECREF(key);
+    Py_DECREF(address);
+    Py_XDECREF(transport);
+    Py_DECREF(f);
     Py_XDECREF(per);
     Py_XDECREF(running);
     return result;
@@ -798,14 +840,15 @@ static PyMemberDef client_members[] = {
     MEMBER(Client, fast, T_OBJECT), MEMBER(Client, memo, T_OBJECT), MEMBER(Client, flight, T_OBJECT),
     MEMBER(Client, tunnel, T_OBJECT), MEMBER(Client, upgraded, T_OBJECT), MEMBER(Client, transport, T_OBJECT),
     MEMBER(Client, forwarded_for, T_OBJECT), MEMBER(Client, queue, T_OBJECT),
-    MEMBER(Client, idle_since, T_DOUBLE), MEMBER(Client, closed, T_BOOL),
+    MEMBER(Client, idle_since, T_DOUBLE), MEMBER(Client, closed, T_BOOL), MEMBER(Client, in_message, T_BOOL),
+    MEMBER(Client, reading_paused, T_BOOL),
     {NULL},
 };
 static PyMemberDef upstream_members[] = {
     MEMBER(Upstream, fast, T_OBJECT), MEMBER(Upstream, flight, T_OBJECT), MEMBER(Upstream, spare, T_OBJECT),
     MEMBER(Upstream, transport, T_OBJECT), MEMBER(Upstream, exchange, T_OBJECT),
     MEMBER(Upstream, address, T_OBJECT), MEMBER(Upstream, idle_since, T_DOUBLE),
-    MEMBER(Upstream, used, T_PYSSIZET), MEMBER(Upstream, closed, T_BOOL),
+    MEMBER(Upstream, used, T_PYSSIZET), MEMBER(Upstream, closed, T_BOOL), MEMBER(Upstream, reading_paused, T_BOOL),
     {NULL},
 };
 #undef MEMBER
@@ -869,7 +912,7 @@ static int add_types(PyObject *m) {
     INTERN(s_close, "close"); INTERN(s_flight_done, "flight_done"); INTERN(s_generation, "generation");
     INTERN(s_per_instance, "per_instance"); INTERN(s_activity, "activity"); INTERN(s_running, "running");
     INTERN(s_n, "n"); INTERN(s_line, "line"); INTERN(s_routes, "routes"); INTERN(s_invoker, "invoker");
-    INTERN(s_pool, "pool"); INTERN(s_ids, "ids");
+    INTERN(s_pool, "pool"); INTERN(s_ids, "ids"); INTERN(s_resume_reading, "resume_reading");
 #undef INTERN
     if ((empty = PyBytes_FromStringAndSize("", 0)) == NULL || (one = PyLong_FromLong(1)) == NULL) return -1;
     PyTypeObject *types[] = {&FastType, &ClientType, &UpstreamType};

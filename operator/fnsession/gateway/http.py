@@ -194,6 +194,7 @@ class ServerConnection(_ClientBase, asyncio.Protocol):  # type: ignore[misc,vali
         self.tunnel: Exchange | None = None      # after an upgrade: bytes go to the exchange as they are
         self.upgraded: Request | None = None     # an upgrade request waiting for the instance's answer
         self.reading_paused = False
+        self.in_message = False  # llhttp is inside a message (a head may have come in part): not idle
         self.idle_since = 0.0  # monotonic time the connection went idle (0: busy); see Listener.sweep
         self.messages = 0       # messages begun in the current read
         self.closed = False
@@ -288,6 +289,7 @@ class ServerConnection(_ClientBase, asyncio.Protocol):  # type: ignore[misc,vali
         self.url, self.raw_headers, self.head_bytes = b"", [], 0
         self.messages += 1
         self.idle_since = 0.0
+        self.in_message = True
 
     def on_url(self, url: bytes) -> None:
         self.url += url
@@ -319,6 +321,7 @@ class ServerConnection(_ClientBase, asyncio.Protocol):  # type: ignore[misc,vali
 
     def on_message_complete(self) -> None:
         req, self.parsing = self.parsing, None
+        self.in_message = False
         if req is not None:
             req.end()
 
@@ -379,11 +382,10 @@ class ServerConnection(_ClientBase, asyncio.Protocol):  # type: ignore[misc,vali
         if not req.keep_alive or self.closed:
             self.close()
             return
+        self.resume_reading()  # whatever paused it (a full queue, the instance's back-pressure) is over
         if self.queue:
-            nxt = self.queue.popleft()
-            self.resume_reading()
-            self.start(nxt)
-        else:
+            self.start(self.queue.popleft())
+        elif not self.in_message:  # (a next head that came in part is still being read: not idle)
             self.idle_since = time.monotonic()
 
     def flight_done(self) -> None:
@@ -391,10 +393,10 @@ class ServerConnection(_ClientBase, asyncio.Protocol):  # type: ignore[misc,vali
         self.flight = None
         if self.closed:
             return
+        self.resume_reading()  # the instance's back-pressure may have paused it (UpstreamConnection.pause_writing)
         if self.queue:
-            self.resume_reading()
             self.start(self.queue.popleft())
-        else:
+        elif not self.in_message:  # a next head that came in part is llhttp's: the lane must not take the rest
             self.idle_since = time.monotonic()
 
     def become_tunnel(self, exchange: Exchange) -> list[bytes]:
@@ -488,6 +490,7 @@ class UpstreamConnection(_UpstreamBase, asyncio.Protocol):  # type: ignore[misc,
         self.closed = False
         self.idle_since = 0.0
         self.used = 0  # exchanges served: a reused connection may have been closed by the instance meanwhile
+        self.reading_paused = False  # by the client's back-pressure; resumed when it goes back to the pool
         self.messages = 0  # messages begun in the current read
         self.in_message = False
 
@@ -573,6 +576,16 @@ class UpstreamConnection(_UpstreamBase, asyncio.Protocol):  # type: ignore[misc,
         if self.exchange is not None:
             self.exchange.response_end()
 
+    def pause_reading(self) -> None:
+        if not self.reading_paused and self.transport is not None and not self.closed:
+            self.reading_paused = True
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self.reading_paused and self.transport is not None and not self.closed:
+            self.reading_paused = False
+            self.transport.resume_reading()
+
     def close(self) -> None:
         if self.transport is not None and not self.closed:
             self.closed = True
@@ -613,6 +626,7 @@ class Pool:
     def give(self, conn: UpstreamConnection) -> None:
         conn.exchange = None
         conn.idle_since = time.monotonic()
+        conn.resume_reading()  # paused by a slow client, which has had its answer: else its next request hangs
         conns = self.idle.get(conn.address)
         if conns is None:
             conns = self.idle[conn.address] = []
@@ -971,12 +985,12 @@ class Exchange:
             self.done_cb(self)
 
     def pause_upstream(self) -> None:
-        if self.upstream is not None and self.upstream.transport is not None and not self.upstream.closed:
-            self.upstream.transport.pause_reading()
+        if self.upstream is not None:
+            self.upstream.pause_reading()
 
     def resume_upstream(self) -> None:
-        if self.upstream is not None and self.upstream.transport is not None and not self.upstream.closed:
-            self.upstream.transport.resume_reading()
+        if self.upstream is not None:
+            self.upstream.resume_reading()
 
     def pause_client(self) -> None:
         self.conn.pause_reading()

@@ -407,10 +407,8 @@ class Flight:
         self.conn.abort()
 
     def pause_upstream(self) -> None:
-        if self.up.transport is not None and not self.up.closed:
-            self.up.transport.pause_reading()
+        self.up.pause_reading()
 
     def resume_upstream(self) -> None:
-        if self.up.transport is not None and not self.up.closed:
-            self.up.transport.resume_reading()
+        self.up.resume_reading()
 
