@@ -327,15 +327,47 @@ async def test_denied_throttled_and_expired_requests_are_not_routed(world: World
     writer.close()
 
 
-async def test_a_cookie_affinity_function_is_left_to_the_full_path(world: World) -> None:
+def cookie_get(*cookies: bytes, path: bytes = b"/fn/web/echo") -> bytes:
+    return (b"GET " + path + b" HTTP/1.1\r\nHost: gw\r\n" + b"".join(b"Cookie: " + c + b"\r\n" for c in cookies)
+            + AUTH + b"\r\n")
+
+
+async def test_a_cookie_affinity_functions_known_session_takes_the_lane(world: World) -> None:
+    """GENERATED_COOKIE: the session cookie in the request's one Cookie header names the session; the
+    lane reads it as the full path does (the memo keeps the header as sent, so a stream of requests
+    with the same cookies costs no cookie parsing), and leaves the rest to the full path."""
+    world.routes.functions[("team", "web")] = {"sessionAffinity": "GENERATED_COOKIE"}
+    world.routes.sessions[("team", "web", "c" * 32)] = world.route
+    session = b"x-fc-cookie-session-id=" + b"c" * 32
+    reader, writer = await world.connect()
+    for n, cookie in enumerate((session, session, b"theme=dark; " + session + b"; lang=en", session)):
+        writer.write(cookie_get(cookie))
+        status, headers, body = await read_response(reader)
+        seen = json.loads(body)
+        assert status == 200 and seen["path"] == "/echo" and "set-cookie" not in headers
+        assert seen["headers"]["cookie"] == cookie.decode() and "authorization" not in seen["headers"]
+        assert world.lane.requests == n, "the first request leaves the upstream connection; the lane takes the rest"
+    # a Cookie header twice (the full path joins them): declined, and answered the same
+    writer.write(cookie_get(b"theme=dark", session))
+    status, _, body = await read_response(reader)
+    assert status == 200 and json.loads(body)["path"] == "/echo" and world.lane.requests == 3
+    writer.close()
+
+
+async def test_a_cookie_that_names_no_known_session_is_the_full_paths(world: World) -> None:
+    """No session cookie, a malformed one, or one for a session the table does not hold: the lane
+    declines and the full path decides (here: a passive create, which RBAC refuses)."""
     world.routes.functions[("team", "web")] = {"sessionAffinity": "GENERATED_COOKIE"}
     world.routes.sessions[("team", "web", "c" * 32)] = world.route
     reader, writer = await world.connect()
-    for _ in range(2):
-        writer.write(b"GET /fn/web/echo HTTP/1.1\r\nHost: gw\r\nCookie: x-fc-cookie-session-id=" + b"c" * 32
-                     + b"\r\n" + AUTH + b"\r\n")
+    writer.write(cookie_get(b"x-fc-cookie-session-id=" + b"c" * 32))  # the full path, leaving a connection
+    assert (await read_response(reader))[0] == 200
+    for cookie in (b"theme=dark", b"x-fc-cookie-session-id=not/valid", b"x-fc-cookie-session-id=" + b"d" * 32):
+        writer.write(cookie_get(cookie))
         status, _, body = await read_response(reader)
-        assert status == 200 and json.loads(body)["path"] == "/echo"
+        assert status == 403 and b"may not create" in body, (cookie, status, body)
+    writer.write(b"GET /fn/web/echo HTTP/1.1\r\nHost: gw\r\n" + AUTH + b"\r\n")  # no Cookie header at all
+    assert (await read_response(reader))[0] == 403
     assert world.lane.requests == 0
     writer.close()
 

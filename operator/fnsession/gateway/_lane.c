@@ -5,7 +5,8 @@
  * /fn/{function}/... and returns
  *   (function, credential, namespace, wanted, upstream)
  * or None for anything else, which the full path (llhttp) then parses. ``want`` is a lower-case
- * header name whose last value is returned as ``wanted``; ``credential`` and ``namespace`` are the
+ * header name whose value is returned as ``wanted`` (a request that repeats it is left to the full
+ * path, which joins repeated cookies); ``credential`` and ``namespace`` are the
  * Authorization and x-fnsession-namespace values (None when absent); ``upstream`` is the request as
  * it goes to the instance: the function's own path and query, the header lines as they came without
  * the caller's Authorization and a "Connection: keep-alive", ``forwarded`` (an X-Forwarded-For line),
@@ -199,8 +200,8 @@ static PyObject *scan_impl(const char *d, Py_ssize_t n, const char *want, Py_ssi
             ns = h;
         }
         if (want_len && name_is(name, name_len, want, want_len)) {
+            if (have_wanted++) Py_RETURN_NONE;  /* twice (cookies the full path joins): the full path */
             wanted = h;
-            have_wanted = 1;
         }
     }
     if (r < 0 || hosts != 1) Py_RETURN_NONE;

@@ -5,7 +5,8 @@ A client connection between requests hands each read to :class:`Lane` first. The
 read only when all of it is one whole HTTP/1.1 request of a strict form (one scan: ``_lane.c``'s
 when it is built, else llhttp's with Python callbacks; both take the same requests) on the
 ``/fn/{function}/...`` path, with a bearer token whose identity and RBAC ``get`` decision are
-cached, naming by the Function's header a session that is live by the gateway's clock, whose
+cached, naming by the Function's header (or, for GENERATED_COOKIE, by the session cookie in its one
+``Cookie`` header) a session that is live by the gateway's clock, whose
 instance has fewer than 200 requests in flight and an idle kept-alive connection. It writes the
 request to that connection (the caller's credential cut out, ``X-Forwarded-For`` added) and keeps a
 :class:`Flight` instead of a Request, an Exchange or a task. The instance's answer, when it is one
@@ -16,7 +17,8 @@ stream of requests for one session costs no table lookups.
 
 Everything else declines, before any side effect, to the full path (http.py's parser, then
 server.py): partial reads, pipelined reads, bodies in pieces, chunked bodies, ``Expect``, upgrades,
-HEAD, ``Connection`` other than keep-alive, a Function with cookie affinity, a percent-encoded
+HEAD, ``Connection`` other than keep-alive, a repeated session header or ``Cookie`` header, a cookie
+without a well-formed session cookie (the full path makes a new session), a percent-encoded
 function name, a credential not seen in the last seconds, a session the table does not hold, an
 instance at its limit, no idle connection. And a flight that turns out to need more (an answer that
 is not whole, a kept-alive connection the instance had closed) becomes a full Exchange in
@@ -40,6 +42,7 @@ import httptools
 
 from fnsession.gateway.http import (MAX_HEAD_BYTES, UPSTREAM_IDLE_PER_ADDRESS, Exchange, Request, ServerConnection,
                                     UpstreamConnection)
+from fnsession.gateway import fc
 from fnsession.gateway.invoke import INSTANCE_LIMIT, Invoker
 from fnsession.gateway.routes import Route
 
@@ -56,6 +59,7 @@ if TYPE_CHECKING:
     from fnsession.gateway.http import RequestIds
 
 AUTHORIZATION = b"authorization"
+COOKIE = b"cookie"  # the "session header" of a GENERATED_COOKIE Function
 NAMESPACE = b"x-fnsession-namespace"
 CONNECTION = b"connection"
 # headers the lane does not forward as they came (framing, hop-by-hop, a second credential): the full path
@@ -72,7 +76,8 @@ class _Head:
     header, and whether a header ``declined`` the lane;
     ``complete``: exactly one message ended and the connection stays open (llhttp knows only then)."""
 
-    __slots__ = ("url", "values", "out", "credential", "namespace", "declined", "messages", "complete", "parser")
+    __slots__ = ("url", "values", "out", "credential", "namespace", "declined", "messages", "complete", "parser",
+                 "repeated")
 
     def __init__(self) -> None:
         self.parser = httptools.HttpRequestParser(self)
@@ -86,6 +91,8 @@ class _Head:
     def on_header(self, name: bytes, value: bytes) -> None:
         lname = name.lower()
         if lname not in SPECIAL:
+            if lname in self.values:
+                self.repeated.add(lname)
             self.values[lname] = value
             self.out += (name, b": ", value, b"\r\n")
         elif lname == HOST and HOST not in self.values:
@@ -257,7 +264,10 @@ class Lane:
             if header is None:
                 return False
             if header != want:
-                session_id = self.scan(data, header, conn.forwarded_for)[3]  # type: ignore[index]
+                again = self.scan(data, header, conn.forwarded_for)
+                if again is None:  # (it repeats that header)
+                    return False
+                session_id = again[3]
             if not self.resolve(m, name, header, session_id):
                 return False
         return True
@@ -265,8 +275,8 @@ class Lane:
     def parse(self, data: bytes, want: bytes, forwarded: bytes) -> Parsed | None:
         """What :func:`_lane.scan` returns, from llhttp and Python callbacks (when the C module is not built)."""
         h = self.head
-        h.url, h.values, h.out, h.credential, h.namespace, h.declined, h.messages, h.complete = (
-            b"", {}, [], None, None, False, 0, False)
+        h.url, h.values, h.out, h.credential, h.namespace, h.declined, h.messages, h.complete, h.repeated = (
+            b"", {}, [], None, None, False, 0, False, set())
         p = h.parser
         try:
             p.feed_data(data)
@@ -277,7 +287,8 @@ class Lane:
             self.reset()
             return None
         method, values, url = p.get_method(), h.values, h.url
-        if h.declined or method not in METHODS or HOST not in values or not url.startswith(b"/fn/") or not url.isascii():
+        if (h.declined or method not in METHODS or HOST not in values or not url.startswith(b"/fn/") or not url.isascii()
+                or want in h.repeated):  # a repeated session header or cookie: the full path (it joins cookies)
             return None
         # the body is what follows the head, and nothing after it (llhttp lets a stray CRLF pass)
         start = data.find(b"\r\n\r\n") + 4
@@ -291,20 +302,28 @@ class Lane:
                 b"".join((method, b" ", target, b" HTTP/1.1\r\n", *h.out, forwarded, b"\r\n", body)))
 
     def session_header(self, ns: str, name: bytes) -> bytes | None:
-        """The lower-case header that names a session of the Function, if it routes by header."""
+        """The lower-case header that names a session of the Function: its affinity header, or
+        ``cookie`` for GENERATED_COOKIE (whose value :meth:`resolve` reads the session cookie from)."""
         spec = self.routes.function_spec(ns, name.decode("latin-1"))
         if spec is None:
             return None
         affinity, header = Invoker.affinity(spec)
+        if affinity == "GENERATED_COOKIE":
+            return COOKIE
         if affinity != "HEADER_FIELD" or not header:
-            return None  # cookie affinity: the full path parses cookies
+            return None
         return header.lower().encode("latin-1")
 
     def resolve(self, m: _Memo, name: bytes, header: bytes, session_id: bytes | None) -> bool:
-        """Find the session in the routing table, into ``m``."""
+        """Find the session in the routing table, into ``m``. ``session_id``: the header's value as
+        sent, which the memo keeps (for a cookie, the whole Cookie header: the same header, the same
+        session); a cookie without a well-formed session cookie is the full path's, which makes one."""
         routes = self.routes
         function = name.decode("latin-1")
-        route = routes.sessions.get((m.ns, function, session_id.decode("latin-1"))) if session_id is not None else None
+        key = None if session_id is None else session_id.decode("latin-1")
+        if key is not None and header == COOKIE:
+            key = fc.cookie_session_id(key)
+        route = routes.sessions.get((m.ns, function, key)) if key is not None else None
         if route is None:
             m.generation = -1
             return False
