@@ -174,7 +174,27 @@ Handler = Callable[[Request], None]
 Lane = Callable[["ServerConnection", bytes], bool]
 
 
-class ServerConnection(_ClientBase, asyncio.Protocol):  # type: ignore[misc,valid-type]
+class ReadPausing:
+    """A connection's reading paused and resumed at most once each way, and remembered
+    (``reading_paused``), so that whoever ends an exchange can resume what back-pressure paused."""
+
+    __slots__ = ()
+    reading_paused: bool
+    closed: bool
+    transport: asyncio.Transport | None
+
+    def pause_reading(self) -> None:
+        if not self.reading_paused and self.transport is not None and not self.closed:
+            self.reading_paused = True
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self.reading_paused and self.transport is not None and not self.closed:
+            self.reading_paused = False
+            self.transport.resume_reading()
+
+
+class ServerConnection(_ClientBase, ReadPausing, asyncio.Protocol):  # type: ignore[misc,valid-type]
     """One client connection. Requests are answered in order; a pipelined request waits in a queue
     (its body buffered) until the one before it has been answered. Reads come to ``data_received``:
     _lane.c's (the base class) when the module is built, which takes the lane's steady state in C and
@@ -409,16 +429,6 @@ class ServerConnection(_ClientBase, asyncio.Protocol):  # type: ignore[misc,vali
 
     # --- flow control and closing -------------------------------------------------------------------
 
-    def pause_reading(self) -> None:
-        if not self.reading_paused and self.transport is not None and not self.closed:
-            self.reading_paused = True
-            self.transport.pause_reading()
-
-    def resume_reading(self) -> None:
-        if self.reading_paused and self.transport is not None and not self.closed:
-            self.reading_paused = False
-            self.transport.resume_reading()
-
     def fail(self, status: int, message: str) -> None:
         """A request the parser refused: answer if nothing is being answered, then close."""
         if self.transport is None or self.closed:
@@ -473,7 +483,7 @@ async def every(seconds: float, job: Callable[[], None]) -> None:
 Address = tuple[str, int]
 
 
-class UpstreamConnection(_UpstreamBase, asyncio.Protocol):  # type: ignore[misc,valid-type]
+class UpstreamConnection(_UpstreamBase, ReadPausing, asyncio.Protocol):  # type: ignore[misc,valid-type]
     """A keep-alive connection to one instance; serves one :class:`Exchange` at a time. Reads come
     to ``data_received``: _lane.c's when built (a lane Flight's whole answer sent back in C, the rest
     to :meth:`data_received_py`), else that method."""
@@ -575,16 +585,6 @@ class UpstreamConnection(_UpstreamBase, asyncio.Protocol):  # type: ignore[misc,
             return
         if self.exchange is not None:
             self.exchange.response_end()
-
-    def pause_reading(self) -> None:
-        if not self.reading_paused and self.transport is not None and not self.closed:
-            self.reading_paused = True
-            self.transport.pause_reading()
-
-    def resume_reading(self) -> None:
-        if self.reading_paused and self.transport is not None and not self.closed:
-            self.reading_paused = False
-            self.transport.resume_reading()
 
     def close(self) -> None:
         if self.transport is not None and not self.closed:
