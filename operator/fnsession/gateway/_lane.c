@@ -396,7 +396,8 @@ static Py_ssize_t slot_offset(PyObject *type, const char *name) {
     PyObject *d = PyObject_GetAttrString(type, name);
     if (d == NULL) return -1;
     Py_ssize_t off = -1;
-    if (Py_IS_TYPE(d, &PyMemberDescr_Type) && ((PyMemberDescrObject *)d)->d_member->type == T_OBJECT_EX)
+    if (Py_IS_TYPE(d, &PyMemberDescr_Type) && ((PyMemberDescrObject *)d)->d_member->type == T_OBJECT_EX &&
+        PyType_IsSubtype((PyTypeObject *)type, ((PyMemberDescrObject *)d)->d_common.d_type))  /* its own layout */
         off = ((PyMemberDescrObject *)d)->d_member->offset;
     else
         PyErr_Format(PyExc_TypeError, "%R.%s is not a slot", type, name);
@@ -408,6 +409,10 @@ static Py_ssize_t slot_offset(PyObject *type, const char *name) {
 
 static int fast_init(Fast *self, PyObject *args, PyObject *kwds) {
     PyObject *lane, *memo_type, *route_type, *flight_type, *pool = NULL;
+    if (kwds != NULL && PyDict_GET_SIZE(kwds)) {
+        PyErr_SetString(PyExc_TypeError, "Fast() takes no keyword arguments");
+        return -1;
+    }
     if (!PyArg_ParseTuple(args, "OO!O!O!nnn", &lane, &PyType_Type, &memo_type, &PyType_Type, &route_type,
                           &PyType_Type, &flight_type, &self->instance_limit, &self->idle_per_address, &self->max_head))
         return -1;
