@@ -89,6 +89,7 @@ class _Head:
         self.url += url
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        value = value.rstrip(b" \t")  # llhttp drops the whitespace before a value, not after it (_lane.c: both)
         lname = name.lower()
         if lname not in SPECIAL:
             if lname in self.values:
