@@ -67,7 +67,7 @@ async def test_activity_moves_the_expire_time_in_the_same_write() -> None:
     assert name == "busy" and body["metadata"] == {"resourceVersion": "10"}
     assert parse_time(body["status"]["lastActivityTime"]) == T0 + timedelta(seconds=1000)
     assert parse_time(body["status"]["expireTime"]) == T0 + timedelta(seconds=1600), "the idle timeout's end"
-    assert routes.versions[("ns", "busy")] == "11" and invoker.activity_writes == 1
+    assert routes.origins[("ns", "busy")].version == "11" and invoker.activity_writes == 1
 
     invoker.activity[("ns", "busy")] = (T0 + timedelta(seconds=3300)).timestamp()
     await invoker.flush_activity()  # builds on its own write: no conflict

@@ -109,4 +109,4 @@ def test_a_functions_new_default_timeouts_reach_its_sessions_routes_at_once() ->
     routes.apply_function("DELETED", function)  # the sessions keep what they had
     assert route.idle == 1800
     routes.apply_session("MODIFIED", session("Expired"))
-    assert ("ns", "echo-s-1") not in routes.own and ("ns", "echo-s-2") in routes.own
+    assert ("ns", "echo-s-1") not in routes.origins and ("ns", "echo-s-2") in routes.origins

@@ -186,8 +186,9 @@ class Invoker:
                         raise
                     written = await self.patch_status(ns, name, {"status": status})  # changed since: activity only
                 self.activity_writes += 1
-                if (ns, name) in self.routes.versions:  # the next flush builds on this write, not the one before
-                    self.routes.versions[(ns, name)] = (written.get("metadata") or {}).get("resourceVersion", "")
+                origin = self.routes.origins.get((ns, name))
+                if origin is not None:  # the next flush builds on this write, not the one before
+                    origin.version = (written.get("metadata") or {}).get("resourceVersion", "")
             except Exception as exc:  # noqa: BLE001 - the session may be gone; the next request records again
                 log.debug("activity of %s/%s: %s", ns, name, exc)
 

@@ -57,36 +57,44 @@ def route_of(obj: dict[str, Any], function_spec: dict[str, Any] | None = None) -
     inst = status.get("instance") or {}
     if status.get("sessionStatus") != "Active" or spec.get("fenced") or not inst.get("podIP"):
         return None
-    own = own_timeouts(obj)
+    origin = origin_of(obj)
     activity = parse_time(status.get("lastActivityTime"))
-    last = max(own[0], activity.timestamp() if activity is not None else own[0])
+    last = max(origin.start, activity.timestamp() if activity is not None else origin.start)
     if function_spec is None:
         expire = parse_time(status.get("expireTime"))
         hard = math.inf if expire is None else expire.timestamp()
         idle = math.inf
     else:
-        hard, idle = deadlines(own, function_spec)
+        hard, idle = deadlines(origin, function_spec)
     return Route(obj["metadata"]["name"], inst["podIP"], int(inst.get("port") or 9000), hard, idle, last)
 
 
-Own = tuple[float, "int | None", "int | None"]  # a session's start (Unix time) and the timeouts it sets itself
+@dataclass(slots=True)
+class Origin:
+    """What a route was made from: the session's start (Unix time), the timeouts it sets itself (None:
+    its Function's), and the object's resourceVersion (which the gateway's own activity writes move)."""
+
+    start: float
+    ttl: int | None
+    idle: int | None
+    version: str
 
 
-def own_timeouts(obj: dict[str, Any]) -> Own:
+def origin_of(obj: dict[str, Any]) -> Origin:
     status, spec = obj.get("status") or {}, obj.get("spec") or {}
     created = parse_time(status.get("createdTime")) or parse_time(obj["metadata"].get("creationTimestamp"))
     start = created.timestamp() if created is not None else time.time()
-    return start, spec.get("sessionTTLInSeconds"), spec.get("sessionIdleTimeoutInSeconds")
+    return Origin(start, spec.get("sessionTTLInSeconds"), spec.get("sessionIdleTimeoutInSeconds"),
+                  obj["metadata"].get("resourceVersion", ""))
 
 
-def deadlines(own: Own, function_spec: dict[str, Any]) -> tuple[float, float]:
+def deadlines(origin: Origin, function_spec: dict[str, Any]) -> tuple[float, float]:
     """(hard, idle) of a route: the TTL's end (Unix time) and the idle timeout (inf: none), from the
     session's own timeouts where it sets them, else its Function's defaults, as the operator reckons."""
-    start, ttl, idle = own
     defaults = function_spec.get("sessionAffinityConfig") or {}
-    ttl, idle = timeouts_in_force(ttl, idle, defaults.get("sessionTTLInSeconds", TTL_DEFAULT),
+    ttl, idle = timeouts_in_force(origin.ttl, origin.idle, defaults.get("sessionTTLInSeconds", TTL_DEFAULT),
                                   defaults.get("sessionIdleTimeoutInSeconds", IDLE_DEFAULT))
-    return start + ttl, (math.inf if not idle else float(idle))
+    return origin.start + ttl, (math.inf if not idle else float(idle))
 
 
 class Routes:
@@ -94,8 +102,7 @@ class Routes:
         self.clients = clients
         self.sessions: dict[SessionKey, Route] = {}
         self.keys: dict[tuple[str, str], SessionKey] = {}  # (namespace, object name) -> key
-        self.own: dict[tuple[str, str], Own] = {}  # (namespace, object name) -> what its deadlines start from
-        self.versions: dict[tuple[str, str], str] = {}  # (namespace, object name) -> resourceVersion routed from
+        self.origins: dict[tuple[str, str], Origin] = {}  # (namespace, object name) -> what its route was made from
         self.functions: dict[tuple[str, str], dict[str, Any]] = {}
         self.ready = asyncio.Event()            # sessions listed: the gateway may serve
         self.functions_ready = asyncio.Event()  # Functions listed: sessions' timeouts are known
@@ -124,10 +131,11 @@ class Routes:
         not routed, or never); and the resourceVersion its route was made from."""
         key = self.keys.get(name)
         route = self.sessions.get(key) if key is not None else None
-        if route is None:
+        origin = self.origins.get(name)
+        if route is None or origin is None:
             return None, None
         at = min(route.hard, max(last, route.last) + route.idle)
-        return (at if at != math.inf else None), self.versions.get(name)
+        return (at if at != math.inf else None), origin.version
 
     def apply_session(self, event: str, obj: dict[str, Any]) -> None:
         self.generation += 1
@@ -143,11 +151,9 @@ class Routes:
                 route.last = max(route.last, before.last)  # the gateway's own record runs ahead of the status
             self.sessions[key] = route
             self.keys[name] = key
-            self.own[name] = own_timeouts(obj)
-            self.versions[name] = meta.get("resourceVersion", "")
+            self.origins[name] = origin_of(obj)
         else:
-            self.own.pop(name, None)
-            self.versions.pop(name, None)
+            self.origins.pop(name, None)
         if event != "DELETED" and (obj.get("spec") or {}).get("fenced"):
             self.on_fenced(*name)  # SHARED: the instance stays, this session's requests stop now
         for future in self.waiters.pop(name, ()):
@@ -163,11 +169,10 @@ class Routes:
         self.functions[key] = obj["spec"]
         # its default timeouts may have changed: the operator reschedules its sessions' expiry, and so
         # do the routes (else a lengthened idle timeout would stop routing a session the operator keeps)
-        for name, (ns, function, _) in self.keys.items():
-            if (ns, function) == key:
-                route, own = self.sessions.get(self.keys[name]), self.own.get(name)
-                if route is not None and own is not None:
-                    route.hard, route.idle = deadlines(own, obj["spec"])
+        for name, session_key in self.keys.items():
+            route, origin = self.sessions.get(session_key), self.origins.get(name)
+            if session_key[:2] == key and route is not None and origin is not None:
+                route.hard, route.idle = deadlines(origin, obj["spec"])
 
     async def run(self) -> None:
         await asyncio.gather(self.follow(SESSION.plural, self.apply_session, self.reset_sessions),
@@ -177,8 +182,7 @@ class Routes:
         self.generation += 1
         self.sessions.clear()
         self.keys.clear()
-        self.own.clear()
-        self.versions.clear()
+        self.origins.clear()
 
     def reset_functions(self) -> None:
         self.generation += 1
