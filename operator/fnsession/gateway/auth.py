@@ -115,7 +115,7 @@ class Authenticator:
         hit = self.tokens.entry(key)
         if hit is None:
             return None
-        if hit[0] - time.monotonic() < self.tokens.seconds * RENEW_AFTER:
+        if time.monotonic() >= self.renew_at(hit[0]):
             self.renew(key)
         identity: Identity = hit[1]
         return identity
@@ -137,11 +137,15 @@ class Authenticator:
         if decision is None or not decision[1]:
             return None
         expiry = min(token[0], decision[0])
-        renew_at = expiry - min(self.tokens.seconds, self.reviews.seconds) * RENEW_AFTER
+        renew_at = self.renew_at(expiry)
         if time.monotonic() < renew_at:
             return renew_at, token[1]  # asked again then, when the renewal is due
         self.renew(key)
         return expiry, token[1]
+
+    def renew_at(self, expiry: float) -> float:
+        """When a cached decision that expires at ``expiry`` (monotonic time) is due to be asked again."""
+        return expiry - min(self.tokens.seconds, self.reviews.seconds) * RENEW_AFTER
 
     def renew(self, key: tuple[str, str | None]) -> None:
         """Ask again, in the background, who the token ``key`` is and whether they may ``get``; once."""
