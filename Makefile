@@ -93,7 +93,7 @@ bench-gateway: $(VENV)/.installed images deploy ## the gateway against HAProxy a
 	$(VENV)/bin/python bench/gateway_python_path.py
 	$(VENV)/bin/python bench/create_to_routable.py
 
-demo: images deploy ## on the local cluster: run the sample function as two tenants sharing one volume, and show what each can see
+demo: local-cluster images deploy ## on the local cluster (brought up when down): sessions sharing instances, routing by header, a TTL, and two tenants sharing one volume, showing what each can see
 	@hack/demo.sh
 
 test-unit: $(VENV)/.installed ## unit tests: pure logic, no cluster
@@ -106,7 +106,12 @@ TEST_KWOK_NODES ?= 2
 test: $(VENV)/.installed test-cluster images deploy ## everything CI runs: unit and integration tests, every test required to run
 	FNSESSION_REQUIRE_ALL=1 $(PYTEST) tests $(PYTEST_ARGS)
 
-.PHONY: test-cluster
+.PHONY: local-cluster test-cluster
+local-cluster: # the local cluster up as `make cluster-up` brings it (a no-op when it already is)
+ifeq ($(CLUSTER),local)
+	@set -o pipefail; hack/cluster/up.sh | tail -1
+endif
+
 test-cluster: # the local cluster up, with the kwok nodes the scale tests use (a no-op when it already is)
 ifeq ($(CLUSTER),local)
 	@set -o pipefail; KWOK_NODES=$(if $(filter-out 0,$(KWOK_NODES)),$(KWOK_NODES),$(TEST_KWOK_NODES)) hack/cluster/up.sh | tail -1

@@ -3,7 +3,8 @@
 # scheduler, containerd (Debian's, CRI on, its own socket) with runc and the CNI bridge, kubelet and
 # kube-proxy; with KWOK_NODES=N also kwok and N tainted fake nodes for control-plane scale tests.
 #
-# Idempotent: when everything already runs and the node is Ready it only adds missing kwok nodes. When
+# Idempotent: when everything already runs and the node is Ready it only adds missing kwok nodes (and
+# deletes kwok nodes that no running kwok manages, left by an earlier run with KWOK_NODES). When
 # an earlier cluster was killed without `make cluster-down` (stale pid files, mounts, cni0, iptables
 # chains, a half-written etcd), it cleans that up first and starts again.
 #
@@ -59,12 +60,22 @@ YAML
   kc wait --for=condition=Ready node -l type=kwok --timeout=60s >/dev/null
   log "kwok nodes Ready: $(kc get nodes -l type=kwok -o name | wc -l)"
 }
+# kwok Nodes that no running kwok manages (left in etcd by a run with KWOK_NODES=N, now started
+# without) would stay NotReady forever: delete them, and the pods bound to them with them
+remove_stale_kwok_nodes() {
+  alive kwok && return 0
+  local stale; stale=$(kc get nodes -l type=kwok -o name 2>/dev/null) || return 0
+  [ -n "$stale" ] || return 0
+  step "deleting kwok nodes no kwok runs for: $(echo "$stale" | sed 's|node/||' | tr '\n' ' ')"
+  kc delete nodes -l type=kwok --wait=false >/dev/null
+}
 
 # Every process of ours runs: the cluster is up or still starting; give it time before repairing.
 if running && wait_for "node $NODE_NAME Ready" 60 node_ready; then
   add_guards
   log "cluster already up (node $NODE_NAME Ready)"
   add_kwok_nodes
+  remove_stale_kwok_nodes
   echo "KUBECONFIG=$KUBECONFIG_ADMIN"
   exit 0
 fi
@@ -268,4 +279,5 @@ wait_for "default service account" 60 kc get serviceaccount default || die "no d
 log "node $NODE_NAME Ready"
 
 add_kwok_nodes
+remove_stale_kwok_nodes
 echo "KUBECONFIG=$KUBECONFIG_ADMIN"
