@@ -72,6 +72,10 @@ gateway-url: ## print a base URL of the deployed gateway that works from this ho
 kind-up: ## for machines with Docker: create a kind cluster, `kind load` the images, deploy (then use CLUSTER=kind)
 	@hack/kind/up.sh
 
+.PHONY: helm
+helm: ## build helm (HELM_VERSION, default v4.3.2) from its Go module into $(FNSESSION_CACHE)/bin (cached; install-deps does it too)
+	@hack/tools/helm.sh
+
 # --- Python environment ---------------------------------------------------------------------------
 $(VENV)/.installed: pyproject.toml setup.py operator/fnsession/gateway/_lane.c
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found (fnsession needs Python 3.11+; set PYTHON=...)" >&2; exit 1; }

@@ -6,9 +6,14 @@
 #   busybox-static: the tenant-directory init image
 #   gcc: the pause image (a static C binary) and the gateway lane's C module (python3-dev too, for a
 #   Python without its headers); curl, openssl, iproute2: used by the scripts
+#   prometheus: promtool for the alert rules' tests, and a Prometheus for the scrape test (the
+#   package's service is not started: the test runs its own process on loopback)
+#   shellcheck: make lint
+# Then helm, built from its Go module into the cache (hack/tools/helm.sh), for the chart's tests.
 set -euo pipefail
 . "$(dirname "$0")/cluster/env.sh"
-PKGS="unzip containerd runc containernetworking-plugins iptables buildah mmdebstrap busybox-static gcc libc6-dev curl openssl iproute2 procps"
+PKGS="unzip containerd runc containernetworking-plugins iptables buildah mmdebstrap busybox-static gcc libc6-dev curl openssl iproute2 procps
+  prometheus shellcheck"
 
 # Go >= 1.GO_MIN_MINOR builds Kubernetes; without it, fetch the toolchain from the Go module proxy.
 go_ok() { command -v go >/dev/null && [ "$(go env GOVERSION 2>/dev/null | sed -n 's/^go1\.\([0-9]*\).*/\1/p')" -ge "$GO_MIN_MINOR" ] 2>/dev/null; }
@@ -36,10 +41,19 @@ fi
 
 missing=()
 for p in $PKGS; do dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p"); done
-if [ ${#missing[@]} -eq 0 ]; then log "system packages present"; exit 0; fi
-[ "$(id -u)" = 0 ] || die "installing ${missing[*]} needs root (the local cluster runs a kubelet, which needs root anyway)"
-step "installing from Debian: ${missing[*]}"
-export DEBIAN_FRONTEND=noninteractive
-apt-get update -qq
-apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-log "installed ${missing[*]}"
+if [ ${#missing[@]} -eq 0 ]; then
+  log "system packages present"
+else
+  [ "$(id -u)" = 0 ] || die "installing ${missing[*]} needs root (the local cluster runs a kubelet, which needs root anyway)"
+  step "installing from Debian: ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  # the package's own Prometheus service is not wanted (where systemd started it): the tests run theirs
+  if [[ " ${missing[*]} " == *" prometheus "* ]] && [ -d /run/systemd/system ]; then
+    systemctl disable --now prometheus >/dev/null 2>&1 || true
+  fi
+  log "installed ${missing[*]}"
+fi
+"$(dirname "$0")/tools/helm.sh" >/dev/null \
+  || log "warning: helm was not built; the chart's tests fail under FNSESSION_REQUIRE_ALL=1 (make test)"
