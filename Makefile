@@ -81,11 +81,24 @@ $(VENV)/.installed: pyproject.toml setup.py operator/fnsession/gateway/_lane.c
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found (fnsession needs Python 3.11+; set PYTHON=...)" >&2; exit 1; }
 	@echo "==> creating $(VENV) and installing fnsession with its test dependencies"
 	@$(PYTHON) -m venv $(VENV)
-	@$(VENV)/bin/pip install --quiet --disable-pip-version-check -e '.[test]'
+	@$(VENV)/bin/pip install --quiet --disable-pip-version-check -e '.[test,lint]'
 	@touch $@
 
 .PHONY: venv
 venv: $(VENV)/.installed ## create .venv with fnsession installed in editable mode
+
+# --- static checks --------------------------------------------------------------------------------
+SHELL_SCRIPTS = $(wildcard hack/*.sh hack/*/*.sh) .ci/run
+.PHONY: lint
+lint: $(VENV)/.installed ## static checks: ruff, mypy (strict for api/ core/ kube/), import-linter contracts, API calls only in kube/, shellcheck
+	@rc=0; \
+	echo "==> ruff"; $(VENV)/bin/ruff check . || rc=1; \
+	echo "==> mypy"; $(VENV)/bin/mypy || rc=1; \
+	echo "==> import-linter"; $(VENV)/bin/lint-imports --no-cache || rc=1; \
+	echo "==> API calls outside kube/"; $(VENV)/bin/python hack/lint/api_calls.py || rc=1; \
+	echo "==> shellcheck"; { command -v shellcheck >/dev/null || { echo "shellcheck is not installed (hack/install-deps.sh installs it)"; false; }; } \
+	  && shellcheck $(SHELL_SCRIPTS) && echo "shellcheck: $(words $(SHELL_SCRIPTS)) scripts clean" || rc=1; \
+	exit $$rc
 
 # --- demo and tests -------------------------------------------------------------------------------
 .PHONY: demo test test-unit test-e2e bench bench-gateway

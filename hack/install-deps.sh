@@ -8,7 +8,7 @@
 #   Python without its headers); curl, openssl, iproute2: used by the scripts
 #   prometheus: promtool for the alert rules' tests, and a Prometheus for the scrape test (the
 #   package's service is not started: the test runs its own process on loopback)
-#   shellcheck: make lint
+#   the shellcheck package: make lint checks the scripts with it
 # Then helm, built from its Go module into the cache (hack/tools/helm.sh), for the chart's tests.
 set -euo pipefail
 . "$(dirname "$0")/cluster/env.sh"
@@ -19,7 +19,7 @@ PKGS="unzip containerd runc containernetworking-plugins iptables buildah mmdebst
 go_ok() { command -v go >/dev/null && [ "$(go env GOVERSION 2>/dev/null | sed -n 's/^go1\.\([0-9]*\).*/\1/p')" -ge "$GO_MIN_MINOR" ] 2>/dev/null; }
 if ! go_ok; then
   step "fetching Go $GO_TOOLCHAIN_VERSION from the Go module proxy (no recent go on PATH)"
-  command -v curl >/dev/null && command -v unzip >/dev/null || { apt-get update -qq && apt-get install -y -qq curl unzip >/dev/null; }
+  if ! command -v curl >/dev/null || ! command -v unzip >/dev/null; then apt-get update -qq && apt-get install -y -qq curl unzip >/dev/null; fi
   mod=golang.org/toolchain@v0.0.1-go$GO_TOOLCHAIN_VERSION.linux-amd64
   tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
   curl -fsSL "${GOPROXY_URL:-https://proxy.golang.org}/golang.org/toolchain/@v/v0.0.1-go$GO_TOOLCHAIN_VERSION.linux-amd64.zip" -o "$tmp/go.zip"

@@ -28,9 +28,9 @@ step "resolving Kubernetes $K8S_VERSION modules (first time: a few hundred MB fr
 KGOMOD=$(go mod download -json "k8s.io/kubernetes@$K8S_VERSION" | sed -n 's/^[[:space:]]*"GoMod": "\(.*\)",\{0,1\}$/\1/p')
 { echo "module local/k8sbuild"; echo; grep -E '^go [0-9]' "$KGOMOD"; grep -E '^godebug ' "$KGOMOD" || true; } > go.mod
 STAGING="v0.${K8S_VERSION#v1.}"
-for m in $(sed -n 's|^[[:space:]]*\(k8s.io/[^[:space:]]*\) => \./staging/src/.*|\1|p' "$KGOMOD"); do
+while read -r m; do
   go mod edit -replace="$m=$m@$STAGING"
-done
+done < <(sed -n 's|^[[:space:]]*\(k8s.io/[^[:space:]]*\) => \./staging/src/.*|\1|p' "$KGOMOD")
 go mod edit -require="k8s.io/kubernetes@$K8S_VERSION"
 CMDS="kube-apiserver kube-controller-manager kube-scheduler kubelet kubectl kube-proxy"
 { echo '//go:build tools'; echo; echo 'package tools'; echo; echo 'import ('

@@ -1,3 +1,4 @@
+# shellcheck shell=bash disable=SC2034  # sourced by the local-cluster scripts, which use the variables set here
 # Settings shared by the local-cluster scripts (sourced, not run). Override any of them from the
 # environment; `make cluster-status` prints the ones that matter.
 
@@ -29,7 +30,7 @@ OWNER_FILE=/run/fnsession-cluster.owner
 LOCK_FILE=/run/lock/fnsession-cluster.lock
 KUBECONFIG_ADMIN=$PKI/admin.kubeconfig
 
-NODE_NAME=$(hostname | tr 'A-Z' 'a-z')
+NODE_NAME=$(hostname | tr '[:upper:]' '[:lower:]')
 
 export _t0=${_t0:-$(date +%s)}
 log()  { printf '[%4ss] %s\n' "$(( $(date +%s) - _t0 ))" "$*"; }

@@ -1,3 +1,4 @@
+# shellcheck shell=bash disable=SC2034  # sourced by the local-cluster scripts, which use the variables set here
 # Process bookkeeping for the local cluster (sourced). Every component is started by `start` and
 # recorded in $STATE/<name>.pid together with its executable, so that a pid file left behind by a
 # killed run is never trusted for a pid the kernel has since given to an unrelated process.

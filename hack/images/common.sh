@@ -1,3 +1,4 @@
+# shellcheck shell=bash disable=SC2034  # sourced by the image scripts, which use the variables set here
 # Settings for the image scripts (sourced). Everything buildah stores lives under $CACHE/buildah, so
 # nothing touches /var/lib/containers or the cluster's containerd.
 IMAGE_SCRIPTS=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)

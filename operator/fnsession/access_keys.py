@@ -4,14 +4,15 @@ RBAC on that ServiceAccount then decides what the key may do."""
 
 from __future__ import annotations
 
+import asyncio
 import re
 import secrets
 import string
-
-from kubernetes import client, config
-from kubernetes.client.exceptions import ApiException
+from typing import Any
 
 from fnsession.api.rules import DNS_LABEL_PATTERN
+from fnsession.kube import access_keys as api
+from fnsession.kube.client import connect
 
 LABEL = "fnsession.dev/access-key-id"
 DNS_LABEL = re.compile(DNS_LABEL_PATTERN)
@@ -26,20 +27,24 @@ def create(namespace: str, service_account: str, keys_namespace: str) -> tuple[s
     for what, value in (("--namespace", namespace), ("--service-account", service_account)):
         if len(value) > 63 or not DNS_LABEL.match(value):
             raise ValueError(f"{what} {value!r} is not a Kubernetes name (lower-case letters, digits, '-')")
-    config.load_kube_config()
-    core = client.CoreV1Api()
-    try:
-        core.read_namespaced_service_account(service_account, namespace)
-    except ApiException as exc:
-        if exc.status == 404:
-            raise ValueError(f"ServiceAccount {namespace}/{service_account} does not exist; create it first "
-                             f"(kubectl -n {namespace} create serviceaccount {service_account})") from None
-        raise
     key_id, secret = new_key_id(), secrets.token_urlsafe(30)
-    core.create_namespaced_secret(keys_namespace, client.V1Secret(
-        metadata=client.V1ObjectMeta(name=f"fnsession-ak-{key_id.lower()}", labels={
-            LABEL: key_id, "app.kubernetes.io/part-of": "fnsession"}),
-        type="Opaque",
-        string_data={"accessKeyId": key_id, "accessKeySecret": secret, "namespace": namespace,
-                     "serviceAccount": service_account}))
+    asyncio.run(_store(namespace, service_account, keys_namespace, key_secret(key_id, secret, namespace, service_account)))
     return key_id, secret
+
+
+def key_secret(key_id: str, secret: str, namespace: str, service_account: str) -> dict[str, Any]:
+    """The Secret that holds a key: what the gateway reads to verify a signature and act as the account."""
+    return {"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+            "metadata": {"name": f"fnsession-ak-{key_id.lower()}", "labels": {LABEL: key_id, "app.kubernetes.io/part-of": "fnsession"}},
+            "stringData": {"accessKeyId": key_id, "accessKeySecret": secret, "namespace": namespace, "serviceAccount": service_account}}
+
+
+async def _store(namespace: str, service_account: str, keys_namespace: str, secret: dict[str, Any]) -> None:
+    clients = await connect()
+    try:
+        if not await api.service_account_exists(clients, namespace, service_account):
+            raise ValueError(f"ServiceAccount {namespace}/{service_account} does not exist; create it first "
+                             f"(kubectl -n {namespace} create serviceaccount {service_account})")
+        await api.create_secret(clients, keys_namespace, secret)
+    finally:
+        await clients.close()

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from kubernetes import client
 
-from tests.cases import CREATE_CASES, GOOD_EXCLUSIVE_FUNCTION, GOOD_FUNCTION, GOOD_SESSION, UPDATE_CASES, Case, UpdateCase, set_path
+from tests.cases import CREATE_CASES, GOOD_EXCLUSIVE_FUNCTION, GOOD_FUNCTION, GOOD_SESSION, UPDATE_CASES, UpdateCase, set_path
 
 from .cluster import CACHE, CLUSTER_KIND, run
 

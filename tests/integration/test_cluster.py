@@ -12,8 +12,18 @@ import yaml
 from kubernetes import client
 
 from .cluster import (
-    CLUSTER_KIND, FNSESSION_IMAGE, REPO, eventually, http, http_json, require_local_node, restricted_container,
-    sample_function_pod, wait_pod, websocket_echo, websocket_open,
+    CLUSTER_KIND,
+    FNSESSION_IMAGE,
+    REPO,
+    eventually,
+    http,
+    http_json,
+    require_local_node,
+    restricted_container,
+    sample_function_pod,
+    wait_pod,
+    websocket_echo,
+    websocket_open,
 )
 
 

@@ -4,6 +4,7 @@ after every other test and bring it back up at the end."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -63,10 +64,8 @@ def test_cluster_up_recovers_after_every_process_was_killed(core: client.CoreV1A
     victims = our_processes()
     assert len(victims) >= 9, victims
     for line in victims:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(int(line.split(":")[0]), signal.SIGKILL)
-        except ProcessLookupError:
-            pass
     eventually("every process gone", lambda: not our_processes(), timeout=10)
 
     cluster_up(kwok)

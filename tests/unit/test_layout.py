@@ -53,7 +53,7 @@ def test_kind_config_runs_the_kubernetes_version_the_local_cluster_builds() -> N
 
 
 def test_shell_scripts_parse() -> None:
-    scripts = sorted((REPO / "hack").rglob("*.sh")) + [REPO / ".ci" / "run"]
+    scripts = [*sorted((REPO / "hack").rglob("*.sh")), REPO / ".ci" / "run"]
     assert len(scripts) > 10
     for script in scripts:
         result = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True)

@@ -18,7 +18,7 @@ import yaml
 from pydantic import BaseModel
 
 from fnsession.api.function import FunctionSpec, FunctionStatus
-from fnsession.api.names import FUNCTION, SESSION, GROUP, VERSION, Kind
+from fnsession.api.names import FUNCTION, GROUP, SESSION, VERSION, Kind
 from fnsession.api.session import FunctionSessionSpec, FunctionSessionStatus
 
 HEADER = "# Generated from operator/fnsession/api by `make crds` (python -m fnsession.api.crds). Do not edit.\n"

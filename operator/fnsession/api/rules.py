@@ -36,11 +36,12 @@ MAX_ID = 2147483647  # POSIX uid/gid as Kubernetes accepts them (int32)
 @dataclass(frozen=True)
 class Rule:
     """One rule: ``cel`` over ``self`` (the object the rule is attached to), ``check`` over the same
-    object as a plain dict with the API's field names; ``message`` names the field and the rule."""
+    object as plain data with the API's field names (a dict, or a list for a rule on a list);
+    ``message`` names the field and the rule."""
 
     cel: str
     message: str
-    check: Callable[[dict[str, Any]], bool] | None = None
+    check: Callable[[Any], bool] | None = None
     field_path: str | None = None
     reason: str = "FieldValueInvalid"
 
