@@ -90,12 +90,15 @@ venv: $(VENV)/.installed ## create .venv with fnsession installed in editable mo
 # --- static checks --------------------------------------------------------------------------------
 SHELL_SCRIPTS = $(wildcard hack/*.sh hack/*/*.sh) .ci/run
 .PHONY: lint
-lint: $(VENV)/.installed ## static checks: ruff, mypy (strict for api/ core/ kube/), import-linter contracts, API calls only in kube/, shellcheck
+lint: $(VENV)/.installed ## static checks: ruff, mypy (strict for api/ core/ kube/), import-linter contracts, API calls only in kube/, comments that stand on the repository alone, shellcheck
 	@rc=0; \
 	echo "==> ruff"; $(VENV)/bin/ruff check . || rc=1; \
 	echo "==> mypy"; $(VENV)/bin/mypy || rc=1; \
 	echo "==> import-linter"; $(VENV)/bin/lint-imports --no-cache || rc=1; \
 	echo "==> API calls outside kube/"; $(VENV)/bin/python hack/lint/api_calls.py || rc=1; \
+	echo "==> comments that point outside the repository"; \
+	  ! grep -rnE 'SPEC §|seeds/0|\.\./shared/|STYLE\.md|fc-sdk-wire\.md|kopf-measured\.md' operator/fnsession tests hack --include='*.py' --include='*.c' --include='*.sh' \
+	  --exclude-dir=fc_programs || rc=1; \
 	echo "==> shellcheck"; { command -v shellcheck >/dev/null || { echo "shellcheck is not installed (hack/install-deps.sh installs it)"; false; }; } \
 	  && shellcheck $(SHELL_SCRIPTS) && echo "shellcheck: $(words $(SHELL_SCRIPTS)) scripts clean" || rc=1; \
 	exit $$rc

@@ -1,5 +1,5 @@
-"""Imports go one way: api ← core ← kube ← controller/gateway ← cli (STYLE.md). A module may import
-its own layer and the layers below it, never above."""
+"""Imports go one way: api ← core ← kube ← controller/gateway ← cli (.importlinter states the same
+layers, and more, for make lint). A module may import its own layer and the layers below it, never above."""
 
 from __future__ import annotations
 

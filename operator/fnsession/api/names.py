@@ -1,4 +1,4 @@
-"""The API's names (SPEC §1): group, version, kinds."""
+"""The API's names: group, version, kinds (fnsession.dev/v1alpha1 Function and FunctionSession)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
 """What a session's storage may use, judged against its Function's policy: the checks CEL cannot
-make because they need the Function (SPEC §3). Each problem names the field and the rule."""
+make because they need the Function (sessionStorage against spec.storage). Each problem names the
+field and the rule."""
 
 from __future__ import annotations
 
