@@ -7,6 +7,7 @@ which FNSESSION_REQUIRE_ALL=1 (make test, CI) turns into a failure."""
 
 from __future__ import annotations
 
+import difflib
 import os
 import shutil
 import subprocess
@@ -86,9 +87,14 @@ def test_default_values_render_what_manifests_holds_object_by_object() -> None:
     namespaces = [key for key in want if key[0] == "Namespace"]
     assert namespaces == [("Namespace", "", "fnsession-system")]
     del want[namespaces[0]]
-    assert sorted(got) == sorted(want), "the chart and manifests/ hold different objects; re-sync charts/fnsession"
+    assert sorted(got) == sorted(want), (
+        f"the chart and manifests/ hold different objects; re-sync charts/fnsession: only in manifests/: "
+        f"{sorted(set(want) - set(got))}, only in the chart: {sorted(set(got) - set(want))}")
     for key in want:
-        assert got[key] == want[key], f"{key} differs between charts/fnsession and manifests/"
+        if got[key] != want[key]:
+            diff = difflib.unified_diff(yaml.safe_dump(want[key]).splitlines(), yaml.safe_dump(got[key]).splitlines(),
+                                        "manifests/", "charts/fnsession (defaults)", lineterm="")
+            raise AssertionError(f"{key} differs; re-sync charts/fnsession:\n" + "\n".join(diff))
 
 
 def test_the_charts_crds_are_the_repositorys() -> None:
