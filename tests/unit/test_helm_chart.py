@@ -175,3 +175,15 @@ def test_metrics_and_aggregated_roles_can_be_turned_off() -> None:
             assert "annotations" not in doc["spec"]["template"]["metadata"], key
         labels = doc["metadata"].get("labels") or {}
         assert not any(k.startswith("rbac.authorization.k8s.io/aggregate-to-") for k in labels), key
+
+
+def test_the_alert_rules_and_the_dashboard_ship_as_monitoring_objects_when_asked() -> None:
+    assert not [k for k in render() if k[0] in ("PrometheusRule", "ConfigMap")], "off by default"
+    got = render("--set", "monitoring.prometheusRule.enabled=true", "--set", "monitoring.prometheusRule.labels.release=kps",
+                 "--set", "monitoring.dashboard.enabled=true", "--set", "monitoring.dashboard.namespace=grafana")
+    rule = got[("PrometheusRule", "fnsession-system", "fnsession-alerts")]
+    assert rule["spec"]["groups"] == yaml.safe_load((REPO / "monitoring" / "alerts.yaml").read_text())["groups"]
+    assert rule["metadata"]["labels"]["release"] == "kps"
+    dashboard = got[("ConfigMap", "grafana", "fnsession-dashboard")]
+    assert dashboard["data"]["fnsession.json"] == (REPO / "monitoring" / "dashboard.json").read_text()
+    assert dashboard["metadata"]["labels"]["grafana_dashboard"] == "1"
