@@ -187,3 +187,14 @@ def test_the_alert_rules_and_the_dashboard_ship_as_monitoring_objects_when_asked
     dashboard = got[("ConfigMap", "grafana", "fnsession-dashboard")]
     assert dashboard["data"]["fnsession.json"] == (REPO / "monitoring" / "dashboard.json").read_text()
     assert dashboard["metadata"]["labels"]["grafana_dashboard"] == "1"
+
+
+def test_leader_election_brings_its_lease_rbac_and_the_namespace_to_find_it_in() -> None:
+    assert not [k for k in render() if k[2].endswith("leader-election")]
+    got = render("--set", "operator.leaderElection=true", "--set", "operator.replicas=2", release="team-a", namespace="apps")
+    role = got[("Role", "apps", "team-a-fnsession-operator-leader-election")]
+    assert {v for r in role["rules"] for v in r["verbs"]} == {"create", "get", "update"}
+    binding = got[("RoleBinding", "apps", "team-a-fnsession-operator-leader-election")]
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "team-a-fnsession-operator", "namespace": "apps"}]
+    env = containers(got[("Deployment", "apps", "team-a-fnsession-operator")])["env"]
+    assert {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}} in env
