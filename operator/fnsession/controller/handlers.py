@@ -37,14 +37,16 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     settings.persistence.progress_storage = kopf.StatusProgressStorage()
     settings.posting.level = logging.WARNING  # only failures; our own Events are posted by the service
     settings.scanning.disabled = True          # the CRDs are installed before the operator (make deploy)
-    settings.peering.standalone = True         # one replica; no peering objects
+    settings.peering.standalone = True         # no peering objects: only the Lease's holder runs kopf (app.py)
     settings.watching.server_timeout = 300
     clients = await connect()
     memo.service = SessionService(clients, config_from_env())
     await memo.service.initial_sync()  # before any handler: planning after a restart sees every binding
-    port = int(os.environ.get("FNSESSION_METRICS_PORT", "9090"))
-    if port:
-        metrics.serve(memo.service, port)
+    if int(os.environ.get("FNSESSION_METRICS_PORT", "9090")):
+        metrics.register(memo.service)
+    health = getattr(memo, "health", None)
+    if health is not None:
+        health.synced.set()
     memo.tasks = [asyncio.create_task(memo.service.run_deadlines(), name="fnsession-deadlines"),
                   asyncio.create_task(memo.service.run_function_status(), name="fnsession-function-status")]
 
