@@ -28,6 +28,8 @@ def config_from_env() -> Config:
     return Config(
         tenant_init_image=os.environ.get("FNSESSION_TENANT_INIT_IMAGE", Config.tenant_init_image),
         expired_retention=timedelta(seconds=int(os.environ.get("FNSESSION_EXPIRED_RETENTION_SECONDS", "3600"))),
+        events_per_second=float(os.environ.get("FNSESSION_EVENTS_PER_SECOND", str(Config.events_per_second))),
+        events_burst=int(os.environ.get("FNSESSION_EVENTS_BURST", str(Config.events_burst))),
     )
 
 
@@ -48,7 +50,8 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     if health is not None:
         health.synced.set()
     memo.tasks = [asyncio.create_task(memo.service.run_deadlines(), name="fnsession-deadlines"),
-                  asyncio.create_task(memo.service.run_function_status(), name="fnsession-function-status")]
+                  asyncio.create_task(memo.service.run_function_status(), name="fnsession-function-status"),
+                  asyncio.create_task(memo.service.events.run(), name="fnsession-events")]
 
 
 @kopf.on.cleanup()

@@ -58,6 +58,9 @@ class Instances:
     async def activate(self, session: Session, fn: FunctionState, inst: Instance) -> None:
         raise NotImplementedError  # SessionService
 
+    def event(self, obj: dict[str, Any], *, reason: str, message: str, type_: str = "Normal") -> None:
+        raise NotImplementedError  # SessionService
+
     async def place_and_write(self, session: Session, rebinding: str | None = None) -> None:
         raise NotImplementedError  # SessionService
 
@@ -97,8 +100,8 @@ class Instances:
             if session is None or not self.live(session):
                 continue
             session.state = "Pending"
-            await writes.post_event(self.clients, session.ref(), reason="InstanceLost", type_="Warning",
-                                    message=f"instance {lost.name} is gone; binding the session again")
+            self.event(session.ref(), reason="InstanceLost", type_="Warning",
+                       message=f"instance {lost.name} is gone; binding the session again")
             await self.guarded(self.place_and_write(session, rebinding=lost.name), f"re-binding {session_name}")
 
     async def ensure_warm(self, fn: FunctionState) -> None:

@@ -31,6 +31,7 @@ from fnsession.core.pods import LABEL_FUNCTION
 from fnsession.core.registry import FunctionState, Instance, Key, Registry, Session
 from fnsession.core.storage import storage_violations
 from fnsession.kube import writes
+from fnsession.kube.events import EventRecorder
 from fnsession.controller import metrics
 from fnsession.controller.instances import Instances, now
 from fnsession.kube.client import Clients
@@ -47,6 +48,9 @@ RETRY = timedelta(seconds=1)
 class Config:
     tenant_init_image: str = "localhost/fnsession-tenant-init:dev"
     expired_retention: timedelta = timedelta(hours=1)
+    events_per_second: float = 20.0  # Events posted at most this often (after a burst of events_burst)
+    events_burst: int = 200
+    deadline_writes: int = 32        # deadlines (expiries, removals) handled at once
 
 
 class SessionService(Instances):
@@ -58,7 +62,18 @@ class SessionService(Instances):
         self.deadlines: DeadlineQueue[DeadlineKey] = DeadlineQueue()
         self.locks: defaultdict[Key, asyncio.Lock] = defaultdict(asyncio.Lock)
         self.wake = asyncio.Event()
+        self.running: set[DeadlineKey] = set()  # deadlines being handled now
+        self.tasks: set[asyncio.Task[None]] = set()  # their tasks (held, so none is collected mid-way)
         self.function_status: dict[Key, dict[str, int]] = {}  # last written, to write only changes
+        self.events = EventRecorder(
+            lambda obj, reason, message, type_: writes.post_event(self.clients, obj, reason=reason, message=message, type_=type_),
+            lambda ns, name, count: writes.bump_event(self.clients, ns, name, count),
+            rate=config.events_per_second, burst=config.events_burst,
+            counter=lambda outcome: metrics.EVENTS.labels(outcome).inc())
+
+    def event(self, obj: dict[str, Any], *, reason: str, message: str, type_: str = "Normal") -> None:
+        """An Event on ``obj``, queued (never awaited on the path of the work it describes)."""
+        self.events.record(obj, reason=reason, message=message, type_=type_)
 
     def fn_of(self, session: Session) -> FunctionState:
         return self.registry.function(session.namespace, session.function)
@@ -162,7 +177,7 @@ class SessionService(Instances):
                 if reason == "FunctionNotFound" and session.name not in fn.waiting:
                     fn.waiting.append(session.name)
             metrics.REFUSED.labels(reason).inc()
-            await writes.post_event(self.clients, session.ref(), reason=reason, message=message, type_="Warning")
+            self.event(session.ref(), reason=reason, message=message, type_="Warning")
             return self.pending_doc(session, reason, message)
         assert fn.spec is not None
         spec, create = fn.spec, None
@@ -186,7 +201,7 @@ class SessionService(Instances):
             else:
                 inst = fn.take_slot(plan.instance, session.name)
         if isinstance(plan, Wait):
-            await writes.post_event(self.clients, session.ref(), reason=plan.reason, message=plan.message, type_="Warning")
+            self.event(session.ref(), reason=plan.reason, message=plan.message, type_="Warning")
             return self.pending_doc(session, plan.reason, plan.message)
         assert inst is not None
         if create is not None:
@@ -200,14 +215,14 @@ class SessionService(Instances):
             if not self.live(session):  # deleted or fenced while its pod was being created
                 await self.after_release(fn, self.release(fn, session), fence=True)
                 return None
-            await writes.post_event(self.clients, session.ref(), reason="ScaledOut", message=f"created instance {create} for this session")
+            self.event(session.ref(), reason="ScaledOut", message=f"created instance {create} for this session")
         await self.ensure_warm(fn)
         if not self.live(session):
             return None
         if inst.ready:
             session.state = "Active"
             metrics.BIND_SECONDS.observe((now() - session.created).total_seconds())
-            await writes.post_event(self.clients, session.ref(), reason="Bound", message=self.bound_message(inst, rebinding))
+            self.event(session.ref(), reason="Bound", message=self.bound_message(inst, rebinding))
             return self.active_doc(session, fn, inst, lost=rebinding)
         session.lost_instance = rebinding
         after = f" (instance {rebinding} was lost)" if rebinding else ""
@@ -248,7 +263,7 @@ class SessionService(Instances):
         session.state = "Active"
         metrics.BIND_SECONDS.observe((now() - session.created).total_seconds())
         await self.write_status(session, self.active_doc(session, fn, inst))
-        await writes.post_event(self.clients, session.ref(), reason="Bound", message=self.bound_message(inst, None))
+        self.event(session.ref(), reason="Bound", message=self.bound_message(inst, None))
 
     @staticmethod
     def bound_message(inst: Instance, rebinding: str | None) -> str:
@@ -402,7 +417,7 @@ class SessionService(Instances):
         fn = self.fn_of(session)
         async with self.lock(fn):
             inst = fn.release(session.name, at)
-        await writes.post_event(self.clients, session.ref(), reason="Expired", message=f"{docs.EXPIRY_MESSAGES[reason]} ({reason})")
+        self.event(session.ref(), reason="Expired", message=f"{docs.EXPIRY_MESSAGES[reason]} ({reason})")
         self.schedule_removal(session)
         await self.after_release(fn, inst, fence=reason == "Fenced")
 
@@ -477,6 +492,11 @@ class SessionService(Instances):
     # --- the one deadline task ---------------------------------------------------------------------
 
     async def run_deadlines(self) -> None:
+        """Every deadline that falls due is handled in its own task, at most ``config.deadline_writes``
+        at once (each is one API write or so): 5,000 sessions due together expire in parallel, not
+        one after another, and a slow write delays no other deadline. Never early: a deadline is
+        handled only once due, and an expiry checks its deadline again when it runs."""
+        slots = asyncio.Semaphore(self.config.deadline_writes)
         while True:
             upcoming = self.deadlines.next_at()
             timeout = 3600.0 if upcoming is None else max(0.0, (upcoming - now()).total_seconds())
@@ -485,13 +505,28 @@ class SessionService(Instances):
             except TimeoutError:
                 pass
             self.wake.clear()
-            for kind, namespace, name in self.deadlines.pop_due(now()):
-                try:
-                    await self.deadline_due(kind, namespace, name)
-                except Exception:  # one failed deadline must not stop the others
-                    log.exception("deadline %s for %s/%s failed; retrying in 1 s", kind, namespace, name)
-                    if self.deadlines.deadline((kind, namespace, name)) is None:
-                        self.deadlines.schedule((kind, namespace, name), now() + RETRY)
+            for key in self.deadlines.pop_due(now()):
+                if key in self.running:  # the same deadline still being handled: look again shortly
+                    self.deadlines.schedule(key, now() + RETRY)
+                    continue
+                await slots.acquire()
+                self.running.add(key)
+                task = asyncio.create_task(self._deadline(key, slots))
+                self.tasks.add(task)
+                task.add_done_callback(self.tasks.discard)
+
+    async def _deadline(self, key: DeadlineKey, slots: asyncio.Semaphore) -> None:
+        kind, namespace, name = key
+        try:
+            await self.deadline_due(kind, namespace, name)
+        except Exception:  # one failed deadline must not stop the others
+            log.exception("deadline %s for %s/%s failed; retrying in 1 s", kind, namespace, name)
+            if self.deadlines.deadline(key) is None:
+                self.deadlines.schedule(key, now() + RETRY)
+                self.wake.set()
+        finally:
+            self.running.discard(key)
+            slots.release()
 
     async def deadline_due(self, kind: DeadlineKind, namespace: str, name: str) -> None:
         if kind == "expire":
@@ -509,6 +544,7 @@ class SessionService(Instances):
                 self.deadlines.schedule(("expire", namespace, name), expiry.at)
                 return
             await self.expire(session.key, expiry.reason)
+            metrics.EXPIRY_LAG.observe(max(0.0, (now() - expiry.at).total_seconds()))
         elif kind == "scale-in":
             await self.scale_in(namespace, name)
         elif kind == "verify":

@@ -57,9 +57,10 @@ async def delete_pod(clients: Clients, namespace: str, name: str, *, grace_secon
         raise
 
 
-async def post_event(clients: Clients, obj: dict[str, Any], *, reason: str, message: str, type_: str = "Normal") -> None:
-    """A Kubernetes Event on ``obj`` (what `kubectl describe` shows). Failures are logged, not raised:
-    an Event is a courtesy to the user, never a reason to fail the work it describes."""
+async def post_event(clients: Clients, obj: dict[str, Any], *, reason: str, message: str, type_: str = "Normal") -> str | None:
+    """A Kubernetes Event on ``obj`` (what `kubectl describe` shows); its name, None if it failed.
+    Failures are logged, not raised: an Event is a courtesy to the user, never a reason to fail the
+    work it describes. The operator posts through :class:`fnsession.kube.events.EventRecorder`."""
     meta = obj["metadata"]
     now = datetime.now(UTC).isoformat().replace("+00:00", "Z")
     body = {
@@ -72,5 +73,19 @@ async def post_event(clients: Clients, obj: dict[str, Any], *, reason: str, mess
     }
     try:
         await clients.core.create_namespaced_event(meta["namespace"], body)
+        return str(body["metadata"]["name"])
     except Exception as exc:  # noqa: BLE001 - RBAC, API server health, timeouts: never fail the work
         log.warning("could not post Event %s on %s/%s: %s", reason, meta["namespace"], meta["name"], getattr(exc, "reason", exc))
+        return None
+
+
+async def bump_event(clients: Clients, namespace: str, name: str, count: int) -> bool:
+    """The same Event again: its count and lastTimestamp patched (as client-go aggregates); False
+    when it is gone or the patch failed (then a new one is posted)."""
+    now = datetime.now(UTC).isoformat().replace("+00:00", "Z")
+    try:
+        await clients.core.patch_namespaced_event(name, namespace, {"count": count, "lastTimestamp": now})
+        return True
+    except Exception as exc:  # noqa: BLE001
+        log.debug("could not update Event %s/%s: %s", namespace, name, getattr(exc, "reason", exc))
+        return False
