@@ -59,6 +59,7 @@ class SessionService(Instances):
         self.config = config
         self.registry = Registry()
         self.sessions: dict[Key, Session] = {}
+        self.by_id: dict[tuple[str, str, str], set[Key]] = {}  # (namespace, function, session id) -> sessions
         self.deadlines: DeadlineQueue[DeadlineKey] = DeadlineQueue()
         self.locks: defaultdict[Key, asyncio.Lock] = defaultdict(asyncio.Lock)
         self.wake = asyncio.Event()
@@ -74,6 +75,22 @@ class SessionService(Instances):
     def event(self, obj: dict[str, Any], *, reason: str, message: str, type_: str = "Normal") -> None:
         """An Event on ``obj``, queued (never awaited on the path of the work it describes)."""
         self.events.record(obj, reason=reason, message=message, type_=type_)
+
+    def hold(self, session: Session) -> None:
+        """Keep the session (in place of an older object of the same name), indexed by its id."""
+        self.forget(session.key)
+        self.sessions[session.key] = session
+        self.by_id.setdefault(session.id_key, set()).add(session.key)
+
+    def forget(self, key: Key) -> Session | None:
+        session = self.sessions.pop(key, None)
+        if session is not None:
+            same = self.by_id.get(session.id_key)
+            if same is not None:
+                same.discard(key)
+                if not same:
+                    del self.by_id[session.id_key]
+        return session
 
     def fn_of(self, session: Session) -> FunctionState:
         return self.registry.function(session.namespace, session.function)
@@ -130,8 +147,7 @@ class SessionService(Instances):
         problems = storage_violations(fn.name, fn.spec, session.spec.storage)
         if problems:
             return "StorageNotAllowed", "; ".join(problems)
-        twins = [s for s in self.sessions.values() if s is not session and s.namespace == session.namespace
-                 and s.function == session.function and s.session_id == session.session_id]
+        twins = [s for k in self.by_id.get(session.id_key, ()) if (s := self.sessions[k]) is not session]
         live = next((t for t in twins if t.state != "Expired"), None)
         if live is not None:
             return "DuplicateSessionId", (f"session id {session.session_id!r} is already live for Function {fn.name} "
@@ -160,7 +176,7 @@ class SessionService(Instances):
             return known.last_status  # a retried handler: the session is placed already
         session = Session(meta["namespace"], meta["name"], meta["uid"], spec.function_name,
                           spec.session_id or meta["name"], now(), spec, generation=meta.get("generation"))
-        self.sessions[key] = session
+        self.hold(session)
         self.schedule_expiry(session)
         if spec.fenced:
             await self.expire(key, "Fenced", write=False)
@@ -365,7 +381,7 @@ class SessionService(Instances):
                           generation=status.get("observedGeneration"), conditions=list(status.get("conditions") or []),
                           last_activity=docs.parse_time(status.get("lastActivityTime")), last_status=dict(status))
         session.last_status.pop("kopf", None)
-        self.sessions[session.key] = session
+        self.hold(session)
         fn = self.fn_of(session)
         pod = (status.get("instance") or {}).get("podName")
         bound_reason = next((c.get("reason") for c in session.conditions if c.get("type") == "Bound"), None)
@@ -429,7 +445,7 @@ class SessionService(Instances):
         self.wake.set()
 
     async def session_deleted(self, key: Key) -> None:
-        session = self.sessions.pop(key, None)
+        session = self.forget(key)
         for kind in ("expire", "remove", "verify"):
             self.deadlines.cancel((kind, *key))  # type: ignore[arg-type]
         if session is None:
@@ -462,18 +478,25 @@ class SessionService(Instances):
 
     # --- Function status, written coarsely -----------------------------------------------------------
 
-    def function_counts(self, fn: FunctionState) -> dict[str, int]:
-        live = [i for i in fn.instances.values() if not i.deleting]
-        states = [s.state for s in self.sessions.values() if s.namespace == fn.namespace and s.function == fn.name]
-        return {"instances": len(live), "readyInstances": sum(1 for i in live if i.ready),
-                "activeSessions": states.count("Active"), "pendingSessions": states.count("Pending")}
+    def function_counts(self) -> dict[Key, dict[str, int]]:
+        """Every Function's counts, in one pass over the sessions (not one pass per Function)."""
+        states: dict[Key, list[int]] = {}
+        for s in self.sessions.values():
+            if s.state in ("Active", "Pending"):
+                tally = states.setdefault((s.namespace, s.function), [0, 0])
+                tally[s.state == "Pending"] += 1
+        out = {}
+        for key, fn in self.registry.functions.items():
+            live = [i for i in fn.instances.values() if not i.deleting]
+            active, pending = states.get(key, (0, 0))
+            out[key] = {"instances": len(live), "readyInstances": sum(1 for i in live if i.ready),
+                        "activeSessions": active, "pendingSessions": pending}
+        return out
 
     async def flush_function_status(self) -> None:
-        for key, fn in list(self.registry.functions.items()):
-            if fn.spec is None:
-                continue
-            counts = self.function_counts(fn)
-            if self.function_status.get(key) == counts:
+        for key, counts in self.function_counts().items():
+            fn = self.registry.functions.get(key)
+            if fn is None or fn.spec is None or self.function_status.get(key) == counts:
                 continue
             try:
                 await self.clients.custom.patch_namespaced_custom_object_status(
