@@ -84,7 +84,7 @@ $(VENV)/.installed: pyproject.toml setup.py operator/fnsession/gateway/_lane.c
 venv: $(VENV)/.installed ## create .venv with fnsession installed in editable mode
 
 # --- demo and tests -------------------------------------------------------------------------------
-.PHONY: demo test test-unit test-e2e bench bench-gateway
+.PHONY: demo test test-unit test-e2e bench bench-gateway bench-scale
 bench: $(VENV)/.installed images deploy ## create->Active latency over 100 sessions (warm instance, new pod); see bench/README.md
 	$(VENV)/bin/python bench/create_to_active.py
 
@@ -92,6 +92,12 @@ bench-gateway: $(VENV)/.installed images deploy ## the gateway against HAProxy a
 	bench/gateway_vs_haproxy.sh
 	$(VENV)/bin/python bench/gateway_python_path.py
 	$(VENV)/bin/python bench/create_to_routable.py
+
+STEPS ?= 1000,5000,10000,20000
+RATE ?= 50
+EXPIRIES ?= 5000
+bench-scale: $(VENV)/.installed images deploy ## the operator on the kwok nodes: creates at RATE/s up to each of STEPS live sessions, EXPIRIES due in 10 s; see bench/README.md
+	$(VENV)/bin/python bench/scale.py --steps $(STEPS) --rate $(RATE) --expiries $(EXPIRIES)
 
 demo: images deploy ## on the local cluster: run the sample function as two tenants sharing one volume, and show what each can see
 	@hack/demo.sh

@@ -186,3 +186,23 @@ def test_the_timings_must_be_ordered_and_the_identity_set() -> None:
         LeaseConfig(identity="x", lease_duration=10, renew_deadline=10, retry_period=2)
     with pytest.raises(ValueError, match="identity"):
         LeaseConfig(identity="")
+
+
+async def test_the_standby_looks_again_just_as_the_lease_runs_out() -> None:
+    api, clock = FakeLeases(), Clock()
+    a, b = elector(api, clock, "op-a"), elector(api, clock, "op-b")
+    assert await a.try_acquire_or_renew()  # then a dies
+    import fnsession.kube.leader as leader
+
+    async def advance(seconds: float) -> None:
+        assert seconds <= 2.4
+        clock.t += seconds
+
+    original = leader.asyncio.sleep
+    leader.asyncio.sleep = advance  # type: ignore[assignment]
+    start = clock.t
+    try:
+        await b.acquire()
+    finally:
+        leader.asyncio.sleep = original  # type: ignore[assignment]
+    assert b.leading and 15 <= clock.t - start <= 15.2, clock.t - start

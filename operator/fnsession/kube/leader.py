@@ -155,9 +155,13 @@ class LeaderElector:
     async def acquire(self) -> None:
         """Wait until we hold the Lease (a standby waits here, retrying every retry period)."""
         while not await self.try_acquire_or_renew():
+            pause = self._pause()
             if self.holder and self.holder != self.config.identity:
-                log.debug("leader election: %s holds the Lease; standing by", self.holder)
-            await asyncio.sleep(self._pause())
+                # look again every retry period, and once more just as the lease runs out, not up to a
+                # retry period after it (the takeover comes that much sooner)
+                expires_in = self.observed_at + self.config.lease_duration - self.clock()
+                pause = min(pause, max(0.05, expires_in + 0.05))
+            await asyncio.sleep(pause)
         self.leading = True
         log.info("leader election: %s acquired Lease %s/%s", self.config.identity, self.config.namespace, self.config.name)
 
