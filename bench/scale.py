@@ -258,7 +258,14 @@ def main() -> None:
             Path(args.json).write_text(json.dumps(results, indent=2))
         if not args.keep:
             core.delete_namespace(ns)
-            print(f"namespace {ns} deleted", flush=True)
+            gone = wait_for(f"namespace {ns} gone", lambda: not core.list_namespace(field_selector=f"metadata.name={ns}").items,
+                            timeout=600)
+            time.sleep(10)
+            results["rss_after_delete_mb"] = round(rss_mb(pid))
+            print(f"namespace {ns} deleted{'' if gone else ' (not gone yet)'}: operator RSS {results['rss_after_delete_mb']} MB "
+                  "after every session was deleted", flush=True)
+            if args.json:
+                Path(args.json).write_text(json.dumps(results, indent=2))
 
 
 if __name__ == "__main__":

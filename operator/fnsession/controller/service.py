@@ -205,7 +205,10 @@ class SessionService(Instances):
                 plan: Bind | CreateInstance | Wait = CreateInstance() if count < spec.scaling.max_instances else Wait(
                     "MaxInstancesReached", f"{count} instances exist and spec.scaling.maxInstances is {spec.scaling.max_instances}")
             else:
-                plan = instance_for(fn.loads(), spec.sessions_per_instance, spec.scaling.max_instances)
+                plan = instance_for(fn.loads(below=spec.sessions_per_instance), spec.sessions_per_instance,
+                                    spec.scaling.max_instances)
+                if not isinstance(plan, Bind):  # no instance with room: whether to make one counts them all
+                    plan = instance_for(fn.loads(), spec.sessions_per_instance, spec.scaling.max_instances)
             if isinstance(plan, CreateInstance):
                 exclusive = session.name if spec.instance_isolation == "SESSION_EXCLUSIVE" else None
                 create = self.new_instance(fn, exclusive_for=exclusive)

@@ -44,9 +44,12 @@ class FunctionState:
     waiting: deque[str] = field(default_factory=deque)  # sessions with no slot (maxInstances), oldest first
     bound: dict[str, str] = field(default_factory=dict)  # session -> the instance it holds a slot on (an index)
 
-    def loads(self) -> list[InstanceLoad]:
+    def loads(self, below: int | None = None) -> list[InstanceLoad]:
+        """The shared instances' loads; with ``below``, only those holding fewer sessions (the ones a
+        session could go to: at scale most instances are full, and are not looked at twice)."""
         return [InstanceLoad(i.name, i.ready, len(i.sessions), i.deleting, i.empty_since)
-                for i in self.instances.values() if i.exclusive_for is None]
+                for i in self.instances.values()
+                if i.exclusive_for is None and (below is None or len(i.sessions) < below and not i.deleting)]
 
     def instance_of(self, session: str) -> Instance | None:
         inst = self.instances.get(self.bound.get(session, ""))
