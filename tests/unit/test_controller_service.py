@@ -231,3 +231,27 @@ def test_sessions_due_together_expire_in_parallel_with_bounded_writes_and_never_
         lag = max(written.values()) - due_last
         assert lag.total_seconds() < 1.5, f"the last of 200 expiries written {lag} after its deadline"
     run(go())
+
+
+def test_the_echo_of_our_own_status_write_costs_nothing_and_a_real_change_still_counts(rec: Recorder) -> None:
+    async def go() -> None:
+        s = SessionService(None, Config())  # type: ignore[arg-type]
+        await s.function_changed(shared())
+        s.registry.functions[("ns", "f")].instances["pod"] = svc.Instance("pod", ready=True, ip="10.0.0.1", node="n", seen=True)
+        b = body(GOOD_SESSION, "e1", functionName="f", sessionId="e1", storage=None, sessionTTLInSeconds=600)
+        doc = await s.create_session(b)
+        assert doc is not None and doc["sessionStatus"] == "Active"
+        session = s.sessions[("ns", "e1")]
+        spec, deadline = session.spec, s.deadlines.deadline(("expire", "ns", "e1"))
+        echo = {**b, "status": {**doc, "kopf": {"progress": {}}}}
+        await s.session_observed("MODIFIED", echo)
+        assert session.spec is spec and s.deadlines.deadline(("expire", "ns", "e1")) == deadline  # not even parsed
+        # the user shortens the TTL: a new generation, handled as before
+        changed = copy.deepcopy(echo)
+        changed["metadata"]["generation"] = 2
+        changed["spec"]["sessionTTLInSeconds"] = 60
+        await s.session_observed("MODIFIED", changed)
+        assert session.spec is not spec and session.spec.session_ttl_in_seconds == 60
+        assert s.deadlines.deadline(("expire", "ns", "e1")) < deadline  # type: ignore[operator]
+        assert ("e1", "Active") in rec.of("status")  # observedGeneration 2 written
+    run(go())

@@ -352,6 +352,8 @@ class SessionService(Instances):
             if not status.get("sessionStatus"):
                 return  # not handled yet: the create handler binds it
             session = self.restore(body)
+        elif self.echo(session, meta, status):
+            return
         session.spec = FunctionSessionSpec.model_validate(body["spec"])
         session.generation = meta.get("generation")
         session.last_activity = docs.parse_time(status.get("lastActivityTime")) or session.last_activity
@@ -373,6 +375,16 @@ class SessionService(Instances):
             doc = {**session.last_status, **docs.base(session, *self._context(session))}
             session.last_status = doc
             await self.write_status(session, doc)
+
+    @staticmethod
+    def echo(session: Session, meta: dict[str, Any], status: dict[str, Any]) -> bool:
+        """The event of an Active session that says only what we know: our own status write coming
+        back (or kopf's bookkeeping). Nothing to do, and nothing parsed: the spec is unchanged (same
+        generation, already observed), no newer activity, the status as we left it."""
+        return (session.state == "Active" and status.get("sessionStatus") == "Active"
+                and meta.get("generation") == session.generation == status.get("observedGeneration")
+                and (status.get("lastActivityTime") is None
+                     or docs.parse_time(status.get("lastActivityTime")) == session.last_activity))
 
     def restore(self, body: dict[str, Any]) -> Session:
         """A session that was handled before this process started: take its binding back."""
