@@ -238,7 +238,8 @@ def test_the_echo_of_our_own_status_write_costs_nothing_and_a_real_change_still_
         s = SessionService(None, Config())  # type: ignore[arg-type]
         await s.function_changed(shared())
         s.registry.functions[("ns", "f")].instances["pod"] = svc.Instance("pod", ready=True, ip="10.0.0.1", node="n", seen=True)
-        b = body(GOOD_SESSION, "e1", functionName="f", sessionId="e1", storage=None, sessionTTLInSeconds=600)
+        b = body(GOOD_SESSION, "e1", functionName="f", sessionId="e1", storage=None, sessionTTLInSeconds=600,
+                 sessionIdleTimeoutInSeconds=0)
         doc = await s.create_session(b)
         assert doc is not None and doc["sessionStatus"] == "Active"
         session = s.sessions[("ns", "e1")]
