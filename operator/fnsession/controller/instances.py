@@ -12,6 +12,7 @@ import logging
 import secrets
 from collections import defaultdict
 from datetime import UTC, datetime, timedelta
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from fnsession.controller import metrics
@@ -26,6 +27,7 @@ if TYPE_CHECKING:
     from fnsession.controller.service import Config, DeadlineKey
 
 log = logging.getLogger(__name__)
+WRITES_AT_ONCE = 32  # API writes one piece of work issues concurrently
 
 
 def now() -> datetime:
@@ -47,6 +49,20 @@ class Instances:
     def live(self, session: Session) -> bool:
         """Still the session we hold, and not over."""
         return self.sessions.get(session.key) is session and session.state != "Expired"
+
+    async def each(self, names: list[str], work: Callable[[str], Awaitable[None]], limit: int = WRITES_AT_ONCE) -> None:
+        """``work`` for every name, at most ``limit`` at once (each is an API write or two)."""
+        if len(names) <= 1:
+            for name in names:
+                await work(name)
+            return
+        slots = asyncio.Semaphore(limit)
+
+        async def one(name: str) -> None:
+            async with slots:
+                await work(name)
+
+        await asyncio.gather(*(one(name) for name in names))
 
     async def guarded(self, work: Any, what: str) -> None:
         """Run one piece of work of a loop; a failure is logged and does not stop the others."""
@@ -88,21 +104,25 @@ class Instances:
             statuses = status.get("containerStatuses") or []
             inst.container_id = statuses[0].get("containerID") if statuses else None
             waiting = sorted(inst.sessions) if inst.ready and not was_ready else []
-        for session_name in waiting:
+        async def activate(session_name: str) -> None:
             session = self.sessions.get((fn.namespace, session_name))
             if session is not None and session.state == "Pending":
                 await self.guarded(self.activate(session, fn, inst), f"activating {session_name}")
 
+        await self.each(waiting, activate)  # an instance that holds 100 sessions: 100 writes, 32 at once
+
     async def rebind(self, fn: FunctionState, lost: Instance) -> None:
         """The instance went away under its sessions (deleted by someone, node gone): bind them again."""
-        for session_name in sorted(lost.sessions):
+        async def again(session_name: str) -> None:
             session = self.sessions.get((fn.namespace, session_name))
             if session is None or not self.live(session):
-                continue
+                return
             session.state = "Pending"
             self.event(session.ref(), reason="InstanceLost", type_="Warning",
                        message=f"instance {lost.name} is gone; binding the session again")
             await self.guarded(self.place_and_write(session, rebinding=lost.name), f"re-binding {session_name}")
+
+        await self.each(sorted(lost.sessions), again)
 
     async def ensure_warm(self, fn: FunctionState) -> None:
         spec = fn.spec
