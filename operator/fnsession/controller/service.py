@@ -34,6 +34,7 @@ from fnsession.kube import writes
 from fnsession.kube.events import EventRecorder
 from fnsession.controller import metrics
 from fnsession.controller.instances import Instances, now
+from fnsession.controller.memory import Heap
 from fnsession.kube.client import Clients
 
 log = logging.getLogger(__name__)
@@ -66,6 +67,7 @@ class SessionService(Instances):
         self.running: set[DeadlineKey] = set()  # deadlines being handled now
         self.tasks: set[asyncio.Task[None]] = set()  # their tasks (held, so none is collected mid-way)
         self.function_status: dict[Key, dict[str, int]] = {}  # last written, to write only changes
+        self.heap = Heap()
         self.events = EventRecorder(
             lambda obj, reason, message, type_: writes.post_event(self.clients, obj, reason=reason, message=message, type_=type_),
             lambda ns, name, count: writes.bump_event(self.clients, ns, name, count),
@@ -526,6 +528,7 @@ class SessionService(Instances):
         while True:
             await asyncio.sleep(interval)
             await self.flush_function_status()
+            self.heap.tick(len(self.sessions))  # and the heap's upkeep (controller/memory.py)
 
     # --- the one deadline task ---------------------------------------------------------------------
 
