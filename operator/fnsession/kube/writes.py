@@ -72,7 +72,10 @@ async def post_event(clients: Clients, obj: dict[str, Any], *, reason: str, mess
         "firstTimestamp": now, "lastTimestamp": now, "count": 1,
     }
     try:
-        await clients.core.create_namespaced_event(meta["namespace"], body)
+        answer = await clients.core.create_namespaced_event(meta["namespace"], body, _preload_content=False)
+        text = await answer.read()  # not parsed into a model: nothing reads the echo of an Event
+        if not 200 <= answer.status < 300:
+            raise RuntimeError(f"{answer.status} {text[:200]!r}")
         return str(body["metadata"]["name"])
     except Exception as exc:  # noqa: BLE001 - RBAC, API server health, timeouts: never fail the work
         log.warning("could not post Event %s on %s/%s: %s", reason, meta["namespace"], meta["name"], getattr(exc, "reason", exc))
@@ -84,7 +87,11 @@ async def bump_event(clients: Clients, namespace: str, name: str, count: int) ->
     when it is gone or the patch failed (then a new one is posted)."""
     now = datetime.now(UTC).isoformat().replace("+00:00", "Z")
     try:
-        await clients.core.patch_namespaced_event(name, namespace, {"count": count, "lastTimestamp": now})
+        answer = await clients.core.patch_namespaced_event(name, namespace, {"count": count, "lastTimestamp": now},
+                                                           _preload_content=False)
+        text = await answer.read()
+        if not 200 <= answer.status < 300:
+            raise RuntimeError(f"{answer.status} {text[:200]!r}")
         return True
     except Exception as exc:  # noqa: BLE001
         log.debug("could not update Event %s/%s: %s", namespace, name, getattr(exc, "reason", exc))
