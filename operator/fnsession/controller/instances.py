@@ -128,6 +128,8 @@ class Instances:
         spec = fn.spec
         if spec is None or spec.instance_isolation == "SESSION_EXCLUSIVE" or spec.scaling.warm_instances == 0:
             return
+        if len(fn.loads(below=1)) >= spec.scaling.warm_instances:
+            return  # enough empty instances (the common case, looked at without building every instance's load)
         async with self.lock(fn):
             missing = warm_deficit(fn.loads(), spec.scaling.warm_instances, spec.scaling.max_instances)
             names = [self.new_instance(fn) for _ in range(missing)]

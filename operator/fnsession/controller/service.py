@@ -524,10 +524,16 @@ class SessionService(Instances):
                 log.debug("Function %s/%s status: %s", fn.namespace, fn.name, exc)
 
     async def run_function_status(self, interval: float = 1.0) -> None:
-        """At most one status write per Function per ``interval``, and only when a count changed."""
+        """At most one status write per Function per ``interval``, and only when a count changed.
+        Counting passes over every session: past 10,000 live sessions it is made every
+        ``sessions / 10,000`` intervals, so its cost per second stays flat however many are live."""
+        flushed = 0.0
         while True:
             await asyncio.sleep(interval)
-            await self.flush_function_status()
+            clock = asyncio.get_running_loop().time()
+            if clock - flushed >= interval * max(1.0, len(self.sessions) / 10_000):
+                await self.flush_function_status()
+                flushed = clock
             self.heap.tick(len(self.sessions))  # and the heap's upkeep (controller/memory.py)
 
     # --- the one deadline task ---------------------------------------------------------------------
