@@ -256,3 +256,33 @@ def test_the_echo_of_our_own_status_write_costs_nothing_and_a_real_change_still_
         assert s.deadlines.deadline(("expire", "ns", "e1")) < deadline  # type: ignore[operator]
         assert ("e1", "Active") in rec.of("status")  # observedGeneration 2 written
     run(go())
+
+
+def test_a_namespace_being_deleted_gets_no_new_instances_and_no_rebinding_storm(rec: Recorder) -> None:
+    """A namespace deleted with 100 sessions on an instance: the pod goes first; re-binding tries one
+    pod, the API says the namespace is terminating, and nothing more is attempted there."""
+    from kubernetes_asyncio.client.exceptions import ApiException
+
+    attempts = []
+
+    async def refuse(clients: Any, pod: dict[str, Any]) -> None:
+        attempts.append(pod["metadata"]["name"])
+        exc = ApiException(status=403, reason="Forbidden")
+        exc.body = 'pods "x" is forbidden: unable to create new content in namespace ns because it is being terminated'
+        raise exc
+
+    async def go() -> None:
+        s = SessionService(None, Config())  # type: ignore[arg-type]
+        await s.function_changed(shared(sessionConcurrencyPerInstance=100))
+        s.registry.functions[("ns", "f")].instances["pod"] = svc.Instance("pod", ready=True, ip="10.0.0.1", node="n", seen=True)
+        for i in range(100):
+            await s.create_session(body(GOOD_SESSION, f"s{i}", functionName="f", sessionId=f"s{i}", storage=None))
+        svc.writes.create_pod = refuse  # type: ignore[assignment]
+        pod = {"metadata": {"name": "pod", "namespace": "ns", "labels": {svc.LABEL_FUNCTION: "f"}, "deletionTimestamp": "x"}}
+        await asyncio.wait_for(s.pod_changed("DELETED", pod), 5)
+        assert 1 <= len(attempts) <= 2, attempts
+        assert "ns" in s.terminating
+        # a Function created again there (a new namespace of the same name): placing resumes
+        await s.function_changed(shared(sessionConcurrencyPerInstance=100))
+        assert "ns" not in s.terminating
+    run(go())

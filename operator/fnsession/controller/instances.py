@@ -42,6 +42,7 @@ class Instances:
     deadlines: DeadlineQueue[DeadlineKey]
     locks: defaultdict[Key, asyncio.Lock]
     wake: asyncio.Event
+    terminating: set[str]  # namespaces being deleted (a pod create said so): nothing is placed there
 
     def lock(self, fn: FunctionState) -> asyncio.Lock:
         return self.locks[(fn.namespace, fn.name)]
@@ -112,7 +113,10 @@ class Instances:
         await self.each(waiting, activate)  # an instance that holds 100 sessions: 100 writes, 32 at once
 
     async def rebind(self, fn: FunctionState, lost: Instance) -> None:
-        """The instance went away under its sessions (deleted by someone, node gone): bind them again."""
+        """The instance went away under its sessions (deleted by someone, node gone): bind them again
+        (not in a namespace being deleted: its sessions go too, and no pod may be created there)."""
+        if fn.namespace in self.terminating:
+            return
         async def again(session_name: str) -> None:
             session = self.sessions.get((fn.namespace, session_name))
             if session is None or not self.live(session):
@@ -152,7 +156,13 @@ class Instances:
                            spec=fn.spec, session_name=session.name if session else None,
                            storage=session.spec.storage if session else None,
                            tenant_init_image=(policy.tenant_init_image if policy else None) or self.config.tenant_init_image)
-        await writes.create_pod(self.clients, pod)
+        try:
+            await writes.create_pod(self.clients, pod)
+        except Exception as exc:
+            if writes.namespace_terminating(exc):
+                self.terminating.add(fn.namespace)  # the namespace is being deleted: stop placing there
+                log.info("namespace %s is being deleted: no more instances or re-binding there", fn.namespace)
+            raise
         metrics.INSTANCES_CREATED.inc()
         log.info("created instance %s/%s for Function %s", fn.namespace, name, fn.name)
 

@@ -65,6 +65,7 @@ class SessionService(Instances):
         self.locks: defaultdict[Key, asyncio.Lock] = defaultdict(asyncio.Lock)
         self.wake = asyncio.Event()
         self.running: set[DeadlineKey] = set()  # deadlines being handled now
+        self.terminating: set[str] = set()
         self.tasks: set[asyncio.Task[None]] = set()  # their tasks (held, so none is collected mid-way)
         self.function_status: dict[Key, dict[str, int]] = {}  # last written, to write only changes
         self.heap = Heap()
@@ -126,6 +127,8 @@ class SessionService(Instances):
         meta = body["metadata"]
         fn = self.registry.function(meta["namespace"], meta["name"])
         fn.spec = FunctionSpec.model_validate(body["spec"])
+        if meta.get("deletionTimestamp") is None:
+            self.terminating.discard(fn.namespace)  # a Function created there: the namespace is live
         fn.uid = meta["uid"]
         for session in [s for s in self.sessions.values() if s.namespace == fn.namespace and s.function == fn.name]:
             if session.state != "Expired":
@@ -188,6 +191,8 @@ class SessionService(Instances):
     async def place(self, session: Session, rebinding: str | None = None) -> dict[str, Any] | None:
         """Take a slot for the session (or queue it); returns its status document, None if it died."""
         fn = self.fn_of(session)
+        if session.namespace in self.terminating:
+            return None  # the namespace is being deleted, and the session with it
         refusal = self.admission(session, fn)
         if refusal is not None:
             reason, message = refusal

@@ -46,6 +46,11 @@ async def create_pod(clients: Clients, pod: dict[str, Any]) -> None:
     await clients.core.create_namespaced_pod(pod["metadata"]["namespace"], pod)
 
 
+def namespace_terminating(exc: BaseException) -> bool:
+    """The API refused a create because the namespace is being deleted."""
+    return isinstance(exc, ApiException) and exc.status == 403 and "being terminated" in str(exc.body or exc.reason or "")
+
+
 async def delete_pod(clients: Clients, namespace: str, name: str, *, grace_seconds: int | None = None) -> bool:
     """Delete a pod (``grace_seconds=0``: kill at once, the fencing path); False when already gone."""
     try:
