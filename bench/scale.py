@@ -170,7 +170,7 @@ def main() -> None:
     parser.add_argument("--steps", default="1000,5000,10000,20000", help="live sessions at the end of each step")
     parser.add_argument("--rate", type=float, default=50, help="creates per second")
     parser.add_argument("--expiries", type=int, default=5000, help="sessions due within a 10 s window (0: skip)")
-    parser.add_argument("--expiry-rate", type=float, default=100, help="creates per second of the expiring sessions")
+    parser.add_argument("--expiry-rate", type=float, default=50, help="creates per second of the expiring sessions")
     parser.add_argument("--per-instance", type=int, default=100)
     parser.add_argument("--operator-pid", type=int, default=0)
     parser.add_argument("--keep", action="store_true", help="keep the namespace (default: delete it)")
