@@ -72,12 +72,15 @@ def route_of(obj: dict[str, Any], function_spec: dict[str, Any] | None = None) -
 @dataclass(slots=True)
 class Origin:
     """What a route was made from: the session's start (Unix time), the timeouts it sets itself (None:
-    its Function's), and the object's resourceVersion (which the gateway's own activity writes move)."""
+    its Function's), the object's resourceVersion (which the gateway's own activity writes move) and
+    the ``status.lastActivityTime`` of that version (Unix time, 0: none), which a write of activity
+    never moves backwards (another replica may have written a later one)."""
 
     start: float
     ttl: int | None
     idle: int | None
     version: str
+    activity: float = 0.0
 
 
 def origin_of(obj: dict[str, Any]) -> Origin:
@@ -85,7 +88,13 @@ def origin_of(obj: dict[str, Any]) -> Origin:
     created = parse_time(status.get("createdTime")) or parse_time(obj["metadata"].get("creationTimestamp"))
     start = created.timestamp() if created is not None else time.time()
     return Origin(start, spec.get("sessionTTLInSeconds"), spec.get("sessionIdleTimeoutInSeconds"),
-                  obj["metadata"].get("resourceVersion", ""))
+                  obj["metadata"].get("resourceVersion", ""), activity_of(obj))
+
+
+def activity_of(obj: dict[str, Any]) -> float:
+    """``status.lastActivityTime`` of a FunctionSession (Unix time; 0 when it has none)."""
+    at = parse_time((obj.get("status") or {}).get("lastActivityTime"))
+    return at.timestamp() if at is not None else 0.0
 
 
 def deadlines(origin: Origin, function_spec: dict[str, Any]) -> tuple[float, float]:
