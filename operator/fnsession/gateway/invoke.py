@@ -29,6 +29,7 @@ from kubernetes_asyncio.client.exceptions import ApiException
 from fnsession.api.names import GROUP, SESSION, VERSION
 from fnsession.core.status import stamp
 from fnsession.gateway import errors, fc
+from fnsession.gateway.errors import FCError
 from fnsession.gateway.http import Exchange, Pool, Request
 from fnsession.gateway.routes import Route, Routes, activity_of, route_of
 from fnsession.gateway.session_api import SessionAPI
@@ -41,10 +42,19 @@ FLUSH_CONCURRENCY = 8  # activity writes in flight at once
 API_TIMEOUT = 5.0  # seconds an activity write waits for the API server (then it is retried at the next flush)
 
 
+def limit_share(workers: int, replicas: int) -> int:
+    """One gateway process's share of an instance's :data:`INSTANCE_LIMIT` when ``replicas`` gateways
+    of ``workers`` processes each route to it: a static split, so that the sum over every process never
+    exceeds the limit whatever the requests' spread (at least 1 each)."""
+    return max(1, INSTANCE_LIMIT // max(1, workers * replicas))
+
+
 class Invoker:
-    def __init__(self, clients: Clients, api: SessionAPI, routes: Routes, pool: Pool, flush_interval: float = 2.0) -> None:
+    def __init__(self, clients: Clients, api: SessionAPI, routes: Routes, pool: Pool, flush_interval: float = 2.0,
+                 limit: int = INSTANCE_LIMIT) -> None:
         self.clients, self.api, self.routes, self.pool = clients, api, routes, pool
         self.flush_interval = flush_interval
+        self.limit = limit  # this process's share of an instance's 200 (limit_share: all workers and replicas)
         self.activity: dict[SessionName, float] = {}  # last request per session, Unix time
         self.running: dict[SessionName, set[Exchange]] = {}  # requests in flight per session
         self.per_instance: dict[str, int] = {}  # requests in flight per instance (pod IP)
@@ -91,8 +101,14 @@ class Invoker:
                 session_id = fc.new_session_id()  # the client never chooses a cookie id
             await authorize_create()
             qualifier = fc.query_param(req.query, "qualifier")
-            created = await self.api.create(ns, function, qualifier, {"sessionId": session_id})
-            self.passive_creates += 1
+            try:
+                created = await self.api.create(ns, function, qualifier, {"sessionId": session_id})
+                self.passive_creates += 1
+            except FCError as err:
+                if err.code != "SessionAlreadyExists":
+                    raise
+                # made meanwhile by another gateway (replica or worker) or request: routed to that one
+                created = await self.created_elsewhere(ns, function, session_id, spec)
             route = await self.route_after_create(ns, function, session_id)
             if affinity == "GENERATED_COOKIE":
                 line = f"Set-Cookie: {fc.set_cookie(session_id, created.get('sessionTTLInSeconds') or 21600)}\r\n"
@@ -102,6 +118,14 @@ class Invoker:
         if req.conn.closed:
             return
         self.start(req, ns, route, target, extra, sdk=sdk)
+
+    async def created_elsewhere(self, ns: str, function: str, session_id: str, spec: dict[str, Any]) -> dict[str, Any]:
+        """The session someone else created with this id, once it is Active (FC's error if it is refused)."""
+        obj = await self.api.live(ns, function, session_id)
+        if obj is None:  # created and gone again (refused, deleted) in the meantime
+            raise errors.session_exists(session_id)
+        active = await self.api.until_active(ns, obj["metadata"]["name"])
+        return fc.session_json(active, spec.get("sessionAffinityConfig"))
 
     async def route_after_create(self, ns: str, function: str, session_id: str) -> Route:
         """The watch may not have the new session yet: read it once."""
@@ -120,7 +144,7 @@ class Invoker:
     def start(self, req: Request, ns: str, route: Route, target: str, extra: bytes, *, sdk: bool) -> None:
         ip = route.pod_ip
         n = self.per_instance.get(ip, 0)
-        if n >= INSTANCE_LIMIT:
+        if n >= self.limit:
             self.throttled += 1
             raise errors.instance_busy(INSTANCE_LIMIT)
         self.per_instance[ip] = n + 1
