@@ -323,3 +323,34 @@ async def test_one_new_session_id_sent_to_two_gateways_at_once_makes_one_session
         b.close()
         await runner.cleanup()
         await api.api.close()
+
+
+# --- the API server unreachable -----------------------------------------------------------------------
+
+async def test_while_the_api_server_is_unreachable_a_known_session_flows_and_a_new_one_gets_503_at_once() -> None:
+    seen: list[str] = []
+
+    async def echo(request: web.Request) -> web.Response:
+        seen.append(request.headers["x-session-id"])
+        return web.Response(text="ok")
+
+    runner, up_port = await instance(echo)
+    api = FakeAPI(up_port)
+    g = Gw(api, 200)
+    g.routes.sessions[("team", "echo", "s-1")] = Route("echo-s1", "127.0.0.1", up_port, math.inf, math.inf, time.time())
+    g.auth.reach.failed()  # as a watch that lost the API server tells it
+    try:
+        port = await g.start()
+        assert (await send(port, get("/fn/echo/x", session=b"s-1")))[0] == 200
+        began = time.monotonic()
+        status, headers, body = await send(port, get("/fn/echo/x", session=b"new-2"))
+        assert status == 503 and json.loads(body)["Code"] == "ServiceUnavailable" and headers["x-acs-retry-after"]
+        status, _, body = await send(port, b"GET /2023-03-30/functions/echo/sessions HTTP/1.1\r\nHost: gw\r\n" + AUTH
+                                     + b"\r\n")
+        assert status == 503 and "unreachable" in json.loads(body)["Message"]
+        assert time.monotonic() - began < 0.5, "at once, not a wait"
+        assert seen == ["s-1"] and api.lists == 0 and api.creates == 0
+    finally:
+        g.close()
+        await runner.cleanup()
+        await api.api.close()

@@ -38,7 +38,7 @@ from typing import Any
 from urllib.parse import parse_qsl, unquote
 
 from fnsession.gateway import errors, metrics
-from fnsession.gateway.auth import NAMESPACE_HEADER, Authenticator, Identity
+from fnsession.gateway.auth import NAMESPACE_HEADER, Authenticator, Identity, Reachability, unavailable, unreachable_error
 from fnsession.gateway.errors import FCError
 from fnsession.gateway.http import Listener, Pool, Request, RequestIds, every, install_uvloop
 from fnsession.gateway.invoke import Invoker, limit_share
@@ -132,17 +132,32 @@ class Gateway:
                 function, target, sdk = inv
                 await self.auth.authorize(who, "get")
                 await self.invoker.invoke(req, who.namespace, function, target, sdk=sdk,
-                                          authorize_create=lambda: self.auth.authorize(who, "create"))
+                                          authorize_create=lambda: self.may_create(who))
                 return
+            self.api_needed()
             status, payload = await self.dispatch(req, who, body)
             self.json(req, status, payload)
         except FCError as err:
             self.error(req, err)
         except ConnectionResetError:
             pass  # the client went away while its body was read
-        except Exception:
+        except Exception as exc:
+            if unreachable_error(exc):
+                self.auth.reach.failed()
+                self.error(req, unavailable("the API server is unreachable; retry later"))
+                return
             log.exception("request %s %s failed (x-fc-request-id %s)", req.method, req.target, req.request_id)
             self.error(req, errors.internal())
+
+    def api_needed(self) -> None:
+        """FC's 503 at once, rather than a wait, for what needs the API server while it is unreachable."""
+        if self.auth.reach.down:
+            raise unavailable("the API server is unreachable: sessions cannot be created or changed now; "
+                              "known sessions keep working; retry later")
+
+    async def may_create(self, who: Identity) -> None:
+        self.api_needed()
+        await self.auth.authorize(who, "create")
 
     @staticmethod
     async def body(req: Request) -> bytes:
@@ -245,10 +260,13 @@ async def serve(options: Options, worker: int = 0) -> None:
     loop = asyncio.get_running_loop()
     clients = await connect()
     pool = Pool(loop)
-    routes = Routes(clients)
+    reach = Reachability()
+    routes = Routes(clients, reach)
     api = SessionAPI(clients, changes=routes)
     invoker = Invoker(clients, api, routes, pool, limit=o.instance_limit)
-    gateway = Gateway(api, Authenticator(clients, o.auth, o.namespace, o.keys_namespace), invoker)
+    auth = Authenticator(clients, o.auth, o.namespace, o.keys_namespace, reach,
+                         shared_nonces=o.auth == "kubernetes" and o.workers * o.replicas > 1)
+    gateway = Gateway(api, auth, invoker)
     listener = Listener(gateway.handle, loop, gateway.lane)
     metrics.serve(o.metrics_port + worker if o.metrics_port else 0,
                   metrics.GatewayCollector(gateway, invoker, routes, pool, listener))
@@ -256,6 +274,8 @@ async def serve(options: Options, worker: int = 0) -> None:
                   asyncio.create_task(invoker.run_flusher(), name="activity"),
                   asyncio.create_task(every(10.0, pool.sweep), name="upstream-sweeper"),
                   asyncio.create_task(every(10.0, listener.sweep), name="client-sweeper")]
+    if auth.nonces is not None and worker == 0:
+        background.append(asyncio.create_task(auth.nonces.run_sweeper(), name="nonce-sweeper"))
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
