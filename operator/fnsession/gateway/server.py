@@ -53,6 +53,7 @@ SESSIONS = re.compile(r"^/2023-03-30/functions/([^/?]+)/sessions$")
 SESSION = re.compile(r"^/2023-03-30/functions/([^/?]+)/sessions/([^/?]+)$")
 SESSION_ACTION = re.compile(r"^/2023-03-30/functions/([^/?]+)/sessions/([^/?]+)/(pause|resume)$")
 INVOKE = re.compile(r"^/2023-03-30/functions/([^/?]+)/invocations$")
+CRASH_LOOP_SECONDS = 10.0  # a worker that dies sooner after its start stops them all (the kubelet backs off)
 API_BODY_LIMIT = 16 << 20  # session API bodies (and signed invocations, whose signature covers the body)
 
 
@@ -350,15 +351,18 @@ def supervise(options: Options) -> int:
     workers: dict[int, int] = {}  # pid -> worker index
     stopping = False
 
+    started: dict[int, float] = {}  # worker index -> when it was last started (monotonic)
+
     def start(index: int) -> None:
+        started[index] = time.monotonic()
         pid = os.fork()
         if pid == 0:  # the worker
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             signal.signal(signal.SIGINT, signal.SIG_DFL)
             code = 0
             try:
-                logging.getLogger().handlers[0].setFormatter(logging.Formatter(
-                    f"%(asctime)s %(levelname)s worker {index} %(name)s: %(message)s"))
+                for handler in logging.getLogger().handlers:
+                    handler.setFormatter(logging.Formatter(f"%(asctime)s %(levelname)s worker {index} %(name)s: %(message)s"))
                 run_worker(options, index)
             except BaseException:  # noqa: BLE001 - reported, and the supervisor starts it again
                 log.exception("worker %d failed", index)
@@ -394,8 +398,12 @@ def supervise(options: Options) -> int:
         if stopping:
             failed |= code not in (0, -signal.SIGTERM, -signal.SIGINT)
             continue
-        log.error("worker %d (pid %d) exited with %d: starting it again in 1 s", index, pid, code)
-        time.sleep(1)
-        if not stopping:
-            start(index)
+        if time.monotonic() - started[index] < CRASH_LOOP_SECONDS:  # it cannot start: the pod restarts, backing off
+            log.error("worker %d (pid %d) exited with %d within %.0f s of its start: stopping every worker",
+                      index, pid, code, CRASH_LOOP_SECONDS)
+            forward(signal.SIGTERM, None)
+            failed = 1
+            continue
+        log.error("worker %d (pid %d) exited with %d: starting it again", index, pid, code)
+        start(index)
     return 1 if failed else 0
