@@ -7,6 +7,7 @@ nothing itself, so ``--help`` stays the single description of the command line.
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import sys
 from collections.abc import Sequence
@@ -63,7 +64,21 @@ def build_parser() -> argparse.ArgumentParser:
     gw.add_argument("--keys-namespace", default="fnsession-system",
                     help="where access-key Secrets live (default: %(default)s)")
     gw.add_argument("--metrics-port", type=int, default=9091,
-                    help="serve Prometheus metrics on this port at /metrics; 0 turns them off (default: %(default)s)")
+                    help="serve Prometheus metrics on this port at /metrics (worker i: this port + i); 0 turns them off "
+                         "(default: %(default)s)")
+    gw.add_argument("--workers", default=os.environ.get("FNSESSION_GATEWAY_WORKERS", "1"), metavar="N|auto",
+                    help="processes sharing the port (SO_REUSEPORT); 'auto': the CPUs the pod may use (its CPU limit, "
+                         "else its CPU affinity) (default: $FNSESSION_GATEWAY_WORKERS, else 1)")
+    gw.add_argument("--replicas", type=int, default=int(os.environ.get("FNSESSION_GATEWAY_REPLICAS", "1")),
+                    help="gateway replicas routing to the same instances: each process takes at most "
+                         "200 // (workers x replicas) requests in flight per instance (default: "
+                         "$FNSESSION_GATEWAY_REPLICAS, else 1)")
+    gw.add_argument("--drain-delay", type=float, default=5.0, metavar="SECONDS",
+                    help="on SIGTERM: seconds to keep serving, not ready, every answer with Connection: close, "
+                         "before the port closes (default: %(default)s)")
+    gw.add_argument("--drain-timeout", type=float, default=20.0, metavar="SECONDS",
+                    help="then: seconds in-flight requests get to finish before their connections are cut "
+                         "(default: %(default)s)")
     gw.set_defaults(func=cmd_gateway)
 
     ak = sub.add_parser("access-key", help="FC access keys for the gateway")
@@ -110,10 +125,19 @@ def cmd_access_key_create(args: argparse.Namespace) -> int:
 
 
 def cmd_gateway(args: argparse.Namespace) -> int:
-    from fnsession.gateway.server import run
+    from fnsession.gateway.server import Options, cpus_available, run
 
-    run(host=args.host, port=args.port, auth=args.auth, namespace=args.namespace, keys_namespace=args.keys_namespace,
-        metrics_port=args.metrics_port)
+    if args.workers == "auto":
+        workers = cpus_available()
+    elif args.workers.isdigit() and int(args.workers) >= 1:
+        workers = int(args.workers)
+    else:
+        raise SystemExit(f"--workers must be a whole number from 1 or 'auto', got {args.workers!r}")
+    if args.replicas < 1:
+        raise SystemExit(f"--replicas must be at least 1, got {args.replicas}")
+    run(Options(host=args.host, port=args.port, auth=args.auth, namespace=args.namespace,
+                keys_namespace=args.keys_namespace, metrics_port=args.metrics_port, workers=workers,
+                replicas=args.replicas, drain_delay=args.drain_delay, drain_timeout=args.drain_timeout))
     return 0
 
 

@@ -18,7 +18,7 @@ pytestmark = pytest.mark.skipif(native is None, reason="fnsession.gateway._lane 
 
 
 def llhttp_lane() -> Lane:
-    return Lane(None, SimpleNamespace(routes=None, pool=SimpleNamespace(idle={})), None)  # type: ignore[arg-type]
+    return Lane(None, SimpleNamespace(routes=None, limit=200, pool=SimpleNamespace(idle={})), None)  # type: ignore[arg-type]
 
 
 NAMES = [b"Host", b"host", b"X-Session-Id", b"x-session-id", b"Authorization", b"AUTHORIZATION", b"Accept",

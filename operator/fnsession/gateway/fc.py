@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import re
 import secrets
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from http.cookies import CookieError, SimpleCookie
 from typing import Any
 from urllib.parse import parse_qsl
@@ -48,10 +48,16 @@ def session_id_hash(session_id: str) -> str:
     return hashlib.sha256(session_id.encode()).hexdigest()[:40]
 
 
-def object_name(function: str, session_id: str) -> str:
+def object_name(function: str, session_id: str, earlier: Iterable[str] | None = None) -> str:
     """A FunctionSession name for a session the gateway creates: unique per lifecycle, since an
-    expired record with the same id may still exist."""
-    return f"{function[:200]}-{session_id_hash(session_id)[:10]}-{secrets.token_hex(3)}"
+    expired record with the same id may still exist. Given the names of the id's ``earlier`` records,
+    the name follows from them: two gateways creating one id at the same moment make the same name,
+    and the API server takes one create (the other gets 409); else it is random."""
+    if earlier is None:
+        suffix = secrets.token_hex(3)
+    else:
+        suffix = hashlib.sha256("\n".join(sorted(earlier)).encode()).hexdigest()[:6]
+    return f"{function[:200]}-{session_id_hash(session_id)[:10]}-{suffix}"
 
 
 def _int_field(body: Mapping[str, Any], field: str, low: int, high: int) -> int | None:

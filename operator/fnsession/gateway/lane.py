@@ -43,7 +43,7 @@ import httptools
 from fnsession.gateway.http import (MAX_HEAD_BYTES, UPSTREAM_IDLE_PER_ADDRESS, Exchange, Request, ServerConnection,
                                     UpstreamConnection)
 from fnsession.gateway import fc
-from fnsession.gateway.invoke import INSTANCE_LIMIT, Invoker
+from fnsession.gateway.invoke import Invoker
 from fnsession.gateway.routes import Route
 
 try:  # the scans in C (built from _lane.c when a compiler is at hand): the same rules, fewer microseconds
@@ -192,7 +192,7 @@ class Lane:
         self.taken = self.promoted = 0  # for metrics
         # the steady state in C (_lane.c's Client and Upstream read callbacks, which the connections
         # are built on): the same rules on the same objects; None runs it all here in Python
-        self.fast = (native.Fast(self, _Memo, Route, Flight, INSTANCE_LIMIT, UPSTREAM_IDLE_PER_ADDRESS, MAX_HEAD_BYTES)
+        self.fast = (native.Fast(self, _Memo, Route, Flight, invoker.limit, UPSTREAM_IDLE_PER_ADDRESS, MAX_HEAD_BYTES)
                      if native is not None else None)
 
     @property
@@ -219,7 +219,7 @@ class Lane:
         invoker = self.invoker
         ip = route.pod_ip
         in_flight = invoker.per_instance.get(ip, 0)
-        if in_flight >= INSTANCE_LIMIT:
+        if in_flight >= invoker.limit:
             return False  # the full path refuses it with FC's 429
         address = m.address
         up = self.pool.take(address)

@@ -45,6 +45,9 @@ class GatewayCollector(Collector):
                                   value=self.invoker.cuts)
         yield CounterMetricFamily("fnsession_gateway_activity_writes", "status.lastActivityTime writes",
                                   value=self.invoker.activity_writes)
+        yield CounterMetricFamily("fnsession_gateway_activity_retries", "Activity writes that failed (API server "
+                                  "unreachable, conflicts that kept coming) and were merged back for the next flush",
+                                  value=self.invoker.activity_retries)
         yield CounterMetricFamily("fnsession_gateway_upstream_connections_opened", "Connections opened to instances",
                                   value=self.pool.opened)
         yield GaugeMetricFamily("fnsession_gateway_in_flight", "Invocations in flight (WebSockets included)",

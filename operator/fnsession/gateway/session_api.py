@@ -93,15 +93,20 @@ class SessionAPI:
         spec = fc.create_input_to_spec(function, qualifier, body)
         if "storage" in spec and fspec.get("instanceIsolation") != "SESSION_EXCLUSIVE":
             raise errors.storage_needs_exclusive()
-        if await self.live(ns, function, spec["sessionId"]) is not None:
+        records = await self.records(ns, function, spec["sessionId"])
+        if any(self.state(o) != "Expired" for o in records):
             raise errors.session_exists(spec["sessionId"])
+        # named after the id's earlier records: a create of the same id elsewhere at the same moment
+        # (another gateway replica or worker) makes the same name, and one of the two gets 409
         obj = {"apiVersion": f"{GROUP}/{VERSION}", "kind": SESSION.kind, "spec": spec, "metadata": {
-            "name": fc.object_name(function, spec["sessionId"]),
+            "name": fc.object_name(function, spec["sessionId"], [o["metadata"]["name"] for o in records]),
             "labels": {LABEL_FUNCTION: function, fc.LABEL_SESSION_ID_HASH: fc.session_id_hash(spec["sessionId"])},
             "annotations": {"fnsession.dev/created-by": "gateway"}}}
         try:
             made = await self.clients.custom.create_namespaced_custom_object(GROUP, VERSION, ns, SESSION.plural, obj)
         except ApiException as exc:
+            if exc.status == 409:  # created meanwhile by someone else, under the same name
+                raise errors.session_exists(spec["sessionId"]) from None
             raise self.refused_by_api(exc) from None
         name = made["metadata"]["name"]
         try:
