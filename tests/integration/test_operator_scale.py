@@ -1,8 +1,8 @@
 """The operator's scale smoke test (the full run is `make bench-scale`, figures in bench/README.md):
 1,000 sessions on the kwok nodes, created as fast as 8 client threads go, all Active with no
 instance over its limit; then, by shortening their TTLs, all of them due within a few seconds of each other: every one
-Expired, none before its TTL; and the Events of 2,000 bindings and expiries rate-limited (fewer
-than one per session), the sessions' statuses saying it all the same."""
+Expired, none before its TTL; and the Events of the expiries rate-limited (the operator's token
+bucket), the sessions' statuses saying it all the same."""
 
 from __future__ import annotations
 
@@ -13,6 +13,8 @@ from typing import Any
 
 import pytest
 from kubernetes import client
+
+from fnsession.controller.service import Config
 
 from .cluster import eventually
 from .test_operator import GROUP, SESSIONS, VERSION, create, function, on_kwok, session, ts
@@ -61,8 +63,17 @@ def test_1000_sessions_bind_within_capacity_and_expire_together_never_early(
     assert set(per_pod) <= pods
 
     expired = eventually(f"{n} sessions Expired", lambda: all_in("Expired"), timeout=300, interval=1)
+    all_seen = time.time()
     early = [i["metadata"]["name"] for i in expired
              if (ts(i["status"]["expireTime"]) - ts(i["status"]["createdTime"])).total_seconds() < i["spec"]["sessionTTLInSeconds"]]
     assert not early, f"expired before their TTL: {early[:5]}"
-    reasons = [e.reason for e in core.list_namespaced_event(namespace).items if e.involved_object.kind == "FunctionSession"]
-    assert 0 < reasons.count("Bound") < n and 0 < reasons.count("Expired") < n, (reasons.count("Bound"), reasons.count("Expired"))
+    # Events are rate-limited for the whole operator (a token bucket, as client-go's correlator): the 1,000
+    # expiries' Events were recorded between the first expiry and our seeing the last one, so at most the
+    # bucket's burst plus its rate over that window were posted (with parallel expiry, far fewer than 1,000)
+    events = [e for e in core.list_namespaced_event(namespace).items if e.involved_object.kind == "FunctionSession"]
+    assert any(e.reason == "Bound" for e in events), [e.reason for e in events[:10]]
+    first_expiry = min(ts(i["status"]["expireTime"]).timestamp() for i in expired)
+    config, window = Config(), all_seen - first_expiry + 1
+    bound = config.events_burst + config.events_per_second * window
+    posted = sum(e.reason == "Expired" for e in events)
+    assert 0 < posted <= bound, f"{posted} Expired Events in {window:.0f} s: the rate limit allows {bound:.0f}"
