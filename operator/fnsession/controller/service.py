@@ -385,10 +385,10 @@ class SessionService(Instances):
 
     @staticmethod
     def echo(session: Session, meta: dict[str, Any], status: dict[str, Any]) -> bool:
-        """The event of an Active session that says only what we know: our own status write coming
+        """The event of an Active or Expired session that says only what we know: our own status write coming
         back (or kopf's bookkeeping). Nothing to do, and nothing parsed: the spec is unchanged (same
         generation, already observed), no newer activity, the status as we left it."""
-        return (session.state == "Active" and status.get("sessionStatus") == "Active"
+        return (session.state in ("Active", "Expired") and status.get("sessionStatus") == session.state
                 and meta.get("generation") == session.generation == status.get("observedGeneration")
                 and (status.get("lastActivityTime") is None
                      or docs.parse_time(status.get("lastActivityTime")) == session.last_activity))
