@@ -172,7 +172,7 @@ def split(data: bytes, *, response: bool, eof: bool = False, heads: list[bool] |
             body_end, body = end, b""
         del names
         out.append(Message(line, headers, body, data[at:body_end]))
-        if not (response and 100 <= status < 200):
+        if not (response and 100 <= status < 200 and status != 101):
             n_final += 1
         at = body_end
     return out, data[at:]
@@ -524,11 +524,12 @@ class Client:
         return True
 
     async def answers(self, n: int, timeout: float = WAIT, heads: list[bool] | None = None) -> list[Message]:
-        """Exactly ``n`` whole answers (interim 1xx included in the list), strictly read."""
+        """The whole answers read until ``n`` final ones came (interim 1xx answers are in the list too)."""
+        heads = self.heads if heads is None else heads
         deadline = time.monotonic() + timeout
         while True:
             msgs, _ = split(self.got, response=True, eof=self.eof, heads=heads)
-            if len(msgs) >= n or self.eof:
+            if len(final(msgs)) >= n or self.eof:
                 return msgs
             left = deadline - time.monotonic()
             if left <= 0 or not await self._more(left):
@@ -553,7 +554,8 @@ class Client:
 
 
 def final(msgs: list[Message]) -> list[Message]:
-    return [m for m in msgs if not 100 <= m.status < 200]
+    """Without the interim answers (1xx but 101, which is the last answer on its connection)."""
+    return [m for m in msgs if not 100 <= m.status < 200 or m.status == 101]
 
 
 def expected_body(instance: str, method: bytes, target: bytes) -> bytes:
