@@ -39,7 +39,7 @@ AUTH = b"Authorization: Bearer " + TOKEN.encode() + b"\r\n"
 WHO = Identity("system:serviceaccount:team:caller", ("system:serviceaccounts",), "uid-1", "team")
 COOKIE_SESSION = b"c" * 32
 TOKEN_CHARS = re.compile(rb"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
-WAIT = 3.0  # the longest any answer is waited for
+WAIT = 2.0  # the longest any answer is waited for
 
 
 class Bad(Exception):
@@ -272,6 +272,7 @@ class Instance:
         self.server: asyncio.AbstractServer | None = None
         self.port = 0
         self.tasks: set[asyncio.Task[None]] = set()
+        self.endless_sent = 0  # bytes /endless wrote
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -376,7 +377,6 @@ class Instance:
 
     async def _endless(self, conn: InstanceConn) -> None:
         chunk = b"%x\r\n%s\r\n" % (1 << 16, b"z" * (1 << 16))
-        self.endless_sent = 0
         while not conn.closed:
             if conn.paused:
                 await conn.resumed.wait()
