@@ -186,8 +186,6 @@ DECLINED = {
     "connection close": (get("/fn/echo/echo", b"Connection: close\r\n"), ""),
     "http/1.0": (get("/fn/echo/echo").replace(b"HTTP/1.1", b"HTTP/1.0"), ""),
     "percent-encoded function": (get("/fn/ec%68o/echo"), ""),
-    "two credentials": (get("/fn/echo/echo", AUTH), ""),
-    "no host": (get("/fn/echo/echo").replace(b"Host: gw\r\n", b""), ""),
 }
 
 
@@ -202,6 +200,29 @@ async def test_what_the_lane_declines_gets_the_full_paths_answer(world: World, r
     assert status == 200 and seen["body"] == body and "x-fc-request-id" in headers
     assert "authorization" not in seen["headers"]
     assert world.lane.requests == 0, "the lane took it"
+    writer.close()
+
+
+REFUSED = {
+    "two credentials": (get("/fn/echo/echo", AUTH), 400, "the header authorization is repeated"),
+    "the session header twice": (get("/fn/echo/echo", b"x-session-id: s-2\r\n"), 400,
+                                 "the header x-session-id is repeated"),
+    "no host": (get("/fn/echo/echo").replace(b"Host: gw\r\n", b""), 400, "must carry a Host header"),
+    "two hosts": (get("/fn/echo/echo", b"Host: other\r\n"), 400, "more than one Host header"),
+    "http/2.0": (get("/fn/echo/echo").replace(b"HTTP/1.1", b"HTTP/2.0"), 505, "HTTP/2.0 is not supported"),
+}
+
+
+@pytest.mark.parametrize("raw,status,message", REFUSED.values(), ids=REFUSED.keys())
+async def test_what_breaks_a_request_rule_gets_fcs_error_and_reaches_no_instance(
+        world: World, raw: bytes, status: int, message: str) -> None:
+    reader, writer = await warm(world)
+    writer.write(raw)
+    got, headers, answer = await read_response(reader)
+    error = json.loads(answer)
+    assert got == status and message in error["Message"] and error["RequestId"] == headers["x-fc-request-id"]
+    assert error["Code"] == ("InvalidArgument" if status == 400 else "HTTPVersionNotSupported")
+    assert world.lane.requests == 0 and world.pool.opened == 1
     writer.close()
 
 

@@ -59,6 +59,23 @@ static int value_is(const char *v, Py_ssize_t len, const char *lower, Py_ssize_t
     return name_is(v, len, lower, lower_len);
 }
 
+/* The hop-by-hop names (http.HOP_BY_HOP; a unit test holds the two equal, as HOP_BY_HOP below) and
+ * the X-Forwarded-* ones the gateway sets itself (http.FORWARDED): a request or an answer carrying one
+ * (or any Proxy-* header) is never forwarded as it came, but by the full path, which drops them. */
+static const char *HOP[] = {"connection", "keep-alive", "te", "trailer", "transfer-encoding", "upgrade",
+                            "proxy-connection", "proxy-authenticate", "proxy-authorization", NULL};
+static const char *FWD[] = {"x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", NULL};
+
+static int name_in(const char *name, Py_ssize_t len, const char **table) {
+    for (const char **t = table; *t; t++)
+        if (name_is(name, len, *t, (Py_ssize_t)strlen(*t))) return 1;
+    return 0;
+}
+
+static int proxy_name(const char *name, Py_ssize_t len) {  /* Proxy-* */
+    return len >= 6 && name_is(name, 6, "proxy-", 6);
+}
+
 typedef struct {
     const char *name; Py_ssize_t name_len;
     const char *value; Py_ssize_t value_len;
@@ -176,7 +193,7 @@ static PyObject *scan_impl(const char *d, Py_ssize_t n, const char *want, Py_ssi
     p += 11;
     Py_ssize_t head_start = p;
 
-    Header h, cred = {0}, conn = {0}, ns = {0}, wanted = {0};
+    Header h, cred = {0}, conn = {0}, ns = {0}, wanted = {0}, host = {0};
     int hosts = 0, have_cred = 0, have_conn = 0, have_ns = 0, have_wanted = 0, r;
     Py_ssize_t length = -1;
     while ((r = header_line(d, n, &p, &h)) == 1) {
@@ -188,13 +205,14 @@ static PyObject *scan_impl(const char *d, Py_ssize_t n, const char *want, Py_ssi
         } else if (IS("connection")) {
             if (have_conn++ || !value_is(h.value, h.value_len, "keep-alive", 10)) Py_RETURN_NONE;
             conn = h;
-        } else if (IS("transfer-encoding") || IS("expect") || IS("upgrade") || IS("keep-alive") || IS("te") ||
-                   IS("trailer") || IS("proxy-authorization")) {
+        } else if (IS("expect") || name_in(name, name_len, HOP) || name_in(name, name_len, FWD) ||
+                   proxy_name(name, name_len)) {
             Py_RETURN_NONE;
         } else if (IS("content-length")) {
             if (length >= 0 || (length = digits(h.value, h.value_len)) < 0) Py_RETURN_NONE;
         } else if (IS("host")) {
             if (hosts++) Py_RETURN_NONE;
+            host = h;
         } else if (IS("x-fnsession-namespace")) {
             if (have_ns++) Py_RETURN_NONE;
             ns = h;
@@ -209,7 +227,8 @@ static PyObject *scan_impl(const char *d, Py_ssize_t n, const char *want, Py_ssi
     if (n - p != (length < 0 ? 0 : length)) Py_RETURN_NONE;
 
     /* the request for the instance: its line, the head without the credential and connection
-     * lines (in order, at most two), the X-Forwarded-For line, the end of the head, the body */
+     * lines (in order, at most two), the X-Forwarded-For and -Proto lines, X-Forwarded-Host (the
+     * Host), the end of the head, the body */
     Header *cut[2];
     int cuts = 0;
     if (have_cred) cut[cuts++] = &cred;
@@ -217,7 +236,8 @@ static PyObject *scan_impl(const char *d, Py_ssize_t n, const char *want, Py_ssi
     if (cuts == 2 && cut[0]->start > cut[1]->start) { Header *t = cut[0]; cut[0] = cut[1]; cut[1] = t; }
     Py_ssize_t head = head_end - head_start;
     for (int i = 0; i < cuts; i++) head -= cut[i]->end - cut[i]->start;
-    Py_ssize_t size = method_len + 1 + target_slash + target_len + 11 + head + fwd_len + 2 + (n - p);
+    Py_ssize_t xfh = host.value_len ? 18 + host.value_len + 2 : 0;
+    Py_ssize_t size = method_len + 1 + target_slash + target_len + 11 + head + fwd_len + xfh + 2 + (n - p);
     PyObject *upstream = PyBytes_FromStringAndSize(NULL, size);
     if (upstream == NULL) return NULL;
     char *out = PyBytes_AS_STRING(upstream);
@@ -233,6 +253,11 @@ static PyObject *scan_impl(const char *d, Py_ssize_t n, const char *want, Py_ssi
     }
     PUT(d + from, head_end - from);
     PUT(fwd, fwd_len);
+    if (xfh) {
+        PUT("X-Forwarded-Host: ", 18);
+        PUT(host.value, host.value_len);
+        PUT("\r\n", 2);
+    }
     PUT("\r\n", 2);
     PUT(d + p, n - p);
 #undef PUT
@@ -259,6 +284,7 @@ fail:
 }
 
 static PyObject *scan(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    (void)self;
     const char *ptr[3];
     Py_ssize_t len[3];
     if (bytes_args(args, nargs, 3, "scan", ptr, len) < 0) return NULL;
@@ -283,7 +309,7 @@ static PyObject *whole_impl(const char *d, Py_ssize_t n, const char *extra, Py_s
         Py_ssize_t name_len = h.name_len;
         if (IS("content-length")) {
             if (length >= 0 || (length = digits(h.value, h.value_len)) < 0) Py_RETURN_NONE;
-        } else if (IS("transfer-encoding") || IS("connection")) {
+        } else if (name_in(name, name_len, HOP) || proxy_name(name, name_len)) {
             Py_RETURN_NONE;
         }
     }
@@ -298,6 +324,7 @@ static PyObject *whole_impl(const char *d, Py_ssize_t n, const char *extra, Py_s
 }
 
 static PyObject *whole(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    (void)self;
     const char *ptr[2];
     Py_ssize_t len[2];
     if (bytes_args(args, nargs, 2, "whole", ptr, len) < 0) return NULL;
@@ -531,6 +558,7 @@ static int lane_take(Client *c, Fast *f, PyObject *data) {
     int rc = -1;
     PyObject *per = NULL, *activity = NULL, *running = NULL, *wall_f = NULL, *count = NULL, *extra = NULL, *r;
     PyObject *route = NULL, *ip = NULL, *address = NULL, *key = NULL, *transport = NULL;  /* held: Python runs below */
+    PyObject *now_in = NULL;
     Upstream *up = NULL;
     double wall = clock_now(CLOCK_REALTIME), until, hard, idle, last;
 
@@ -587,8 +615,9 @@ static int lane_take(Client *c, Fast *f, PyObject *data) {
     Py_INCREF(address);
     Py_INCREF(key);
     if ((per = PyObject_GetAttr(f->invoker, s_per_instance)) == NULL) goto done;
-    PyObject *now_in = PyDict_GetItemWithError(per, ip);
+    now_in = PyDict_GetItemWithError(per, ip);
     if (now_in == NULL && PyErr_Occurred()) goto done;
+    Py_XINCREF(now_in);  /* held: the undo below puts it back */
     Py_ssize_t in_flight = now_in != NULL ? PyLong_AsSsize_t(now_in) : 0;
     if (in_flight == -1 && PyErr_Occurred()) goto done;
     if (in_flight >= f->instance_limit) {  /* the full path refuses it with FC's 429 */
@@ -605,55 +634,100 @@ static int lane_take(Client *c, Fast *f, PyObject *data) {
         goto done;
     }
 
-    /* taken: from here on the request is the lane's (Lane.__call__'s order) */
-    if ((count = PyLong_FromSsize_t(in_flight + 1)) == NULL || PyDict_SetItem(per, ip, count) < 0) goto done;
-    if ((wall_f = PyFloat_FromDouble(wall)) == NULL || (activity = PyObject_GetAttr(f->invoker, s_activity)) == NULL ||
-        PyDict_SetItem(activity, key, wall_f) < 0)
-        goto done;
-    slot_set(route, f->r_last, wall_f);
+    /* everything that can fail is made ready first: the Flight, the request id line, the count, the
+     * activity and running maps */
     PyObject *flight = up->spare;
     if (is_none(flight)) {
         flight = PyObject_CallFunctionObjArgs(f->flight_type, f->lane, (PyObject *)up, NULL);
-        if (flight == NULL) goto done;
+        if (flight == NULL) goto give_back;
         Py_XSETREF(up->spare, flight);
     }
     if (!Py_IS_TYPE(flight, (PyTypeObject *)f->flight_type)) {
         PyErr_SetString(PyExc_TypeError, "an upstream connection's spare is not a Flight");
-        goto done;
+        goto give_back;
     }
-    if ((extra = request_id_line(f)) == NULL) goto done;
+    if ((extra = request_id_line(f)) == NULL || (count = PyLong_FromSsize_t(in_flight + 1)) == NULL ||
+        (wall_f = PyFloat_FromDouble(wall)) == NULL || (activity = PyObject_GetAttr(f->invoker, s_activity)) == NULL ||
+        (running = PyObject_GetAttr(f->invoker, s_running)) == NULL)
+        goto give_back;
+    PyObject *flights = PyDict_GetItemWithError(running, key), *fresh = NULL;
+    if (flights == NULL) {
+        if (PyErr_Occurred() || (fresh = flights = PySet_New(NULL)) == NULL) goto give_back;
+    } else if (!PyAnySet_Check(flights)) {
+        PyErr_SetString(PyExc_TypeError, "Invoker.running holds a value that is not a set");
+        goto give_back;
+    }
+
+    /* taken, all or nothing (Lane.__call__'s order): the request is counted in flight only once it
+     * is on its way; a failure on the way undoes every step, so no count stays raised */
+    int steps = 0;
+    if (PyDict_SetItem(per, ip, count) < 0) goto undo;
+    steps = 1;
+    if (PySet_Add(flights, flight) < 0) goto undo;
+    steps = 2;
+    if (fresh != NULL && PyDict_SetItem(running, key, fresh) < 0) goto undo;
+    steps = 3;
+    if (PyDict_SetItem(activity, key, wall_f) < 0) goto undo;
+    slot_set(route, f->r_last, wall_f);
     slot_set(flight, f->f_conn, (PyObject *)c);
     slot_set(flight, f->f_key, key);
     slot_set(flight, f->f_data, data);
     slot_set(flight, f->f_extra, extra);
-    if ((running = PyObject_GetAttr(f->invoker, s_running)) == NULL) goto done;
-    PyObject *flights = PyDict_GetItemWithError(running, key);
-    if (flights == NULL) {
-        if (PyErr_Occurred() || (flights = PySet_New(NULL)) == NULL) goto done;
-        int bad = PySet_Add(flights, flight) < 0 || PyDict_SetItem(running, key, flights) < 0;
-        Py_DECREF(flights);
-        if (bad) goto done;
-    } else if (PySet_Add(flights, flight) < 0) {
-        goto done;
-    }
     Py_INCREF(flight);
     Py_XSETREF(up->flight, flight);
     up->used++;
+    up->idle_since = clock_now(CLOCK_MONOTONIC);  /* (busy: when the request went; Listener.sweep) */
     Py_INCREF(f);
     Py_XSETREF(up->fast, (PyObject *)f);
     Py_INCREF(flight);
     Py_XSETREF(c->flight, flight);
     c->idle_since = 0.0;
-    if (is_none(up->transport)) {
-        PyErr_SetString(PyExc_RuntimeError, "the upstream connection lost its transport");
-        goto done;
-    }
     transport = up->transport;
     Py_INCREF(transport);
-    if ((r = PyObject_CallMethodOneArg(transport, s_write, PyTuple_GET_ITEM(parsed, 4))) == NULL) goto done;
+    if ((r = PyObject_CallMethodOneArg(transport, s_write, PyTuple_GET_ITEM(parsed, 4))) == NULL) {
+        /* not on its way: undone, the connection dropped (it may hold part of the request) */
+        Py_INCREF(Py_None);
+        Py_XSETREF(up->flight, Py_None);
+        Py_INCREF(Py_None);
+        Py_XSETREF(c->flight, Py_None);
+        up->used--;
+        steps = 4;
+        goto undo;
+    }
     Py_DECREF(r);
+    Py_XDECREF(fresh);
     f->requests++;
     rc = 1;
+    goto done;
+undo: {
+        PyObject *type, *value, *tb;
+        PyErr_Fetch(&type, &value, &tb);
+        if (steps >= 1) {  /* the count as it was */
+            if (now_in != NULL ? PyDict_SetItem(per, ip, now_in) < 0 : PyDict_DelItem(per, ip) < 0) PyErr_Clear();
+        }
+        if (steps >= 2 && PySet_Discard(flights, flight) < 0) PyErr_Clear();
+        if (steps >= 3 && fresh != NULL && PyDict_DelItem(running, key) < 0) PyErr_Clear();
+        if (steps >= 4) {
+            c->idle_since = clock_now(CLOCK_MONOTONIC);
+            if ((r = PyObject_CallMethodNoArgs((PyObject *)up, s_close)) == NULL) PyErr_Clear();
+            else Py_DECREF(r);
+        }
+        PyErr_Restore(type, value, tb);
+        Py_XDECREF(fresh);
+        if (steps >= 4) goto done;
+    }
+give_back:  /* nothing taken: the connection goes back to the pool it came from */
+    {
+        PyObject *type, *value, *tb;
+        PyErr_Fetch(&type, &value, &tb);
+        PyObject *conns = PyDict_GetItemWithError(f->idle, address);
+        if (conns != NULL && PyList_Check(conns)) {
+            if (PyList_Append(conns, (PyObject *)up) < 0) PyErr_Clear();
+        } else {
+            PyErr_Clear();
+        }
+        PyErr_Restore(type, value, tb);
+    }
 done:
     Py_DECREF(parsed);
     Py_XDECREF(route);
@@ -667,6 +741,7 @@ done:
     Py_XDECREF(wall_f);
     Py_XDECREF(count);
     Py_XDECREF(extra);
+    Py_XDECREF(now_in);
     Py_XDECREF((PyObject *)up);
     return rc;
 }
@@ -684,7 +759,10 @@ static PyObject *client_data_received(Client *self, PyObject *data) {
     Py_INCREF(f);  /* held: the connection's reference may go while Python runs */
     int took = lane_take(self, f, data);
     Py_DECREF(f);
-    if (took < 0) return NULL;
+    if (took < 0) {  /* a failure (undone: nothing taken, nothing counted): reported, and the full path */
+        PyErr_WriteUnraisable((PyObject *)self);
+        took = 0;
+    }
     if (took) Py_RETURN_NONE;
     return call_py((PyObject *)self, data, 1);  /* the lane declined: the full path, without asking it again */
 }
@@ -943,9 +1021,31 @@ static PyMethodDef methods[] = {
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_lane", "The lane's scans in C (see lane.py).", -1, methods,
                                     NULL, NULL, NULL, NULL};
 
+/* a table of names as a tuple of bytes, for the test that holds it equal to http.py's */
+static int add_table(PyObject *m, const char *name, const char **table) {
+    Py_ssize_t n = 0;
+    while (table[n]) n++;
+    PyObject *t = PyTuple_New(n);
+    if (t == NULL) return -1;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *b = PyBytes_FromString(table[i]);
+        if (b == NULL) {
+            Py_DECREF(t);
+            return -1;
+        }
+        PyTuple_SET_ITEM(t, i, b);
+    }
+    if (PyModule_AddObject(m, name, t) < 0) {
+        Py_DECREF(t);
+        return -1;
+    }
+    return 0;
+}
+
 PyMODINIT_FUNC PyInit__lane(void) {
     init_tables();
     PyObject *m = PyModule_Create(&module);
-    if (m != NULL && add_types(m) < 0) Py_CLEAR(m);
+    if (m != NULL && (add_types(m) < 0 || add_table(m, "HOP_BY_HOP", HOP) < 0 || add_table(m, "FORWARDED", FWD) < 0))
+        Py_CLEAR(m);
     return m;
 }

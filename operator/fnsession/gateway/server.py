@@ -24,7 +24,7 @@ from urllib.parse import parse_qsl, unquote
 from fnsession.gateway import errors, metrics
 from fnsession.gateway.auth import NAMESPACE_HEADER, Authenticator, Identity
 from fnsession.gateway.errors import FCError
-from fnsession.gateway.http import Listener, Pool, Request, RequestIds, every, install_uvloop
+from fnsession.gateway.http import Limits, Listener, Pool, Request, RequestIds, every, install_uvloop, native
 from fnsession.gateway.invoke import Invoker
 from fnsession.gateway.lane import Lane
 from fnsession.gateway.routes import Routes
@@ -176,7 +176,8 @@ class Gateway:
         return body
 
 
-async def serve(*, host: str, port: int, auth: str, namespace: str, keys_namespace: str, metrics_port: int = 0) -> None:
+async def serve(*, host: str, port: int, auth: str, namespace: str, keys_namespace: str, metrics_port: int = 0,
+                limits: Limits | None = None) -> None:
     """Run until SIGTERM or SIGINT: watch sessions, then listen; on the way out, flush activity."""
     loop = asyncio.get_running_loop()
     clients = await connect()
@@ -185,12 +186,12 @@ async def serve(*, host: str, port: int, auth: str, namespace: str, keys_namespa
     api = SessionAPI(clients, changes=routes)
     invoker = Invoker(clients, api, routes, pool)
     gateway = Gateway(api, Authenticator(clients, auth, namespace, keys_namespace), invoker)
-    listener = Listener(gateway.handle, loop, gateway.lane)
+    listener = Listener(gateway.handle, loop, gateway.lane, limits)
     metrics.serve(metrics_port, metrics.GatewayCollector(gateway, invoker, routes, pool, listener))
     background = [asyncio.create_task(routes.run(), name="routes"),
                   asyncio.create_task(invoker.run_flusher(), name="activity"),
                   asyncio.create_task(every(10.0, pool.sweep), name="upstream-sweeper"),
-                  asyncio.create_task(every(10.0, listener.sweep), name="client-sweeper")]
+                  asyncio.create_task(every(1.0, listener.sweep), name="client-sweeper")]  # (timeouts: http.Limits)
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
@@ -208,12 +209,16 @@ async def serve(*, host: str, port: int, auth: str, namespace: str, keys_namespa
         await clients.close()
 
 
-def run(*, host: str, port: int, auth: str, namespace: str, keys_namespace: str, metrics_port: int = 0) -> None:
+def run(*, host: str, port: int, auth: str, namespace: str, keys_namespace: str, metrics_port: int = 0,
+        limits: Limits | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if native is None:
+        log.warning("THE GATEWAY'S C MODULE (fnsession.gateway._lane) IS NOT BUILT: every request takes the pure-"
+                    "Python path, several times slower. The image always has it; rebuild with a C compiler.")
     if auth == "none":
         log.warning("AUTHENTICATION IS OFF (--auth=none): anyone who reaches %s:%d can create, read and delete "
                     "sessions in any namespace (header %s, default %s). For local development only.",
                     host, port, NAMESPACE_HEADER, namespace)
     install_uvloop()
     asyncio.run(serve(host=host, port=port, auth=auth, namespace=namespace, keys_namespace=keys_namespace,
-                      metrics_port=metrics_port))
+                      metrics_port=metrics_port, limits=limits))
