@@ -34,7 +34,7 @@ from fnsession.gateway.routes import Route, Routes
 from fnsession.gateway.server import Gateway
 from fnsession.gateway.session_api import SessionAPI
 
-TOKEN = "tok-" + "q" * 120
+TOKEN = "tok-" + "q" * 28  # short: every split offset of a request is tried, and each costs a round trip
 AUTH = b"Authorization: Bearer " + TOKEN.encode() + b"\r\n"
 WHO = Identity("system:serviceaccount:team:caller", ("system:serviceaccounts",), "uid-1", "team")
 COOKIE_SESSION = b"c" * 32
@@ -420,7 +420,10 @@ class World:
         for inst in (self.a, self.b):
             for c in inst.conns:
                 assert c.bad is None, f"instance {inst.name} conn {c.index} received a malformed stream: {c.bad}"
-                assert c.leftover() == b"", f"instance {inst.name} conn {c.index}: bytes after the last request: {c.leftover()!r}"
+                # a request cut short (a body the gateway found malformed after it began streaming) is
+                # fine only on a connection the gateway closed: never one left open mid-request
+                assert c.leftover() == b"" or c.eof or c.closed, \
+                    f"instance {inst.name} conn {c.index}: an unfinished request on an open connection: {c.leftover()!r}"
         everything = self.upstream_bytes()
         assert TOKEN.encode() not in everything, "the caller's bearer token reached an instance"
         assert b"authorization:" not in everything.lower(), "an Authorization header reached an instance"
