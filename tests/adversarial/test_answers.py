@@ -66,10 +66,6 @@ def own(answer: Message, path: bytes, method: bytes = b"GET") -> bool:
     return answer.status == 200 and answer.body.startswith(expected_body("a", method, path))
 
 
-DEFECT_2 = pytest.mark.xfail(strict=True, reason="issue 11 defect 2: bytes after a whole answer stay in the pooled "
-                             "connection (or are merged into it) and reach the next client")
-
-
 # --- more than one answer ----------------------------------------------------------------------------
 
 async def more_than_asked(world: World, lane: str, path: bytes) -> None:
@@ -79,22 +75,18 @@ async def more_than_asked(world: World, lane: str, path: bytes) -> None:
     await others_get_their_own(world, c)
 
 
-@DEFECT_2
 async def test_an_extra_whole_answer_is_dropped_with_its_connection(world: World, lane: str) -> None:
     await more_than_asked(world, lane, b"/extra")
 
 
-@DEFECT_2
 async def test_two_answers_in_one_read_are_not_merged(world: World, lane: str) -> None:
     await more_than_asked(world, lane, b"/merged")
 
 
-@DEFECT_2
 async def test_the_start_of_an_unasked_answer_is_dropped_with_its_connection(world: World, lane: str) -> None:
     await more_than_asked(world, lane, b"/short")
 
 
-@DEFECT_2
 async def test_an_empty_answer_with_one_injected_after_it(world: World, lane: str) -> None:
     c, answers, up = await ask(world, lane, req(b"/fn/echo/zero"))
     assert len(answers) == 1 and answers[0].status == 200 and answers[0].body == b"", c.got
@@ -117,7 +109,6 @@ async def test_a_head_answered_with_a_body(world: World, lane: str) -> None:
     await others_get_their_own(world, c)
 
 
-@DEFECT_2
 async def test_a_204_with_a_body(world: World, lane: str) -> None:
     c, answers, up = await ask(world, lane, req(b"/fn/echo/no-content-body"))
     assert len(answers) == 1 and answers[0].status == 204, c.got
@@ -128,8 +119,7 @@ async def test_a_204_with_a_body(world: World, lane: str) -> None:
 # --- an answer that ends with the connection ----------------------------------------------------------
 
 @pytest.mark.parametrize("version", [
-    pytest.param(b"HTTP/1.1", marks=pytest.mark.xfail(strict=True, reason="issue 11 defect 3: a close-delimited "
-                                                      "answer re-framed as chunked is never terminated")),
+    b"HTTP/1.1",
     b"HTTP/1.0"])
 async def test_a_close_delimited_answer_ends_properly(world: World, lane: str, version: bytes) -> None:
     extra = (b"Connection: keep-alive\r\n",) if version == b"HTTP/1.0" else ()
@@ -156,8 +146,6 @@ async def test_an_interim_answer_then_the_final_one(world: World, lane: str, cod
     await others_get_their_own(world, c)
 
 
-@pytest.mark.xfail(strict=True, reason="issue 11 defect 4: an unsolicited 101 turns the client connection into a "
-                   "raw tunnel")
 async def test_an_unsolicited_101_is_a_502(world: World, lane: str) -> None:
     c, answers, up = await ask(world, lane, req(b"/fn/echo/switch"))
     assert [a.status for a in answers] == [502], c.got
@@ -182,7 +170,6 @@ async def test_an_upgrade_the_client_asked_for_is_a_tunnel(world: World, lane: s
 
 # --- answers that are not HTTP/1.1 -------------------------------------------------------------------
 
-@pytest.mark.xfail(strict=True, reason="issue 11 defect 9: a status outside 100-599 is passed to the client")
 @pytest.mark.parametrize("code", [b"000", b"099", b"600", b"999"])
 async def test_a_status_outside_100_to_599_is_a_502(world: World, lane: str, code: bytes) -> None:
     c, answers, up = await ask(world, lane, req(b"/fn/echo/status/" + code))
@@ -195,7 +182,6 @@ async def test_a_status_at_the_edge_599_goes_back(world: World, lane: str) -> No
     assert [a.status for a in answers] == [599] and answers[0].body == b"odd", c.got
 
 
-@pytest.mark.xfail(strict=True, reason="issue 11 defect 9: an answer with obs-fold is passed to the client")
 async def test_obs_fold_in_an_answer_is_a_502_or_a_space(world: World, lane: str) -> None:
     c, answers, _ = await ask(world, lane, req(b"/fn/echo/fold"))  # the strict reader refuses a fold itself
     assert len(answers) == 1 and (answers[0].status == 502 or answers[0].value(b"x-folded") == b"a b"), c.got
@@ -225,8 +211,6 @@ async def test_an_answer_saying_connection_close_is_not_pooled(world: World, lan
     await others_get_their_own(world, c)
 
 
-@pytest.mark.xfail(strict=True, reason="issue 11 defect 7: a request's Connection: close is forwarded and the "
-                   "connection pooled anyway")
 async def test_a_request_saying_connection_close(world: World, lane: str) -> None:
     c, answers, up = await ask(world, lane, req(b"/fn/echo/bye", b"Connection: close\r\n"))
     assert len(answers) == 1 and own(answers[0], b"/bye"), c.got

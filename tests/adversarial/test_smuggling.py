@@ -62,7 +62,6 @@ async def warm(world: World) -> None:
 
 # --- defect 1, as the issue tells it ---------------------------------------------------------------------
 
-@pytest.mark.xfail(strict=True, reason="issue 11 defect 1: a head split across reads forwards the tail unframed")
 async def test_the_issues_reproducer_a_split_head_then_a_pipelined_request(world: World) -> None:
     await warm(world)
     hidden = b"GET /fn/echo/SMUGGLED HTTP/1.1\r\nHost: gw\r\nx-session-id: s-2\r\nX-Nonce: smuggled\r\n\r\n"
@@ -133,11 +132,6 @@ PAIRS = {
 }
 
 
-DEFECT_1 = pytest.mark.xfail(strict=True, reason="issue 11 defect 1: the tail of a read that finished a split head "
-                             "is forwarded as it came, the pipelined request after it unframed (credential included)")
-
-
-@DEFECT_1
 @pytest.mark.parametrize("first,second,one,two", PAIRS.values(), ids=PAIRS.keys())
 async def test_a_pipelined_pair_split_at_every_offset(world: World, first: bytes, second: bytes, one: str,
                                                        two: str) -> None:

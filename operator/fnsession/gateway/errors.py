@@ -105,7 +105,8 @@ def head_too_large(limit: int) -> FCError:
 
 
 def version_not_supported(version: str) -> FCError:
-    return FCError(505, "HTTPVersionNotSupported", f"HTTP/{version} is not supported: HTTP/1.0 and HTTP/1.1 are")
+    said = f"HTTP/{version}" if version else "the request's HTTP version"
+    return FCError(505, "HTTPVersionNotSupported", f"{said} is not supported: HTTP/1.0 and HTTP/1.1 are")
 
 
 def request_timeout(what: str, seconds: float) -> FCError:

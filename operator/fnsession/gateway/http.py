@@ -402,8 +402,13 @@ class ServerConnection(_ClientBase, ReadPausing, asyncio.Protocol):  # type: ign
                 req.feed(rest)
         except httptools.HttpParserError as exc:  # also what a callback raised (HeadTooLarge, Refused), wrapped
             if not self.refused:
-                self.refuse(errors.head_too_large(MAX_HEAD_BYTES) if self.head_bytes > MAX_HEAD_BYTES
-                            else errors.bad_request(f"malformed HTTP request: {exc}"))
+                self.dismiss(self.parsing)
+                if self.head_bytes > MAX_HEAD_BYTES:
+                    self.refuse(errors.head_too_large(MAX_HEAD_BYTES))
+                elif "HTTP version" in str(exc):
+                    self.refuse(errors.version_not_supported(""))
+                else:
+                    self.refuse(errors.bad_request(f"malformed HTTP request: {exc}"))
         # every request is forwarded re-serialised from what the parser read (Exchange.run_on), never as
         # the bytes came: only the lane forwards from the read, and only a read that is one whole request
         if self.active is None and self.flight is None and self.queue:
@@ -617,6 +622,26 @@ class ServerConnection(_ClientBase, ReadPausing, asyncio.Protocol):  # type: ign
         return early
 
     # --- flow control and closing -------------------------------------------------------------------
+
+    def dismiss(self, req: Request | None) -> None:
+        """The request whose body turned out malformed: if it has not started, nothing of it goes
+        anywhere; if it has (its body streaming to an instance), the instance's connection is dropped
+        (it holds part of a request) and, if nothing was answered yet, the refusal answers instead."""
+        self.parsing = None
+        if req is None:
+            return
+        if req in self.queue:
+            self.queue.remove(req)
+            return
+        ex = req.exchange
+        if req is self.active:
+            if ex is not None and ex.head_sent:
+                self.abort()
+                return
+            if ex is not None:
+                ex.client_lost()
+            req.responded = True
+            self.active = None
 
     def refuse(self, err: FCError) -> None:
         """What the client sent breaks a rule (a malformed request, a head too large): answered with
