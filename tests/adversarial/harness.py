@@ -39,7 +39,7 @@ AUTH = b"Authorization: Bearer " + TOKEN.encode() + b"\r\n"
 WHO = Identity("system:serviceaccount:team:caller", ("system:serviceaccounts",), "uid-1", "team")
 COOKIE_SESSION = b"c" * 32
 TOKEN_CHARS = re.compile(rb"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
-WAIT = 2.0  # the longest any answer is waited for
+WAIT = 3.0  # the longest any answer is waited for
 
 
 class Bad(Exception):
