@@ -52,6 +52,12 @@ CLIENT_IDLE_SECONDS = 75.0      # an idle client keep-alive connection is closed
 UPSTREAM_IDLE_SECONDS = 30.0    # an idle upstream connection is closed after this
 UPSTREAM_IDLE_PER_ADDRESS = 256
 CONNECT_TIMEOUT = 5.0
+# the defaults of Limits (read when a Listener is made without one; the gateway's flags override them)
+REQUEST_HEAD_TIMEOUT = 10.0
+BODY_IDLE_TIMEOUT = 30.0
+UPSTREAM_HEAD_TIMEOUT = 300.0
+UPSTREAM_IDLE_TIMEOUT = 300.0
+MAX_CLIENT_CONNECTIONS = 10000
 
 
 @dataclass
@@ -60,13 +66,15 @@ class Limits:
     friends (cli.py). A client connection past one is answered with FC's error object and closed; an
     instance past one gets its connection closed and the client FC's 504 (or, mid-answer, a cut)."""
 
-    head_timeout: float = 10.0          # from a request's first byte to the end of its head (HAProxy's http-request)
-    body_timeout: float = 30.0          # between two reads of a request body (nginx's client_body_timeout)
-    answer_timeout: float = 300.0       # from the request sent to the instance's answer head (proxy_read_timeout)
-    stream_idle_timeout: float = 300.0  # between two reads of an answer being streamed (an SSE stream that
-                                        # keeps sending is never cut)
+    head_timeout: float = REQUEST_HEAD_TIMEOUT   # from a request's first byte to the end of its head
+                                                 # (HAProxy's timeout http-request)
+    body_timeout: float = BODY_IDLE_TIMEOUT      # between two reads of a request body (nginx's client_body_timeout)
+    answer_timeout: float = UPSTREAM_HEAD_TIMEOUT  # from the request sent to the instance's answer head
+                                                   # (nginx's proxy_read_timeout)
+    stream_idle_timeout: float = UPSTREAM_IDLE_TIMEOUT  # between two reads of an answer being streamed (an SSE
+                                                        # stream that keeps sending is never cut)
     client_idle: float = CLIENT_IDLE_SECONDS  # a kept-alive client connection with no request
-    max_connections: int = 10000        # client connections at once; one more is answered 503 and closed
+    max_connections: int = MAX_CLIENT_CONNECTIONS  # client connections at once; one more is answered 503, closed
     trusted_proxies: tuple[Any, ...] = ()  # ip_network()s whose X-Forwarded-* are kept (nginx realip)
 
     def trusted(self, peer: str) -> bool:
@@ -77,6 +85,12 @@ class Limits:
         except ValueError:
             return False
         return any(ip in net for net in self.trusted_proxies)
+
+    @classmethod
+    def defaults(cls) -> Limits:
+        """From this module's constants as they are now (tests set them)."""
+        return cls(REQUEST_HEAD_TIMEOUT, BODY_IDLE_TIMEOUT, UPSTREAM_HEAD_TIMEOUT, UPSTREAM_IDLE_TIMEOUT,
+                   CLIENT_IDLE_SECONDS, MAX_CLIENT_CONNECTIONS)
 
     @classmethod
     def from_args(cls, args: Any) -> Limits:
@@ -105,7 +119,6 @@ class Limits:
         return tuple(out)
 
 
-DEFAULT_LIMITS = Limits()
 PROTO = b"X-Forwarded-Proto: http\r\n"  # the gateway listens in plain HTTP (TLS ends before it, if at all)
 
 REASONS = {s.value: s.phrase.encode() for s in HTTPStatus}
@@ -340,7 +353,7 @@ class ServerConnection(_ClientBase, ReadPausing, asyncio.Protocol):  # type: ign
                  registry: set[ServerConnection] | None = None, lane: Lane | None = None,
                  limits: Limits | None = None) -> None:
         self.handler, self.loop, self.registry, self.lane = handler, loop, registry, lane
-        self.limits = limits if limits is not None else DEFAULT_LIMITS
+        self.limits = limits if limits is not None else Limits.defaults()
         self.parser = httptools.HttpRequestParser(self)
         self.transport: asyncio.Transport | None = None
         self.url = b""
@@ -697,15 +710,24 @@ class Listener:
     def __init__(self, handler: Handler, loop: asyncio.AbstractEventLoop, lane: Lane | None = None,
                  limits: Limits | None = None) -> None:
         self.handler, self.loop, self.lane = handler, loop, lane
-        self.limits = limits if limits is not None else DEFAULT_LIMITS
+        self._limits = limits  # None: this module's constants, as they are at each sweep
         self.connections: set[ServerConnection] = set()
         self.refused = self.timeouts = 0  # for metrics
 
+    @property
+    def limits(self) -> Limits:
+        return self._limits if self._limits is not None else Limits.defaults()
+
+    @limits.setter
+    def limits(self, limits: Limits) -> None:
+        self._limits = limits
+
     def __call__(self) -> asyncio.Protocol:
-        if len(self.connections) >= self.limits.max_connections:
+        limits = self.limits
+        if len(self.connections) >= limits.max_connections:
             self.refused += 1
-            return Overloaded(errors.too_many_connections(self.limits.max_connections))
-        return ServerConnection(self.handler, self.loop, self.connections, self.lane, self.limits)
+            return Overloaded(errors.too_many_connections(limits.max_connections))
+        return ServerConnection(self.handler, self.loop, self.connections, self.lane, limits)
 
     def sweep(self) -> None:
         now = time.monotonic()

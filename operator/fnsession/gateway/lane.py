@@ -34,6 +34,7 @@ also the whole of it where the module is not built). The tests run both.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, cast
@@ -54,6 +55,8 @@ except ImportError:  # pragma: no cover - the tests run the llhttp scans too, by
 
 # (function name, credential, namespace header, the wanted header's value, the request for the instance)
 Parsed = tuple[bytes, bytes | None, bytes | None, bytes | None, bytes]
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from fnsession.gateway.auth import Authenticator
@@ -213,6 +216,7 @@ class Lane:
         try:
             up.transport.write(parsed[4])
         except Exception:  # not on its way: undone, and the full path takes the request
+            log.exception("the lane could not send a request to %s:%d; the full path takes it", *up.address)
             up.flight = conn.flight = None
             up.used -= 1
             if in_flight:
