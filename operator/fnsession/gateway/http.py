@@ -36,13 +36,10 @@ import httptools
 from fnsession.gateway import errors
 from fnsession.gateway.errors import FCError
 
-try:  # the lane's steady state in C (_lane.c): the connections' read callbacks; without it, Python's
+try:  # the scans in C (_lane.c): the rules below, fewer microseconds; without it, the same in Python
     from fnsession.gateway import _lane as native
-    _ClientBase: type = native.Client
-    _UpstreamBase: type = native.Upstream
-except ImportError:  # pragma: no cover - where no compiler was at hand at install time
+except ImportError:  # pragma: no cover - where no compiler was at hand at install time (the gateway says so)
     native = None  # type: ignore[assignment]
-    _ClientBase = _UpstreamBase = object
 
 log = logging.getLogger(__name__)
 
@@ -343,11 +340,10 @@ class ReadPausing:
             self.transport.resume_reading()
 
 
-class ServerConnection(_ClientBase, ReadPausing, asyncio.Protocol):  # type: ignore[misc,valid-type]
+class ServerConnection(ReadPausing, asyncio.Protocol):
     """One client connection. Requests are answered in order; a pipelined request waits in a queue
-    (its body buffered) until the one before it has been answered. Reads come to ``data_received``:
-    _lane.c's (the base class) when the module is built, which takes the lane's steady state in C and
-    hands the rest to :meth:`data_received_py`; else that method itself."""
+    (its body buffered) until the one before it has been answered. A read between requests is offered
+    to the lane first (lane.py), which takes it only when it is one whole request it can forward."""
 
     def __init__(self, handler: Handler, loop: asyncio.AbstractEventLoop,
                  registry: set[ServerConnection] | None = None, lane: Lane | None = None,
@@ -377,7 +373,6 @@ class ServerConnection(_ClientBase, ReadPausing, asyncio.Protocol):  # type: ign
         self.refused = False      # a request broke a rule: it is answered so and nothing after it is read
         self.flight: Any = None   # a request the lane took (lane.Flight), until it is answered
         self.memo: Any = None     # the lane's record of this connection's last credential
-        self.fast: Any = lane.fast if lane is not None else None  # the lane's state for _lane.c, if built
 
     # --- asyncio.Protocol ---------------------------------------------------------------------------
 
@@ -392,7 +387,7 @@ class ServerConnection(_ClientBase, ReadPausing, asyncio.Protocol):  # type: ign
             self.registry.add(self)
 
     def data_received_py(self, data: bytes, tried: bool = False) -> None:
-        """A read; ``tried``: the C lane has already declined it (so the lane is not asked again)."""
+        """A read; ``tried``: the lane has already declined it (so it is not asked again)."""
         if self.tunnel is not None:
             self.tunnel.client_bytes(data)
             return
@@ -427,8 +422,7 @@ class ServerConnection(_ClientBase, ReadPausing, asyncio.Protocol):  # type: ign
         if self.active is None and self.flight is None and self.queue:
             self.start(self.queue.popleft())
 
-    if _ClientBase is object:  # pragma: no cover - no C module
-        data_received = data_received_py
+    data_received = data_received_py
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -795,10 +789,9 @@ async def every(seconds: float, job: Callable[[], None]) -> None:
 Address = tuple[str, int]
 
 
-class UpstreamConnection(_UpstreamBase, ReadPausing, asyncio.Protocol):  # type: ignore[misc,valid-type]
-    """A keep-alive connection to one instance; serves one :class:`Exchange` at a time. Reads come
-    to ``data_received``: _lane.c's when built (a lane Flight's whole answer sent back in C, the rest
-    to :meth:`data_received_py`), else that method."""
+class UpstreamConnection(ReadPausing, asyncio.Protocol):
+    """A keep-alive connection to one instance; serves one :class:`Exchange` at a time, or a lane
+    :class:`~fnsession.gateway.lane.Flight` (whose whole answer goes back in one piece)."""
 
     def __init__(self, pool: Pool, address: Address) -> None:
         self.pool, self.address = pool, address
@@ -861,8 +854,7 @@ class UpstreamConnection(_UpstreamBase, ReadPausing, asyncio.Protocol):  # type:
         elif answered:
             ex.response_end()
 
-    if _UpstreamBase is object:  # pragma: no cover - no C module
-        data_received = data_received_py
+    data_received = data_received_py
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
