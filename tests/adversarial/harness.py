@@ -34,12 +34,12 @@ from fnsession.gateway.routes import Route, Routes
 from fnsession.gateway.server import Gateway
 from fnsession.gateway.session_api import SessionAPI
 
-TOKEN = "tok-" + "q" * 120
+TOKEN = "tok-" + "q" * 28  # short: every split offset of a request is tried, and each costs a round trip
 AUTH = b"Authorization: Bearer " + TOKEN.encode() + b"\r\n"
 WHO = Identity("system:serviceaccount:team:caller", ("system:serviceaccounts",), "uid-1", "team")
 COOKIE_SESSION = b"c" * 32
 TOKEN_CHARS = re.compile(rb"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
-WAIT = 3.0  # the longest any answer is waited for
+WAIT = 2.0  # the longest any answer is waited for
 
 
 class Bad(Exception):
@@ -272,6 +272,7 @@ class Instance:
         self.server: asyncio.AbstractServer | None = None
         self.port = 0
         self.tasks: set[asyncio.Task[None]] = set()
+        self.endless_sent = 0  # bytes /endless wrote
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -376,7 +377,6 @@ class Instance:
 
     async def _endless(self, conn: InstanceConn) -> None:
         chunk = b"%x\r\n%s\r\n" % (1 << 16, b"z" * (1 << 16))
-        self.endless_sent = 0
         while not conn.closed:
             if conn.paused:
                 await conn.resumed.wait()
@@ -420,7 +420,10 @@ class World:
         for inst in (self.a, self.b):
             for c in inst.conns:
                 assert c.bad is None, f"instance {inst.name} conn {c.index} received a malformed stream: {c.bad}"
-                assert c.leftover() == b"", f"instance {inst.name} conn {c.index}: bytes after the last request: {c.leftover()!r}"
+                # a request cut short (a body the gateway found malformed after it began streaming) is
+                # fine only on a connection the gateway closed: never one left open mid-request
+                assert c.leftover() == b"" or c.eof or c.closed, \
+                    f"instance {inst.name} conn {c.index}: an unfinished request on an open connection: {c.leftover()!r}"
         everything = self.upstream_bytes()
         assert TOKEN.encode() not in everything, "the caller's bearer token reached an instance"
         assert b"authorization:" not in everything.lower(), "an Authorization header reached an instance"

@@ -33,7 +33,7 @@ async def ask(world: World, lane: str, raw: bytes, n: int = 1, heads: list[bool]
     return c, answers, world.a.requests[before][0]
 
 
-async def closed_soon(conn: InstanceConn, timeout: float = 1.0) -> bool:
+async def closed_soon(conn: InstanceConn, timeout: float = 0.6) -> bool:
     for _ in range(int(timeout / 0.02)):
         if conn.closed or conn.eof:
             return True

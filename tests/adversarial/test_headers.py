@@ -168,3 +168,17 @@ async def test_a_clients_own_x_forwarded_header_is_dropped(world: World, lane: s
     """The peer (127.0.0.1) is not a trusted proxy: what it claims is dropped, the gateway's value stands."""
     _, [got] = await one(world, lane, req(b"/fn/echo/xff", extra))
     assert got.values(name) == want, got.raw
+
+
+async def test_a_trusted_proxys_x_forwarded_headers_are_kept_and_extended(world: World, lane: str) -> None:
+    """A peer in --trusted-proxies (here 127.0.0.0/8): its X-Forwarded-For gets the peer appended, its
+    X-Forwarded-Proto and -Host are kept."""
+    from ipaddress import ip_network
+
+    from fnsession.gateway import http
+
+    world.listener.limits = http.Limits(trusted_proxies=(ip_network("127.0.0.0/8"),))  # type: ignore[attr-defined]
+    _, [got] = await one(world, lane, req(b"/fn/echo/xff", b"X-Forwarded-For: 6.6.6.6\r\n",
+                                          b"X-Forwarded-Proto: https\r\n", b"X-Forwarded-Host: app.example\r\n"))
+    assert b", ".join(got.values(b"x-forwarded-for")) == b"6.6.6.6, 127.0.0.1", got.raw
+    assert got.values(b"x-forwarded-proto") == [b"https"] and got.values(b"x-forwarded-host") == [b"app.example"]
