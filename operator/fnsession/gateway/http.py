@@ -754,6 +754,10 @@ class Listener:
             elif conn.parsing is not None and not conn.reading_paused and conn.body_at < body:
                 self.timeouts += 1
                 parsing = conn.parsing
+                if parsing.responded:  # answered already (a 504 before its body ended): one answer, then closed
+                    conn.refused = True
+                    conn.close()
+                    continue
                 if parsing is conn.active and (parsing.exchange is None or not parsing.exchange.head_sent):
                     if parsing.exchange is not None:
                         parsing.exchange.client_lost()  # the instance's connection is dropped: it has half a body
