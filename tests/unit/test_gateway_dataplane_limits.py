@@ -227,7 +227,6 @@ class Boom:
         return self.real.is_closing()
 
 
-@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # _lane.c reports the failure so
 async def test_a_failure_after_the_lane_took_a_request_leaves_nothing_counted(world: World) -> None:
     reader, writer = await warm(world)
     [up] = world.pool.idle[("127.0.0.1", world.route.port)]
