@@ -87,8 +87,6 @@ async def test_a_body_that_stops_is_cut_after_the_body_idle_timeout(sweeping: Wo
     assert await up_conn_closed(world, CUT), "the instance's connection mid-request was kept"
 
 
-@pytest.mark.xfail(strict=True, reason="issue 11 defect 6 (found by this suite on the fix): with --answer-timeout "
-                   "below --request-body-timeout a stalled body is answered twice, 504 then 408")
 async def test_a_stalled_body_gets_one_answer_whatever_the_timeouts(sweeping: World) -> None:
     """The answer timeout shorter than the body's: still one answer for one request (a 408 or a 504)."""
     world = sweeping

@@ -36,13 +36,10 @@ import httptools
 from fnsession.gateway import errors
 from fnsession.gateway.errors import FCError
 
-try:  # the lane's steady state in C (_lane.c): the connections' read callbacks; without it, Python's
+try:  # the scans in C (_lane.c): the rules below, fewer microseconds; without it, the same in Python
     from fnsession.gateway import _lane as native
-    _ClientBase: type = native.Client
-    _UpstreamBase: type = native.Upstream
-except ImportError:  # pragma: no cover - where no compiler was at hand at install time
+except ImportError:  # pragma: no cover - where no compiler was at hand at install time (the gateway says so)
     native = None  # type: ignore[assignment]
-    _ClientBase = _UpstreamBase = object
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +49,12 @@ CLIENT_IDLE_SECONDS = 75.0      # an idle client keep-alive connection is closed
 UPSTREAM_IDLE_SECONDS = 30.0    # an idle upstream connection is closed after this
 UPSTREAM_IDLE_PER_ADDRESS = 256
 CONNECT_TIMEOUT = 5.0
+# the defaults of Limits (read when a Listener is made without one; the gateway's flags override them)
+REQUEST_HEAD_TIMEOUT = 10.0
+BODY_IDLE_TIMEOUT = 30.0
+UPSTREAM_HEAD_TIMEOUT = 300.0
+UPSTREAM_IDLE_TIMEOUT = 300.0
+MAX_CLIENT_CONNECTIONS = 10000
 
 
 @dataclass
@@ -60,13 +63,15 @@ class Limits:
     friends (cli.py). A client connection past one is answered with FC's error object and closed; an
     instance past one gets its connection closed and the client FC's 504 (or, mid-answer, a cut)."""
 
-    head_timeout: float = 10.0          # from a request's first byte to the end of its head (HAProxy's http-request)
-    body_timeout: float = 30.0          # between two reads of a request body (nginx's client_body_timeout)
-    answer_timeout: float = 300.0       # from the request sent to the instance's answer head (proxy_read_timeout)
-    stream_idle_timeout: float = 300.0  # between two reads of an answer being streamed (an SSE stream that
-                                        # keeps sending is never cut)
+    head_timeout: float = REQUEST_HEAD_TIMEOUT   # from a request's first byte to the end of its head
+                                                 # (HAProxy's timeout http-request)
+    body_timeout: float = BODY_IDLE_TIMEOUT      # between two reads of a request body (nginx's client_body_timeout)
+    answer_timeout: float = UPSTREAM_HEAD_TIMEOUT  # from the request sent to the instance's answer head
+                                                   # (nginx's proxy_read_timeout)
+    stream_idle_timeout: float = UPSTREAM_IDLE_TIMEOUT  # between two reads of an answer being streamed (an SSE
+                                                        # stream that keeps sending is never cut)
     client_idle: float = CLIENT_IDLE_SECONDS  # a kept-alive client connection with no request
-    max_connections: int = 10000        # client connections at once; one more is answered 503 and closed
+    max_connections: int = MAX_CLIENT_CONNECTIONS  # client connections at once; one more is answered 503, closed
     trusted_proxies: tuple[Any, ...] = ()  # ip_network()s whose X-Forwarded-* are kept (nginx realip)
 
     def trusted(self, peer: str) -> bool:
@@ -77,6 +82,12 @@ class Limits:
         except ValueError:
             return False
         return any(ip in net for net in self.trusted_proxies)
+
+    @classmethod
+    def defaults(cls) -> Limits:
+        """From this module's constants as they are now (tests set them)."""
+        return cls(REQUEST_HEAD_TIMEOUT, BODY_IDLE_TIMEOUT, UPSTREAM_HEAD_TIMEOUT, UPSTREAM_IDLE_TIMEOUT,
+                   CLIENT_IDLE_SECONDS, MAX_CLIENT_CONNECTIONS)
 
     @classmethod
     def from_args(cls, args: Any) -> Limits:
@@ -105,7 +116,6 @@ class Limits:
         return tuple(out)
 
 
-DEFAULT_LIMITS = Limits()
 PROTO = b"X-Forwarded-Proto: http\r\n"  # the gateway listens in plain HTTP (TLS ends before it, if at all)
 
 REASONS = {s.value: s.phrase.encode() for s in HTTPStatus}
@@ -330,17 +340,16 @@ class ReadPausing:
             self.transport.resume_reading()
 
 
-class ServerConnection(_ClientBase, ReadPausing, asyncio.Protocol):  # type: ignore[misc,valid-type]
+class ServerConnection(ReadPausing, asyncio.Protocol):
     """One client connection. Requests are answered in order; a pipelined request waits in a queue
-    (its body buffered) until the one before it has been answered. Reads come to ``data_received``:
-    _lane.c's (the base class) when the module is built, which takes the lane's steady state in C and
-    hands the rest to :meth:`data_received_py`; else that method itself."""
+    (its body buffered) until the one before it has been answered. A read between requests is offered
+    to the lane first (lane.py), which takes it only when it is one whole request it can forward."""
 
     def __init__(self, handler: Handler, loop: asyncio.AbstractEventLoop,
                  registry: set[ServerConnection] | None = None, lane: Lane | None = None,
                  limits: Limits | None = None) -> None:
         self.handler, self.loop, self.registry, self.lane = handler, loop, registry, lane
-        self.limits = limits if limits is not None else DEFAULT_LIMITS
+        self.limits = limits if limits is not None else Limits.defaults()
         self.parser = httptools.HttpRequestParser(self)
         self.transport: asyncio.Transport | None = None
         self.url = b""
@@ -364,7 +373,6 @@ class ServerConnection(_ClientBase, ReadPausing, asyncio.Protocol):  # type: ign
         self.refused = False      # a request broke a rule: it is answered so and nothing after it is read
         self.flight: Any = None   # a request the lane took (lane.Flight), until it is answered
         self.memo: Any = None     # the lane's record of this connection's last credential
-        self.fast: Any = lane.fast if lane is not None else None  # the lane's state for _lane.c, if built
 
     # --- asyncio.Protocol ---------------------------------------------------------------------------
 
@@ -379,7 +387,7 @@ class ServerConnection(_ClientBase, ReadPausing, asyncio.Protocol):  # type: ign
             self.registry.add(self)
 
     def data_received_py(self, data: bytes, tried: bool = False) -> None:
-        """A read; ``tried``: the C lane has already declined it (so the lane is not asked again)."""
+        """A read; ``tried``: the lane has already declined it (so it is not asked again)."""
         if self.tunnel is not None:
             self.tunnel.client_bytes(data)
             return
@@ -414,8 +422,7 @@ class ServerConnection(_ClientBase, ReadPausing, asyncio.Protocol):  # type: ign
         if self.active is None and self.flight is None and self.queue:
             self.start(self.queue.popleft())
 
-    if _ClientBase is object:  # pragma: no cover - no C module
-        data_received = data_received_py
+    data_received = data_received_py
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -697,15 +704,24 @@ class Listener:
     def __init__(self, handler: Handler, loop: asyncio.AbstractEventLoop, lane: Lane | None = None,
                  limits: Limits | None = None) -> None:
         self.handler, self.loop, self.lane = handler, loop, lane
-        self.limits = limits if limits is not None else DEFAULT_LIMITS
+        self._limits = limits  # None: this module's constants, as they are at each sweep
         self.connections: set[ServerConnection] = set()
         self.refused = self.timeouts = 0  # for metrics
 
+    @property
+    def limits(self) -> Limits:
+        return self._limits if self._limits is not None else Limits.defaults()
+
+    @limits.setter
+    def limits(self, limits: Limits) -> None:
+        self._limits = limits
+
     def __call__(self) -> asyncio.Protocol:
-        if len(self.connections) >= self.limits.max_connections:
+        limits = self.limits
+        if len(self.connections) >= limits.max_connections:
             self.refused += 1
-            return Overloaded(errors.too_many_connections(self.limits.max_connections))
-        return ServerConnection(self.handler, self.loop, self.connections, self.lane, self.limits)
+            return Overloaded(errors.too_many_connections(limits.max_connections))
+        return ServerConnection(self.handler, self.loop, self.connections, self.lane, limits)
 
     def sweep(self) -> None:
         now = time.monotonic()
@@ -738,6 +754,10 @@ class Listener:
             elif conn.parsing is not None and not conn.reading_paused and conn.body_at < body:
                 self.timeouts += 1
                 parsing = conn.parsing
+                if parsing.responded:  # answered already (a 504 before its body ended): one answer, then closed
+                    conn.refused = True
+                    conn.close()
+                    continue
                 if parsing is conn.active and (parsing.exchange is None or not parsing.exchange.head_sent):
                     if parsing.exchange is not None:
                         parsing.exchange.client_lost()  # the instance's connection is dropped: it has half a body
@@ -773,10 +793,9 @@ async def every(seconds: float, job: Callable[[], None]) -> None:
 Address = tuple[str, int]
 
 
-class UpstreamConnection(_UpstreamBase, ReadPausing, asyncio.Protocol):  # type: ignore[misc,valid-type]
-    """A keep-alive connection to one instance; serves one :class:`Exchange` at a time. Reads come
-    to ``data_received``: _lane.c's when built (a lane Flight's whole answer sent back in C, the rest
-    to :meth:`data_received_py`), else that method."""
+class UpstreamConnection(ReadPausing, asyncio.Protocol):
+    """A keep-alive connection to one instance; serves one :class:`Exchange` at a time, or a lane
+    :class:`~fnsession.gateway.lane.Flight` (whose whole answer goes back in one piece)."""
 
     def __init__(self, pool: Pool, address: Address) -> None:
         self.pool, self.address = pool, address
@@ -839,8 +858,7 @@ class UpstreamConnection(_UpstreamBase, ReadPausing, asyncio.Protocol):  # type:
         elif answered:
             ex.response_end()
 
-    if _UpstreamBase is object:  # pragma: no cover - no C module
-        data_received = data_received_py
+    data_received = data_received_py
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True

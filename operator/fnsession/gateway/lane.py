@@ -24,23 +24,25 @@ instance at its limit, no idle connection. And a flight that turns out to need m
 is not whole, a kept-alive connection the instance had closed) becomes a full Exchange in
 mid-flight (:meth:`Flight.promote`), which carries on from where the lane stood.
 
-Where ``_lane.c`` is built, the steady state runs there: the connections are built on its
-``Client`` and ``Upstream`` types, whose ``data_received`` does what :meth:`Lane.__call__` and
-:meth:`Flight.answer` do, on these same objects (``Lane.fast`` tells it where their slots are). It
-calls back into Python for what needs judgement (:meth:`Lane.refresh`, when a connection's memo
-does not hold) and for everything it does not take (``data_received_py``, the Python path, which is
-also the whole of it where the module is not built). The tests run both.
+The scans are ``_lane.c``'s where it is built (``native.scan`` and ``native.whole``): they only
+read bytes and return what they read, by the rule set http.py states; every decision after them and
+all bookkeeping (the pool, the count of requests in flight per instance, the running flights, the
+activity record) is here, in :meth:`Lane.__call__` and :class:`Flight`, and nowhere else. Taking a
+request is all or nothing: a failure before it is on its way undoes every step. Where the module is
+not built, llhttp with Python callbacks (:meth:`Lane.parse`) and ``http.whole_answer`` read the same;
+the tests run both, and hold both to one reference reading.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, cast
 
 import httptools
 
-from fnsession.gateway.http import (FORWARDED, HOP_BY_HOP, MAX_HEAD_BYTES, UPSTREAM_IDLE_PER_ADDRESS, Exchange,
+from fnsession.gateway.http import (FORWARDED, HOP_BY_HOP, MAX_HEAD_BYTES, Exchange,
                                     Request, ServerConnection, UpstreamConnection, cookie_repeats, target_of,
                                     whole_answer)
 from fnsession.gateway import fc
@@ -54,6 +56,8 @@ except ImportError:  # pragma: no cover - the tests run the llhttp scans too, by
 
 # (function name, credential, namespace header, the wanted header's value, the request for the instance)
 Parsed = tuple[bytes, bytes | None, bytes | None, bytes | None, bytes]
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from fnsession.gateway.auth import Authenticator
@@ -156,19 +160,15 @@ class Lane:
         self.scan: Callable[[bytes, bytes, bytes], Parsed | None] = native.scan if native is not None else self.parse
         self.whole: Callable[[bytes, bytes], bytes | None] = native.whole if native is not None else whole_answer
         self.taken = self.promoted = 0  # for metrics
-        # the steady state in C (_lane.c's Client and Upstream read callbacks, which the connections
-        # are built on): the same rules on the same objects; None runs it all here in Python
-        self.fast = (native.Fast(self, _Memo, Route, Flight, INSTANCE_LIMIT, UPSTREAM_IDLE_PER_ADDRESS, MAX_HEAD_BYTES)
-                     if native is not None else None)
 
     @property
     def requests(self) -> int:
-        """Requests the lane took, here and in C."""
-        return self.taken + (self.fast.requests if self.fast is not None else 0)
+        """Requests the lane took."""
+        return self.taken
 
     def use_python(self) -> None:
-        """Everything in Python, the scans llhttp's (the tests run this path too); before connections come."""
-        self.fast, self.scan, self.whole = None, self.parse, whole_answer
+        """The scans in Python (llhttp's, and http.whole_answer): the tests run this path too."""
+        self.scan, self.whole = self.parse, whole_answer
 
     def __call__(self, conn: ServerConnection, data: bytes) -> bool:
         if len(data) > MAX_HEAD_BYTES:
@@ -213,6 +213,7 @@ class Lane:
         try:
             up.transport.write(parsed[4])
         except Exception:  # not on its way: undone, and the full path takes the request
+            log.exception("the lane could not send a request to %s:%d; the full path takes it", *up.address)
             up.flight = conn.flight = None
             up.used -= 1
             if in_flight:
@@ -233,7 +234,7 @@ class Lane:
     def refresh(self, conn: ServerConnection, data: bytes, parsed: Parsed) -> bool:
         """Make ``conn.memo`` hold for the request ``parsed`` (scanned with the memo's header): the
         identity from the caches, then the session's route; False when either is not to be had (the
-        full path takes the request). Cheap when the memo already holds: _lane.c calls it only when not."""
+        full path takes the request). Cheap when the memo already holds."""
         name, credential, namespace, session_id, _ = parsed
         m = conn.memo
         want = m.header if m is not None else b""
