@@ -84,7 +84,7 @@ $(VENV)/.installed: pyproject.toml setup.py operator/fnsession/gateway/_lane.c
 venv: $(VENV)/.installed ## create .venv with fnsession installed in editable mode
 
 # --- demo and tests -------------------------------------------------------------------------------
-.PHONY: demo test test-unit test-e2e bench bench-gateway bench-scale
+.PHONY: demo test test-unit test-e2e bench bench-gateway bench-scale fuzz
 bench: $(VENV)/.installed images deploy ## create->Active latency over 100 sessions (warm instance, new pod); see bench/README.md
 	$(VENV)/bin/python bench/create_to_active.py
 
@@ -102,8 +102,12 @@ bench-scale: $(VENV)/.installed images deploy ## the operator on the kwok nodes:
 demo: images deploy ## on the local cluster: run the sample function as two tenants sharing one volume, and show what each can see
 	@hack/demo.sh
 
-test-unit: $(VENV)/.installed ## unit tests: pure logic, no cluster
-	$(PYTEST) tests/unit $(PYTEST_ARGS)
+test-unit: $(VENV)/.installed ## unit tests and the gateway's adversarial suite (loopback only), no cluster
+	$(PYTEST) tests/unit tests/adversarial $(PYTEST_ARGS)
+
+FUZZ_SECONDS ?= 60
+fuzz: $(VENV)/.installed ## the lane's C scans and the connection state machine under ASan/UBSan with atheris, FUZZ_SECONDS (default 60) in all; see README.md (Tests)
+	PYTHON=$(abspath $(VENV))/bin/python FUZZ_SECONDS=$(FUZZ_SECONDS) tests/fuzz/run.sh
 
 test-e2e: $(VENV)/.installed images deploy ## integration tests against the cluster (CLUSTER=local|kind|other)
 	$(PYTEST) tests/integration $(PYTEST_ARGS)

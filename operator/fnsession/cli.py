@@ -79,6 +79,24 @@ def build_parser() -> argparse.ArgumentParser:
     gw.add_argument("--drain-timeout", type=float, default=20.0, metavar="SECONDS",
                     help="then: seconds in-flight requests get to finish before their connections are cut "
                          "(default: %(default)s)")
+    dp = gw.add_argument_group("data plane timeouts and limits",
+                               "each answered with FC's error object (408, 503, 504) and the connection closed")
+    dp.add_argument("--request-head-timeout", type=float, default=10.0, metavar="SECONDS",
+                    help="from a request's first byte to the end of its head (default: %(default)s)")
+    dp.add_argument("--request-body-timeout", type=float, default=30.0, metavar="SECONDS",
+                    help="between two reads of a request body (default: %(default)s)")
+    dp.add_argument("--answer-timeout", type=float, default=300.0, metavar="SECONDS",
+                    help="from a request sent to its instance to the answer's head (default: %(default)s)")
+    dp.add_argument("--stream-idle-timeout", type=float, default=300.0, metavar="SECONDS",
+                    help="between two reads of an answer being streamed; a stream that keeps sending is never "
+                         "cut (default: %(default)s)")
+    dp.add_argument("--client-idle-timeout", type=float, default=75.0, metavar="SECONDS",
+                    help="a kept-alive client connection with no request (default: %(default)s)")
+    dp.add_argument("--max-connections", type=int, default=10000,
+                    help="client connections at once; one more is answered 503 (default: %(default)s)")
+    dp.add_argument("--trusted-proxies", default="", metavar="CIDRS",
+                    help="comma-separated networks whose X-Forwarded-For/-Proto/-Host are kept (the peer appended); "
+                         "from anyone else they are replaced by the gateway's (default: none)")
     gw.set_defaults(func=cmd_gateway)
 
     ak = sub.add_parser("access-key", help="FC access keys for the gateway")
@@ -125,6 +143,7 @@ def cmd_access_key_create(args: argparse.Namespace) -> int:
 
 
 def cmd_gateway(args: argparse.Namespace) -> int:
+    from fnsession.gateway.http import Limits
     from fnsession.gateway.server import Options, cpus_available, run
 
     if args.workers == "auto":
@@ -135,9 +154,14 @@ def cmd_gateway(args: argparse.Namespace) -> int:
         raise SystemExit(f"--workers must be a whole number from 1 or 'auto', got {args.workers!r}")
     if args.replicas < 1:
         raise SystemExit(f"--replicas must be at least 1, got {args.replicas}")
+    try:
+        limits = Limits.from_args(args)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     run(Options(host=args.host, port=args.port, auth=args.auth, namespace=args.namespace,
                 keys_namespace=args.keys_namespace, metrics_port=args.metrics_port, workers=workers,
-                replicas=args.replicas, drain_delay=args.drain_delay, drain_timeout=args.drain_timeout))
+                replicas=args.replicas, drain_delay=args.drain_delay, drain_timeout=args.drain_timeout, limits=limits))
     return 0
 
 

@@ -86,3 +86,41 @@ def instance_busy(limit: int) -> FCError:
 
 def forbidden(why: str) -> FCError:
     return FCError(403, "AccessDenied", why)
+
+
+# --- the data plane's own refusals (http.py): FC's error object, the rule named ---------------------
+
+def repeated_header(name: str) -> FCError:
+    if name == "cookie":
+        return FCError(400, "InvalidArgument", "the Cookie header names the session cookie more than once")
+    return FCError(400, "InvalidArgument", f"the header {name} is repeated: a request may carry it once")
+
+
+def bad_request(why: str) -> FCError:
+    return FCError(400, "InvalidArgument", why)
+
+
+def head_too_large(limit: int) -> FCError:
+    return FCError(431, "RequestHeaderFieldsTooLarge", f"the request head is larger than {limit} bytes")
+
+
+def version_not_supported(version: str) -> FCError:
+    said = f"HTTP/{version}" if version else "the request's HTTP version"
+    return FCError(505, "HTTPVersionNotSupported", f"{said} is not supported: HTTP/1.0 and HTTP/1.1 are")
+
+
+def request_timeout(what: str, seconds: float) -> FCError:
+    return FCError(408, "RequestTimeout", f"the {what} did not arrive within {seconds:g} seconds")
+
+
+def too_many_connections(limit: int) -> FCError:
+    return FCError(503, "ServiceUnavailable", f"the gateway already holds {limit} client connections "
+                                              f"(--max-connections); retry later", retry_after_ms=1000)
+
+
+def function_timeout(address: str, seconds: float) -> FCError:
+    return FCError(504, "FunctionTimeout", f"the session's instance {address} did not answer within {seconds:g} seconds")
+
+
+def bad_answer(address: str, why: str) -> FCError:
+    return FCError(502, "FunctionNotReachable", f"the session's instance {address}: {why}")

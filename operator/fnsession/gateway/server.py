@@ -40,7 +40,7 @@ from urllib.parse import parse_qsl, unquote
 from fnsession.gateway import errors, metrics
 from fnsession.gateway.auth import NAMESPACE_HEADER, Authenticator, Identity, Reachability, unavailable, unreachable_error
 from fnsession.gateway.errors import FCError
-from fnsession.gateway.http import Listener, Pool, Request, RequestIds, every, install_uvloop
+from fnsession.gateway.http import Limits, Listener, Pool, Request, RequestIds, every, install_uvloop, native
 from fnsession.gateway.invoke import Invoker, limit_share
 from fnsession.gateway.lane import Lane
 from fnsession.gateway.routes import Routes
@@ -84,7 +84,7 @@ class Gateway:
         self.draining = True
         listener.lane = None
         for conn in list(listener.connections):
-            conn.lane = conn.fast = None
+            conn.lane = None
 
     # --- every request starts here, inside the connection's parser callback -------------------------
 
@@ -236,6 +236,7 @@ class Options:
     replicas: int = 1         # gateway replicas (pods) routing to the same instances: the limit's split
     drain_delay: float = 5.0  # seconds a draining gateway keeps serving (not ready) before it closes the port
     drain_timeout: float = 20.0  # seconds in-flight requests then get to finish
+    limits: Limits | None = None  # the data plane's timeouts and limits (http.Limits; None: its defaults)
 
     @property
     def instance_limit(self) -> int:
@@ -268,13 +269,13 @@ async def serve(options: Options, worker: int = 0) -> None:
     auth = Authenticator(clients, o.auth, o.namespace, o.keys_namespace, reach,
                          shared_nonces=o.auth == "kubernetes" and o.workers * o.replicas > 1)
     gateway = Gateway(api, auth, invoker)
-    listener = Listener(gateway.handle, loop, gateway.lane)
+    listener = Listener(gateway.handle, loop, gateway.lane, o.limits)
     metrics.serve(o.metrics_port + worker if o.metrics_port else 0,
                   metrics.GatewayCollector(gateway, invoker, routes, pool, listener))
     background = [asyncio.create_task(routes.run(), name="routes"),
                   asyncio.create_task(invoker.run_flusher(), name="activity"),
                   asyncio.create_task(every(10.0, pool.sweep), name="upstream-sweeper"),
-                  asyncio.create_task(every(10.0, listener.sweep), name="client-sweeper")]
+                  asyncio.create_task(every(1.0, listener.sweep), name="client-sweeper")  # (timeouts: http.Limits)]
     if auth.nonces is not None and worker == 0:
         background.append(asyncio.create_task(auth.nonces.run_sweeper(), name="nonce-sweeper"))
     stop = asyncio.Event()
@@ -328,6 +329,9 @@ async def drain(gateway: Gateway, listener: Listener, invoker: Invoker, server: 
 def run(options: Options) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     o = options
+    if native is None:
+        log.warning("THE GATEWAY'S C MODULE (fnsession.gateway._lane) IS NOT BUILT: every request takes the pure-"
+                    "Python path, several times slower. The image always has it; rebuild with a C compiler.")
     if o.auth == "none":
         log.warning("AUTHENTICATION IS OFF (--auth=none): anyone who reaches %s:%d can create, read and delete "
                     "sessions in any namespace (header %s, default %s). For local development only.",
