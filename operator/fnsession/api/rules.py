@@ -138,7 +138,8 @@ MOUNT_PATHS_UNIQUE = Rule(
 def _unchanged(name: str) -> Rule:
     return Rule(
         cel=f"has(self.{name}) == has(oldSelf.{name}) && (!has(self.{name}) || self.{name} == oldSelf.{name})",
-        message=f"{name} is immutable: only sessionTTLInSeconds, sessionIdleTimeoutInSeconds and fenced can change",
+        message=f"{name} is immutable: only sessionTTLInSeconds, sessionIdleTimeoutInSeconds, fenced, paused, "
+                f"enableAutoPause and enableAutoResume can change",
         field_path=f".{name}",
         reason="FieldValueForbidden",
     )
