@@ -84,11 +84,12 @@ class Invoker:
         extra = b""
         route = self.routes.route(ns, function, session_id) if session_id else None
         if route is None:
-            if affinity == "GENERATED_COOKIE" or session_id is None:
-                session_id = fc.new_session_id()  # the client never chooses a cookie id
             await authorize_create()
+            if session_id is None or affinity == "GENERATED_COOKIE" and not await self.api.paused(ns, function, session_id):
+                session_id = fc.new_session_id()  # the client never chooses a cookie id (a Paused one's resumes)
             qualifier = fc.query_param(req.query, "qualifier")
-            created = await self.api.create(ns, function, qualifier, {"sessionId": session_id})
+            # a passive create, or a Paused session resumed and this request held until it routes (enableAutoResume)
+            created, _ = await self.api.create_or_resume(ns, function, qualifier, {"sessionId": session_id})
             self.passive_creates += 1
             route = await self.route_after_create(ns, function, session_id)
             if affinity == "GENERATED_COOKIE":
