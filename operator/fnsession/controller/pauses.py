@@ -101,9 +101,9 @@ class Pauses(Instances):
             inst = fn.release(session.name, at)
         self.schedule_expiry(session)  # the TTL only
         where = f"; instance {inst.name} released" if inst is not None else ""
+        await self.after_release(fn, inst, fence=False)  # the pod goes first, the Event after it
         await writes.post_event(self.clients, session.ref(), reason=reason, message=f"{pausing.PAUSED_MESSAGES[reason]}{where}")
         log.info("paused session %s/%s (%s)%s", session.namespace, session.name, reason, where)
-        await self.after_release(fn, inst, fence=False)
 
     async def resume(self, key: Key) -> None:
         """Paused → Pending → Active: placed again as a new session is (maybe on another instance,
@@ -114,12 +114,13 @@ class Pauses(Instances):
         session.state = "Pending"
         session.last_activity = now()
         self.schedule_expiry(session)
-        await writes.post_event(self.clients, session.ref(), reason="Resumed", message="resuming: binding the session to an instance again")
         doc = await self.place(session)
         if doc is None:
             return
         doc = {**doc, "lastActivityTime": docs.stamp(session.last_activity)}
         session.last_status = doc
-        await self.write_status(session, doc)
+        await self.write_status(session, doc)  # routable now: the Event after it
+        await writes.post_event(self.clients, session.ref(), reason="Resumed",
+                                message=f"resumed: {doc['sessionStatus']} on instance {doc['instance'].get('podName')}")
         log.info("resumed session %s/%s (%s)", session.namespace, session.name, doc["sessionStatus"])
 
