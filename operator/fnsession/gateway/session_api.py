@@ -116,10 +116,11 @@ class SessionAPI:
             raise
         return fc.session_json(active, fspec.get("sessionAffinityConfig"))
 
-    async def until_active(self, ns: str, name: str) -> dict[str, Any]:
-        """Wait (bounded) for the operator to bind the session; FC's error when it refuses."""
+    async def until_active(self, ns: str, name: str, first: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Wait (bounded) for the operator to bind the session; FC's error when it refuses. ``first``:
+        the object as a write just returned it (saves the first read)."""
         deadline, pause = time.monotonic() + self.create_wait, 0.005
-        seen: dict[str, Any] | None = None
+        seen: dict[str, Any] | None = first
         while True:
             change = self.changes.next_change(ns, name) if self.changes is not None else None
             obj = seen or await self.clients.custom.get_namespaced_custom_object(GROUP, VERSION, ns, SESSION.plural, name)
@@ -245,8 +246,8 @@ class SessionAPI:
         if self.state(obj) != "Active":
             raise errors.session_not_active(session_id, self.state(obj) or "Pending")
         name = obj["metadata"]["name"]
-        await self.patch(ns, name, {"spec": {"paused": True}})
-        done = await self.until(ns, name, lambda o: self.state(o) in ("Paused", "Expired"), self.create_wait, "paused")
+        patched = await self.patch(ns, name, {"spec": {"paused": True}})
+        done = await self.until(ns, name, lambda o: self.state(o) in ("Paused", "Expired"), self.create_wait, "paused", patched)
         return fc.session_json(done, (await self.function_spec(ns, function)).get("sessionAffinityConfig"))
 
     async def resume(self, ns: str, function: str, session_id: str, params: Mapping[str, str]) -> dict[str, Any]:
@@ -261,11 +262,11 @@ class SessionAPI:
         return fc.session_json(active, (await self.function_spec(ns, function)).get("sessionAffinityConfig"))
 
     async def resume_object(self, ns: str, obj: Mapping[str, Any]) -> dict[str, Any]:
-        name = obj["metadata"]["name"]
+        name, patched = obj["metadata"]["name"], None
         if self.state(obj) == "Paused":
-            await self.patch(ns, name, {"metadata": {"annotations": {RESUME_ANNOTATION: stamp(datetime.now(UTC))}},
-                                        "spec": {"paused": False}})
-        return await self.until_active(ns, name)
+            patched = await self.patch(ns, name, {"metadata": {"annotations": {RESUME_ANNOTATION: stamp(datetime.now(UTC))}},
+                                                  "spec": {"paused": False}})
+        return await self.until_active(ns, name, patched)
 
     async def create_or_resume(self, ns: str, function: str, qualifier: str | None,
                                body: Mapping[str, Any]) -> tuple[dict[str, Any], bool]:
@@ -306,10 +307,12 @@ class SessionAPI:
             raise self.refused_by_api(exc) from None
         return patched
 
-    async def until(self, ns: str, name: str, done: Callable[[Mapping[str, Any]], bool], wait: float, what: str) -> dict[str, Any]:
-        """The object once ``done`` holds for it (watch events, else reads), within ``wait`` seconds."""
+    async def until(self, ns: str, name: str, done: Callable[[Mapping[str, Any]], bool], wait: float, what: str,
+                    first: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The object once ``done`` holds for it (watch events, else reads), within ``wait`` seconds;
+        ``first``: the object as a write just returned it."""
         deadline = time.monotonic() + wait
-        seen: dict[str, Any] | None = None
+        seen: dict[str, Any] | None = first
         while True:
             change = self.changes.next_change(ns, name) if self.changes is not None else None
             obj = seen or await self.clients.custom.get_namespaced_custom_object(GROUP, VERSION, ns, SESSION.plural, name)
