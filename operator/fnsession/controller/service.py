@@ -27,14 +27,16 @@ from fnsession.api.session import FunctionSessionSpec
 from fnsession.core import status as docs
 from fnsession.core.binding import Bind, CreateInstance, Wait, instance_for
 from fnsession.core.deadlines import DeadlineQueue, expire_deadline, timeouts_in_force
+from fnsession.core.pausing import idle_in_force, on_deadline
 from fnsession.core.pods import LABEL_FUNCTION
 from fnsession.core.registry import FunctionState, Instance, Key, Registry, Session
 from fnsession.core.storage import storage_violations
 from fnsession.kube import writes
 from fnsession.kube.events import EventRecorder
 from fnsession.controller import metrics
-from fnsession.controller.instances import Instances, now
+from fnsession.controller.instances import now
 from fnsession.controller.memory import Heap
+from fnsession.controller.pauses import Pauses
 from fnsession.kube.client import Clients
 
 log = logging.getLogger(__name__)
@@ -54,7 +56,7 @@ class Config:
     deadline_writes: int = 32        # deadlines (expiries, removals) handled at once
 
 
-class SessionService(Instances):
+class SessionService(Pauses):
     def __init__(self, clients: Clients, config: Config) -> None:
         self.clients = clients
         self.config = config
@@ -340,7 +342,7 @@ class SessionService(Instances):
         if timeouts is None:
             self.deadlines.cancel(key)  # scheduled once the Function says what its defaults are
             return
-        expiry = expire_deadline(session.created, timeouts[0], session.last_activity, timeouts[1])
+        expiry = expire_deadline(session.created, timeouts[0], session.last_activity, idle_in_force(session.state, timeouts[1]))
         if self.deadlines.deadline(key) != expiry.at:
             self.deadlines.schedule(key, expiry.at)
             self.wake.set()
@@ -363,7 +365,9 @@ class SessionService(Instances):
             return
         session.spec = FunctionSessionSpec.model_validate(body["spec"])
         session.generation = meta.get("generation")
-        session.last_activity = docs.parse_time(status.get("lastActivityTime")) or session.last_activity
+        written_activity = docs.parse_time(status.get("lastActivityTime"))
+        session.last_activity = max(written_activity, session.last_activity) if written_activity and session.last_activity \
+            else written_activity or session.last_activity  # never back: a resume restarts the idle timer ahead of status
         if session.spec.fenced and session.state != "Expired":
             await self.expire(key, "Fenced")
             return
@@ -371,6 +375,8 @@ class SessionService(Instances):
         if written and session.last_status is not None and docs.ORDER.get(written, 0) < docs.ORDER[session.state]:
             await writes.patch_session_status(self.clients, session.namespace, session.name, session.last_status)
         if session.state == "Expired":
+            return
+        if await self.follow_pause(session, meta):  # spec.paused or a resume request: done, status written
             return
         fn = self.fn_of(session)
         inst = fn.instance_of(session.name)
@@ -588,15 +594,23 @@ class SessionService(Instances):
             if session.spec.fenced:
                 await self.expire(session.key, "Fenced")
                 return
+            if session.spec.paused and session.state in ("Pending", "Active"):  # a pause whose write failed
+                await self.pause(session.key, "Paused")
+                return
             timeouts = self.timeouts(session)
             if timeouts is None:
                 return
-            expiry = expire_deadline(session.created, timeouts[0], session.last_activity, timeouts[1])
+            expiry = expire_deadline(session.created, timeouts[0], session.last_activity, idle_in_force(session.state, timeouts[1]))
             if expiry.at > now():  # moved since it was scheduled (activity, an update): not yet
                 self.deadlines.schedule(("expire", namespace, name), expiry.at)
                 return
-            await self.expire(session.key, expiry.reason)
-            metrics.EXPIRY_LAG.observe(max(0.0, (now() - expiry.at).total_seconds()))
+            action = on_deadline(session.state, expiry.reason, session.spec.enable_auto_pause)
+            if action == "pause":
+                await self.pause(session.key, "AutoPaused")  # enableAutoPause: idle pauses instead
+            elif action == "expire":
+                await self.expire(session.key, expiry.reason)
+            if action in ("pause", "expire"):
+                metrics.EXPIRY_LAG.observe(max(0.0, (now() - expiry.at).total_seconds()))
         elif kind == "scale-in":
             await self.scale_in(namespace, name)
         elif kind == "verify":

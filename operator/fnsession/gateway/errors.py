@@ -67,6 +67,29 @@ def session_not_found(session_id: str) -> FCError:
                    f"session {session_id} does not exist, deleted by the user or expired and removed by the system")
 
 
+# --- pause and resume ----------------------------------------------------------------------------------
+
+def session_paused(session_id: str) -> FCError:
+    return FCError(409, "SessionPaused",
+                   f"session {session_id} is Paused and does not accept invocations: resume it (ResumeSession) "
+                   f"or create it with enableAutoResume")
+
+
+def session_not_active(session_id: str, state: str) -> FCError:
+    return FCError(400, "InvalidArgument", f"session {session_id} is {state}: only an Active session can be paused")
+
+
+def session_not_paused(session_id: str, state: str) -> FCError:
+    return FCError(400, "InvalidArgument", f"session {session_id} is {state}: only a Paused session can be resumed")
+
+
+def memory_pause_unsupported() -> FCError:
+    return FCError(400, "InvalidArgument",
+                   "fileSystemOnly=false (saving the instance's memory as well) is not supported: fnsession pauses "
+                   "by keeping the session's file system (its storage mounts) and releasing the instance; "
+                   "leave fileSystemOnly out or set it to true")
+
+
 # --- authentication ----------------------------------------------------------------------------------
 
 def unauthenticated(why: str) -> FCError:

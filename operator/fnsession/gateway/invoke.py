@@ -97,12 +97,13 @@ class Invoker:
         extra = b""
         route = self.routes.route(ns, function, session_id) if session_id else None
         if route is None:
-            if affinity == "GENERATED_COOKIE" or session_id is None:
-                session_id = fc.new_session_id()  # the client never chooses a cookie id
             await authorize_create()
+            if session_id is None or affinity == "GENERATED_COOKIE" and not await self.api.paused(ns, function, session_id):
+                session_id = fc.new_session_id()  # the client never chooses a cookie id (a Paused one's resumes)
             qualifier = fc.query_param(req.query, "qualifier")
+            # a passive create, or a Paused session resumed and this request held until it routes (enableAutoResume)
             try:
-                created = await self.api.create(ns, function, qualifier, {"sessionId": session_id})
+                created, _ = await self.api.create_or_resume(ns, function, qualifier, {"sessionId": session_id})
                 self.passive_creates += 1
             except FCError as err:
                 if err.code != "SessionAlreadyExists":

@@ -203,8 +203,11 @@ class Gateway:
                 await self.auth.authorize(who, "delete")
                 await self.api.delete(ns, function, session_id)
                 return 200, {}
-        elif SESSION_ACTION.match(path):
-            raise FCError(400, "InvalidArgument", "PauseSession and ResumeSession are not supported by fnsession")
+        elif m := SESSION_ACTION.match(path):
+            if method == "PUT":  # PauseSession / ResumeSession: spec.paused, as kubectl patch sets it
+                await self.auth.authorize(who, "update")
+                action = self.api.pause if m.group(3) == "pause" else self.api.resume
+                return 200, await action(ns, unquote(m.group(1)), unquote(m.group(2)), params)
         else:
             raise FCError(404, "PathNotFound", f"no API at {method} {path}")
         raise FCError(405, "MethodNotAllowed", f"{method} is not allowed on {path}")
