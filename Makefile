@@ -104,7 +104,7 @@ lint: $(VENV)/.installed ## static checks: ruff, mypy (strict for api/ core/ kub
 	exit $$rc
 
 # --- demo and tests -------------------------------------------------------------------------------
-.PHONY: demo test test-unit test-e2e bench bench-gateway
+.PHONY: demo test test-unit test-e2e bench bench-gateway bench-scale fuzz
 bench: $(VENV)/.installed images deploy ## create->Active latency over 100 sessions (warm instance, new pod); see bench/README.md
 	$(VENV)/bin/python bench/create_to_active.py
 
@@ -113,11 +113,21 @@ bench-gateway: $(VENV)/.installed images deploy ## the gateway against HAProxy a
 	$(VENV)/bin/python bench/gateway_python_path.py
 	$(VENV)/bin/python bench/create_to_routable.py
 
+STEPS ?= 1000,5000,10000,20000
+RATE ?= 50
+EXPIRIES ?= 5000
+bench-scale: $(VENV)/.installed images deploy ## the operator on the kwok nodes: creates at RATE/s up to each of STEPS live sessions, EXPIRIES due in 10 s; see bench/README.md
+	$(VENV)/bin/python bench/scale.py --steps $(STEPS) --rate $(RATE) --expiries $(EXPIRIES)
+
 demo: local-cluster images deploy ## on the local cluster (brought up when down): sessions sharing instances, routing by header, a TTL, and two tenants sharing one volume, showing what each can see
 	@hack/demo.sh
 
-test-unit: $(VENV)/.installed ## unit tests: pure logic, no cluster
-	$(PYTEST) tests/unit $(PYTEST_ARGS)
+test-unit: $(VENV)/.installed ## unit tests and the gateway's adversarial suite (loopback only), no cluster
+	$(PYTEST) tests/unit tests/adversarial $(PYTEST_ARGS)
+
+FUZZ_SECONDS ?= 60
+fuzz: $(VENV)/.installed ## the lane's C scans and the connection state machine under ASan/UBSan with atheris, FUZZ_SECONDS (default 60) in all; see README.md (Tests)
+	PYTHON=$(abspath $(VENV))/bin/python FUZZ_SECONDS=$(FUZZ_SECONDS) tests/fuzz/run.sh
 
 test-e2e: $(VENV)/.installed images deploy ## integration tests against the cluster (CLUSTER=local|kind|other)
 	$(PYTEST) tests/integration $(PYTEST_ARGS)

@@ -5,4 +5,4 @@ is at hand the install still succeeds and the lane applies the same rules throug
 from setuptools import Extension, setup
 
 setup(ext_modules=[Extension("fnsession.gateway._lane", ["operator/fnsession/gateway/_lane.c"],
-                             optional=True, extra_compile_args=["-O2"])])
+                             optional=True, extra_compile_args=["-O2", "-Wall", "-Wextra", "-Werror"])])

@@ -6,6 +6,7 @@
 #   busybox-static: the tenant-directory init image
 #   gcc: the pause image (a static C binary) and the gateway lane's C module (python3-dev too, for a
 #   Python without its headers); curl, openssl, iproute2: used by the scripts
+#   clang, libclang-rt-14-dev: make fuzz (the lane's C module built with ASan/UBSan and libFuzzer's hooks)
 #   prometheus: promtool for the alert rules' tests, and a Prometheus for the scrape test (the
 #   package's service is not started: the test runs its own process on loopback)
 #   the shellcheck package: make lint checks the scripts with it
@@ -13,7 +14,7 @@
 set -euo pipefail
 . "$(dirname "$0")/cluster/env.sh"
 PKGS="unzip containerd runc containernetworking-plugins iptables buildah mmdebstrap busybox-static gcc libc6-dev curl openssl iproute2 procps
-  prometheus shellcheck"
+  clang libclang-rt-14-dev prometheus shellcheck"
 
 # Go >= 1.GO_MIN_MINOR builds Kubernetes; without it, fetch the toolchain from the Go module proxy.
 go_ok() { command -v go >/dev/null && [ "$(go env GOVERSION 2>/dev/null | sed -n 's/^go1\.\([0-9]*\).*/\1/p')" -ge "$GO_MIN_MINOR" ] 2>/dev/null; }

@@ -105,6 +105,13 @@ CREATE_CASES: list[Case] = [
     Case("header-forbidden-for-cookie", F, {"spec.sessionAffinity": "GENERATED_COOKIE"}, HDR,
          "allowed only when sessionAffinity is HEADER_FIELD",
          rule="sessionAffinityConfig.affinityHeaderFieldName is allowed only when sessionAffinity is HEADER_FIELD"),
+    Case("sse-path-forbidden-for-header", F, {f"{CFG}.sseEndpointPath": "/sse"}, f"{CFG}.sseEndpointPath",
+         "allowed only when sessionAffinity is MCP_SSE",
+         rule="sessionAffinityConfig.sseEndpointPath is allowed only when sessionAffinity is MCP_SSE"),
+    Case("sse-path-relative", F, {"spec.sessionAffinity": "MCP_SSE", HDR: DELETE, f"{CFG}.sseEndpointPath": "sse"},
+         f"{CFG}.sseEndpointPath", "should match"),
+    Case("sse-path-with-query", F, {"spec.sessionAffinity": "MCP_SSE", HDR: DELETE, f"{CFG}.sseEndpointPath": "/sse?x=1"},
+         f"{CFG}.sseEndpointPath", "should match"),
     # Function: ranges
     Case("concurrency-zero", F, {f"{CFG}.sessionConcurrencyPerInstance": 0}, f"{CFG}.sessionConcurrencyPerInstance", "greater than or equal to 1"),
     Case("concurrency-negative", F, {f"{CFG}.sessionConcurrencyPerInstance": -3}, f"{CFG}.sessionConcurrencyPerInstance", "greater than or equal to 1"),
@@ -120,7 +127,9 @@ CREATE_CASES: list[Case] = [
     Case("fn-id-reuse-not-bool", F, {f"{CFG}.disableSessionIdReuse": "yes"}, f"{CFG}.disableSessionIdReuse", "boolean"),
     # Function: enums, required fields, template, scaling, storage policy
     Case("affinity-unknown", F, {"spec.sessionAffinity": "COOKIE"}, "spec.sessionAffinity", "Unsupported value"),
-    Case("affinity-mcp-not-yet", F, {"spec.sessionAffinity": "MCP_STREAMABLE"}, "spec.sessionAffinity", "Unsupported value"),
+    Case("header-forbidden-for-mcp", F, {"spec.sessionAffinity": "MCP_STREAMABLE"}, HDR,
+         "allowed only when sessionAffinity is HEADER_FIELD",
+         rule="sessionAffinityConfig.affinityHeaderFieldName is allowed only when sessionAffinity is HEADER_FIELD"),
     Case("affinity-missing", F, {"spec.sessionAffinity": DELETE}, "spec.sessionAffinity", "Required value"),
     Case("isolation-unknown", F, {"spec.instanceIsolation": "EXCLUSIVE"}, "spec.instanceIsolation", "Unsupported value"),
     Case("template-missing", F, {"spec.template": DELETE}, "spec.template", "Required value"),
@@ -140,6 +149,8 @@ CREATE_CASES: list[Case] = [
     Case("storage-bad-claim-name", X, {"spec.sessionStorage.allowedClaims": ["Tenant_Data"]}, "spec.sessionStorage.allowedClaims[0]", "should match"),
     Case("storage-negative-gid", X, {"spec.sessionStorage.gidRange": {"min": -1, "max": 10}}, "spec.sessionStorage.gidRange.min", "greater than or equal to 0"),
     # FunctionSession: the session id (FC's rules)
+    Case("paused-not-bool", S, {"spec.paused": "yes"}, "spec.paused", "boolean"),
+    Case("auto-resume-not-bool", S, {"spec.enableAutoResume": "on"}, "spec.enableAutoResume", "boolean"),
     Case("id-empty", S, {"spec.sessionId": ""}, "spec.sessionId", "at least 1 chars"),
     Case("id-65-chars", S, {"spec.sessionId": "a" * 65}, "spec.sessionId", "64"),
     Case("id-starts-with-dash", S, {"spec.sessionId": "-abc"}, "spec.sessionId", "should match"),

@@ -9,6 +9,8 @@
 //	GET  /ws             WebSocket echo (text and binary), RFC 6455
 //	GET  /status?code=C  answer with HTTP status C (a function's own error)
 //	GET  /healthz        200 "ok"
+//	POST/GET/DELETE /mcp  a minimal MCP Streamable HTTP server (mcp.go); GET /mcp/sse and
+//	                     POST /mcp/messages?sessionId=ID the older MCP HTTP+SSE transport
 package main
 
 import (
@@ -258,6 +260,9 @@ func main() {
 	mux.HandleFunc("/file", file)
 	mux.HandleFunc("/slow", slow)
 	mux.HandleFunc("/sse", sse)
+	mux.HandleFunc("/mcp", streamable)
+	mux.HandleFunc("/mcp/sse", sseStream)
+	mux.HandleFunc("/mcp/messages", sseMessage)
 	mux.HandleFunc("/ws", websocket)
 	mux.HandleFunc("/status", status)
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = io.WriteString(w, "ok\n") })

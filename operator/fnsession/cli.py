@@ -7,6 +7,7 @@ nothing itself, so ``--help`` stays the single description of the command line.
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import sys
 from collections.abc import Sequence
@@ -63,7 +64,39 @@ def build_parser() -> argparse.ArgumentParser:
     gw.add_argument("--keys-namespace", default="fnsession-system",
                     help="where access-key Secrets live (default: %(default)s)")
     gw.add_argument("--metrics-port", type=int, default=9091,
-                    help="serve Prometheus metrics on this port at /metrics; 0 turns them off (default: %(default)s)")
+                    help="serve Prometheus metrics on this port at /metrics (worker i: this port + i); 0 turns them off "
+                         "(default: %(default)s)")
+    gw.add_argument("--workers", default=os.environ.get("FNSESSION_GATEWAY_WORKERS", "1"), metavar="N|auto",
+                    help="processes sharing the port (SO_REUSEPORT); 'auto': the CPUs the pod may use (its CPU limit, "
+                         "else its CPU affinity) (default: $FNSESSION_GATEWAY_WORKERS, else 1)")
+    gw.add_argument("--replicas", type=int, default=int(os.environ.get("FNSESSION_GATEWAY_REPLICAS", "1")),
+                    help="gateway replicas routing to the same instances: each process takes at most "
+                         "200 // (workers x replicas) requests in flight per instance (default: "
+                         "$FNSESSION_GATEWAY_REPLICAS, else 1)")
+    gw.add_argument("--drain-delay", type=float, default=5.0, metavar="SECONDS",
+                    help="on SIGTERM: seconds to keep serving, not ready, every answer with Connection: close, "
+                         "before the port closes (default: %(default)s)")
+    gw.add_argument("--drain-timeout", type=float, default=20.0, metavar="SECONDS",
+                    help="then: seconds in-flight requests get to finish before their connections are cut "
+                         "(default: %(default)s)")
+    dp = gw.add_argument_group("data plane timeouts and limits",
+                               "each answered with FC's error object (408, 503, 504) and the connection closed")
+    dp.add_argument("--request-head-timeout", type=float, default=10.0, metavar="SECONDS",
+                    help="from a request's first byte to the end of its head (default: %(default)s)")
+    dp.add_argument("--request-body-timeout", type=float, default=30.0, metavar="SECONDS",
+                    help="between two reads of a request body (default: %(default)s)")
+    dp.add_argument("--answer-timeout", type=float, default=300.0, metavar="SECONDS",
+                    help="from a request sent to its instance to the answer's head (default: %(default)s)")
+    dp.add_argument("--stream-idle-timeout", type=float, default=300.0, metavar="SECONDS",
+                    help="between two reads of an answer being streamed; a stream that keeps sending is never "
+                         "cut (default: %(default)s)")
+    dp.add_argument("--client-idle-timeout", type=float, default=75.0, metavar="SECONDS",
+                    help="a kept-alive client connection with no request (default: %(default)s)")
+    dp.add_argument("--max-connections", type=int, default=10000,
+                    help="client connections at once; one more is answered 503 (default: %(default)s)")
+    dp.add_argument("--trusted-proxies", default="", metavar="CIDRS",
+                    help="comma-separated networks whose X-Forwarded-For/-Proto/-Host are kept (the peer appended); "
+                         "from anyone else they are replaced by the gateway's (default: none)")
     gw.set_defaults(func=cmd_gateway)
 
     ak = sub.add_parser("access-key", help="FC access keys for the gateway")
@@ -110,10 +143,25 @@ def cmd_access_key_create(args: argparse.Namespace) -> int:
 
 
 def cmd_gateway(args: argparse.Namespace) -> int:
-    from fnsession.gateway.server import run
+    from fnsession.gateway.http import Limits
+    from fnsession.gateway.server import Options, cpus_available, run
 
-    run(host=args.host, port=args.port, auth=args.auth, namespace=args.namespace, keys_namespace=args.keys_namespace,
-        metrics_port=args.metrics_port)
+    if args.workers == "auto":
+        workers = cpus_available()
+    elif args.workers.isdigit() and int(args.workers) >= 1:
+        workers = int(args.workers)
+    else:
+        raise SystemExit(f"--workers must be a whole number from 1 or 'auto', got {args.workers!r}")
+    if args.replicas < 1:
+        raise SystemExit(f"--replicas must be at least 1, got {args.replicas}")
+    try:
+        limits = Limits.from_args(args)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    run(Options(host=args.host, port=args.port, auth=args.auth, namespace=args.namespace,
+                keys_namespace=args.keys_namespace, metrics_port=args.metrics_port, workers=workers,
+                replicas=args.replicas, drain_delay=args.drain_delay, drain_timeout=args.drain_timeout, limits=limits))
     return 0
 
 

@@ -107,3 +107,18 @@ def test_structural_schema_has_no_json_schema_leftovers() -> None:
                 walk(value)
     for obj in crds.all_crds().values():
         walk(obj["spec"]["versions"][0]["schema"])
+
+
+def test_the_mcp_example_functions_are_valid_and_say_where_the_sse_stream_is() -> None:
+    docs = [d for d in yaml.safe_load_all((REPO / "examples" / "function-mcp.yaml").read_text()) if d]
+    specs = {d["metadata"]["name"]: validate(d) for d in docs}
+    assert specs["mcp-streamable"].session_affinity == "MCP_STREAMABLE"  # type: ignore[attr-defined]
+    assert specs["mcp-sse"].session_affinity_config.sse_endpoint_path == "/mcp/sse"  # type: ignore[attr-defined]
+    assert specs["mcp-streamable"].session_affinity_config.sse_endpoint_path is None  # type: ignore[attr-defined]
+
+
+def test_a_session_may_be_paused_with_the_auto_flags_and_they_default_to_false() -> None:
+    plain = FunctionSessionSpec.model_validate({"functionName": "f"})
+    assert (plain.paused, plain.enable_auto_pause, plain.enable_auto_resume) == (False, False, False)
+    spec = FunctionSessionSpec.model_validate({"functionName": "f", "paused": True, "enableAutoPause": True, "enableAutoResume": True})
+    assert spec.wire()["paused"] is True and spec.wire()["enableAutoResume"] is True

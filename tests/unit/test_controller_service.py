@@ -88,6 +88,7 @@ def test_a_waiting_session_is_checked_against_the_storage_policy_when_its_functi
         assert doc is not None and doc["conditions"][0]["reason"] == "FunctionNotFound"
         await s.function_changed(body(GOOD_EXCLUSIVE_FUNCTION, "good-exclusive-fn"))
         assert rec.of("create_pod") == [], "a session outside the storage policy got a pod"
+        await s.events.flush()
         assert ("root", "StorageNotAllowed") in rec.of("event")
     run(go())
 
@@ -186,4 +187,102 @@ def test_expired_records_are_removed_after_retention_and_kept_3_days_without_id_
         for key in s.deadlines.pop_due(plain + timedelta(seconds=1)):
             await s.deadline_due(*key)
         assert removed == ["plain"]
+    run(go())
+
+
+def test_sessions_due_together_expire_in_parallel_with_bounded_writes_and_never_early(rec: Recorder) -> None:
+    """200 sessions whose TTL ends at the same moment, each expiry write taking 50 ms: handled one
+    after another that is 10 s; with 32 writes at once it is well under 1 s. No write before the
+    session's deadline, and never more than 32 in flight."""
+    in_flight, peak, written = 0, 0, {}
+
+    async def slow_patch(clients: Any, ns: str, name: str, status: dict[str, Any]) -> bool:
+        nonlocal in_flight, peak
+        if status["sessionStatus"] == "Expired":
+            in_flight += 1
+            peak = max(peak, in_flight)
+            written[name] = svc.now()
+            await asyncio.sleep(0.05)
+            in_flight -= 1
+        return True
+
+    async def go() -> None:
+        s = SessionService(None, Config())  # type: ignore[arg-type]
+        svc.writes.patch_session_status = slow_patch  # type: ignore[assignment]
+        await s.function_changed(shared(sessionConcurrencyPerInstance=200))
+        for p in ("pod-a", "pod-b"):
+            s.registry.functions[("ns", "f")].instances[p] = svc.Instance(p, ready=True, ip="10.0.0.1", node="n", seen=True)
+        for i in range(200):
+            await s.create_session(body(GOOD_SESSION, f"s{i}", functionName="f", sessionId=f"s{i}", storage=None,
+                                        sessionTTLInSeconds=1, sessionIdleTimeoutInSeconds=0))
+        due = {name: s.deadlines.deadline(("expire", ns, name)) for ns, name in s.sessions}
+        due_last = max(d for d in due.values() if d is not None)
+        loop = asyncio.create_task(s.run_deadlines())
+        try:
+            for _ in range(300):
+                await asyncio.sleep(0.01)
+                if len(written) == 200 and not s.running:
+                    break
+        finally:
+            loop.cancel()
+        assert len(written) == 200 and all(s.sessions[("ns", n)].state == "Expired" for n in written)
+        assert all(written[n] >= due[n] for n in written), "a session expired before its deadline"  # type: ignore[operator]
+        assert 1 < peak <= 32, peak
+        lag = max(written.values()) - due_last
+        assert lag.total_seconds() < 1.5, f"the last of 200 expiries written {lag} after its deadline"
+    run(go())
+
+
+def test_the_echo_of_our_own_status_write_costs_nothing_and_a_real_change_still_counts(rec: Recorder) -> None:
+    async def go() -> None:
+        s = SessionService(None, Config())  # type: ignore[arg-type]
+        await s.function_changed(shared())
+        s.registry.functions[("ns", "f")].instances["pod"] = svc.Instance("pod", ready=True, ip="10.0.0.1", node="n", seen=True)
+        b = body(GOOD_SESSION, "e1", functionName="f", sessionId="e1", storage=None, sessionTTLInSeconds=600,
+                 sessionIdleTimeoutInSeconds=0)
+        doc = await s.create_session(b)
+        assert doc is not None and doc["sessionStatus"] == "Active"
+        session = s.sessions[("ns", "e1")]
+        spec, deadline = session.spec, s.deadlines.deadline(("expire", "ns", "e1"))
+        echo = {**b, "status": {**doc, "kopf": {"progress": {}}}}
+        await s.session_observed("MODIFIED", echo)
+        assert session.spec is spec and s.deadlines.deadline(("expire", "ns", "e1")) == deadline  # not even parsed
+        # the user shortens the TTL: a new generation, handled as before
+        changed = copy.deepcopy(echo)
+        changed["metadata"]["generation"] = 2
+        changed["spec"]["sessionTTLInSeconds"] = 60
+        await s.session_observed("MODIFIED", changed)
+        assert session.spec is not spec and session.spec.session_ttl_in_seconds == 60
+        assert s.deadlines.deadline(("expire", "ns", "e1")) < deadline  # type: ignore[operator]
+        assert ("e1", "Active") in rec.of("status")  # observedGeneration 2 written
+    run(go())
+
+
+def test_a_namespace_being_deleted_gets_no_new_instances_and_no_rebinding_storm(rec: Recorder) -> None:
+    """A namespace deleted with 100 sessions on an instance: the pod goes first; re-binding tries one
+    pod, the API says the namespace is terminating, and nothing more is attempted there."""
+    from kubernetes_asyncio.client.exceptions import ApiException
+
+    attempts = []
+
+    async def refuse(clients: Any, pod: dict[str, Any]) -> None:
+        attempts.append(pod["metadata"]["name"])
+        exc = ApiException(status=403, reason="Forbidden")
+        exc.body = 'pods "x" is forbidden: unable to create new content in namespace ns because it is being terminated'
+        raise exc
+
+    async def go() -> None:
+        s = SessionService(None, Config())  # type: ignore[arg-type]
+        await s.function_changed(shared(sessionConcurrencyPerInstance=100))
+        s.registry.functions[("ns", "f")].instances["pod"] = svc.Instance("pod", ready=True, ip="10.0.0.1", node="n", seen=True)
+        for i in range(100):
+            await s.create_session(body(GOOD_SESSION, f"s{i}", functionName="f", sessionId=f"s{i}", storage=None))
+        svc.writes.create_pod = refuse  # type: ignore[assignment]
+        pod = {"metadata": {"name": "pod", "namespace": "ns", "labels": {svc.LABEL_FUNCTION: "f"}, "deletionTimestamp": "x"}}
+        await asyncio.wait_for(s.pod_changed("DELETED", pod), 5)
+        assert 1 <= len(attempts) <= 2, attempts
+        assert "ns" in s.terminating
+        # a Function created again there (a new namespace of the same name): placing resumes
+        await s.function_changed(shared(sessionConcurrencyPerInstance=100))
+        assert "ns" not in s.terminating
     run(go())

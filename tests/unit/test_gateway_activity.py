@@ -1,7 +1,9 @@
 """The gateway's activity flush (Invoker.flush_activity): per session that had requests, one merge
 patch of status.lastActivityTime and the expireTime that activity moves, conditional on the
-resourceVersion the route was made from; on a conflict, the activity alone. The status API is a
-stand-in here; tests/integration/test_gateway_invoke.py runs the real one."""
+resourceVersion the route was made from; on a conflict, the object read again and the activity alone
+written over it, only if later. Several replicas writing one session never move it backwards, and a
+failed write is merged back and retried. The status API is a stand-in here;
+tests/integration/test_gateway_invoke.py runs the real one."""
 
 from __future__ import annotations
 
@@ -31,19 +33,42 @@ def session(name: str, version: str, **spec: Any) -> dict[str, Any]:
 
 class StatusAPI:
     """patch_namespaced_custom_object_status that records each body, answers 409 when the body's
-    resourceVersion is not the object's, and moves the object's version on every write."""
+    resourceVersion is not the object's, merges the status and moves the object's version on every
+    write; get_namespaced_custom_object reads it. ``failing``: exceptions the next patches raise."""
 
     def __init__(self, versions: dict[str, str]) -> None:
         self.versions, self.bodies = versions, []  # type: ignore[var-annotated]
+        self.status: dict[str, dict[str, Any]] = {name: {"sessionStatus": "Active"} for name in versions}
+        self.failing: list[Exception] = []
+        self.meanwhile: Any = None  # called as a failing patch waits (requests go on meanwhile)
+        self.reads = 0
 
     async def patch_namespaced_custom_object_status(self, group: str, version: str, ns: str, plural: str, name: str,
                                                     body: dict[str, Any], **_: Any) -> dict[str, Any]:
         self.bodies.append((name, body))
+        if self.failing:
+            if self.meanwhile is not None:
+                self.meanwhile()
+            raise self.failing.pop(0)
+        if name not in self.versions:
+            raise ApiException(status=404, reason="Not Found")
         wanted = (body.get("metadata") or {}).get("resourceVersion")
         if wanted is not None and wanted != self.versions[name]:
             raise ApiException(status=409, reason="Conflict")
+        self.status[name].update(body["status"])
         self.versions[name] = str(int(self.versions[name]) + 1)
         return {"metadata": {"name": name, "resourceVersion": self.versions[name]}}
+
+    async def get_namespaced_custom_object(self, group: str, version: str, ns: str, plural: str, name: str,
+                                           **_: Any) -> dict[str, Any]:
+        self.reads += 1
+        if name not in self.versions:
+            raise ApiException(status=404, reason="Not Found")
+        return {"metadata": {"name": name, "namespace": ns, "resourceVersion": self.versions[name]},
+                "status": dict(self.status[name])}
+
+    def activity(self, name: str) -> datetime | None:
+        return parse_time(self.status[name].get("lastActivityTime"))
 
 
 def world() -> tuple[Invoker, Routes, StatusAPI]:
@@ -81,8 +106,89 @@ async def test_a_session_changed_since_its_route_gets_the_activity_alone() -> No
     await invoker.flush_activity()
     (_, first), (_, second) = api.bodies
     assert "expireTime" in first["status"] and first["metadata"] == {"resourceVersion": "30"}
-    assert second == {"status": {"lastActivityTime": first["status"]["lastActivityTime"]}}
-    assert api.versions["moved"] == "32" and invoker.activity_writes == 1
+    assert second == {"metadata": {"resourceVersion": "31"},
+                      "status": {"lastActivityTime": first["status"]["lastActivityTime"]}}, "over what it read again"
+    assert api.versions["moved"] == "32" and invoker.activity_writes == 1 and api.reads == 1
+
+
+async def test_activity_never_moves_backwards_over_a_later_write_of_another_replica() -> None:
+    invoker, routes, api = world()
+    api.status["moved"]["lastActivityTime"] = stamp(T0 + timedelta(seconds=50))  # another replica's, version 31
+    invoker.activity[("ns", "moved")] = (T0 + timedelta(seconds=5)).timestamp()
+    await invoker.flush_activity()
+    assert [b["metadata"] for _, b in api.bodies] == [{"resourceVersion": "30"}], "read again, then nothing written"
+    assert api.activity("moved") == T0 + timedelta(seconds=50) and api.versions["moved"] == "31"
+    assert invoker.activity == {}, "nothing left to retry: a later activity is recorded"
+
+    # a route made from a version that already carries a later activity writes nothing at all
+    routes.apply_session("MODIFIED", {**session("moved", "31"), "status": {
+        **session("moved", "31")["status"], "lastActivityTime": stamp(T0 + timedelta(seconds=50))}})
+    invoker.activity[("ns", "moved")] = (T0 + timedelta(seconds=40)).timestamp()
+    await invoker.flush_activity()
+    assert len(api.bodies) == 1 and api.activity("moved") == T0 + timedelta(seconds=50)
+
+
+async def test_two_replicas_writing_one_session_merge_to_the_latest() -> None:
+    """Two gateways (replicas or workers), each with its own routing table, one API: whatever order
+    their flushes run in, the object ends at the later activity and never went backwards."""
+    a, routes_a, api = world()
+    b, routes_b, _ = world()
+    b.clients = a.clients  # one API server
+    written: list[datetime] = []
+    patch = api.patch_namespaced_custom_object_status
+
+    async def recording(*args: Any, **kw: Any) -> dict[str, Any]:
+        out = await patch(*args, **kw)
+        written.append(api.activity("busy"))  # type: ignore[arg-type]
+        return out
+
+    api.patch_namespaced_custom_object_status = recording  # type: ignore[method-assign]
+    for step, (first, second) in enumerate([(a, b), (b, a), (a, b)]):
+        base = T0 + timedelta(seconds=100 * (step + 1))
+        first.activity[("ns", "busy")] = (base + timedelta(seconds=30)).timestamp()   # the later one
+        second.activity[("ns", "busy")] = (base + timedelta(seconds=10)).timestamp()  # flushed after it
+        await first.flush_activity()
+        await second.flush_activity()
+        assert api.activity("busy") == base + timedelta(seconds=30)
+    assert written == sorted(written) and len(written) == 3, "each later activity written once, never backwards"
+    assert a.activity == b.activity == {}
+
+
+async def test_a_failed_flush_is_merged_back_and_retried_the_latest_time_winning() -> None:
+    invoker, routes, api = world()
+    key = ("ns", "busy")
+    api.failing = [ApiException(status=500, reason="Internal Server Error")]
+    invoker.activity[key] = (T0 + timedelta(seconds=10)).timestamp()
+    await invoker.flush_activity()
+    assert invoker.activity == {key: (T0 + timedelta(seconds=10)).timestamp()}, "kept for the next flush"
+    assert invoker.activity_writes == 0 and invoker.activity_retries == 1
+
+    # a request while the failing write waits: its later time wins over the one merged back
+    api.failing = [ConnectionRefusedError("the API server is unreachable")]
+    api.meanwhile = lambda: invoker.activity.__setitem__(key, (T0 + timedelta(seconds=20)).timestamp())
+    await invoker.flush_activity()
+    assert invoker.activity == {key: (T0 + timedelta(seconds=20)).timestamp()}
+    # and an earlier one (a clock stepped back) never replaces the failed write's later time
+    api.failing = [TimeoutError()]
+    api.meanwhile = lambda: invoker.activity.__setitem__(key, (T0 + timedelta(seconds=15)).timestamp())
+    await invoker.flush_activity()
+    assert invoker.activity == {key: (T0 + timedelta(seconds=20)).timestamp()}, "an earlier time never replaces it"
+
+    await invoker.flush_activity()  # the API server is back
+    assert invoker.activity == {} and invoker.activity_writes == 1
+    assert api.activity("busy") == T0 + timedelta(seconds=20)
+
+
+async def test_gone_expired_or_refused_sessions_are_not_retried() -> None:
+    invoker, routes, api = world()
+    api.status["moved"]["sessionStatus"] = "Expired"  # (version 31: the route is older)
+    del api.versions["busy"]                          # deleted
+    api.versions["other"], api.status["other"] = "1", {"sessionStatus": "Active"}
+    for name in ("moved", "busy", "forever"):
+        invoker.activity[("ns", name)] = (T0 + timedelta(seconds=5)).timestamp()
+    api.failing = [ApiException(status=403, reason="Forbidden")]  # the first write: RBAC refuses, for good
+    await invoker.flush_activity()
+    assert invoker.activity == {} and "lastActivityTime" not in api.status["moved"]
 
 
 async def test_no_expire_time_for_a_session_that_never_expires_or_is_not_routed() -> None:
@@ -91,7 +197,8 @@ async def test_no_expire_time_for_a_session_that_never_expires_or_is_not_routed(
     route = routes.sessions[("ns", "echo", "forever")]
     route.hard = route.idle = math.inf
     invoker.activity[("ns", "forever")] = invoker.activity[("ns", "gone")] = T0.timestamp()
-    api.versions["gone"] = "1"
+    api.versions["gone"], api.status["gone"] = "1", {"sessionStatus": "Active"}
     await invoker.flush_activity()
-    assert [(n, set(b["status"]), "metadata" in b) for n, b in api.bodies] == [
-        ("forever", {"lastActivityTime"}, False), ("gone", {"lastActivityTime"}, False)]
+    assert [(n, set(b["status"]), b["metadata"]) for n, b in api.bodies] == [
+        ("forever", {"lastActivityTime"}, {"resourceVersion": "20"}),
+        ("gone", {"lastActivityTime"}, {"resourceVersion": "1"})], "not routed: read, then written over what was read"

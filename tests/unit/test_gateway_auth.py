@@ -14,9 +14,10 @@ from typing import Any
 
 import pytest
 from kubernetes_asyncio.client import ApiClient
+from kubernetes_asyncio.client.exceptions import ApiException
 
 from fnsession.gateway import auth as auth_module
-from fnsession.gateway.auth import CACHE_SECONDS, Authenticator
+from fnsession.gateway.auth import CACHE_SECONDS, GRACE_SECONDS, Authenticator
 from fnsession.gateway.errors import FCError
 
 TOKEN = "tok-1"
@@ -166,16 +167,129 @@ async def test_rbac_withdrawn_is_seen_on_renewal(world: tuple[Authenticator, Kub
     assert refused.value.status == 403
 
 
-async def test_a_renewal_the_api_server_does_not_answer_leaves_the_entries_to_expire(
+async def test_a_renewal_the_api_server_does_not_answer_keeps_the_last_answers_for_the_grace_only(
         world: tuple[Authenticator, Kubernetes], caplog: pytest.LogCaptureFixture) -> None:
     auth, kube = world
     await grant(auth)
     age(auth, CACHE_SECONDS * 0.75)
     kube.failure = ConnectionError("the API server went away")
     with caplog.at_level(logging.WARNING):
-        until, _ = auth.cached_grant(BEARER, None)  # type: ignore[misc]
+        auth.cached_grant(BEARER, None)
         await settle(auth)
-    assert "renewing a bearer token" in caplog.text and auth.renewals == 0
-    assert auth.cached_grant(BEARER, None) is not None  # until its own expiry, never past it
-    age(auth, CACHE_SECONDS * 0.3)
+    assert "the API server is unreachable" in caplog.text and auth.renewals == 0 and auth.reach.down
+    age(auth, CACHE_SECONDS * 0.3)  # past the answers' own expiry: the grace stands in, the lane flows
+    assert auth.cached_grant(BEARER, None) is not None
+    age_grace(auth, GRACE_SECONDS - 2)
+    age(auth, CACHE_SECONDS * 0.6)
+    auth.reach.last_try -= auth_module.RETRY_WHILE_DOWN
+    assert auth.cached_grant(BEARER, None) is not None  # renewal due: from the grace again
+    await settle(auth)
+    assert auth.tokens.items[(TOKEN, None)][0] <= time.monotonic() + 2.5, "never past the grace"
+    age_grace(auth, 3)
+    age(auth, CACHE_SECONDS)
     assert auth.cached_grant(BEARER, None) is None
+    auth.reach.last_try -= auth_module.RETRY_WHILE_DOWN
+    with pytest.raises(FCError) as refused:
+        await auth.by_token(TOKEN, None)
+    assert refused.value.status == 503 and "not checked in the last 300 s" in refused.value.message
+
+
+def age_grace(auth: Authenticator, seconds: float) -> None:
+    """Every answer the grace keeps as if given ``seconds`` earlier."""
+    for grace in (auth.grace_tokens, auth.grace_reviews, auth.grace_keys):
+        grace.items = {k: (at - seconds, v) for k, (at, v) in grace.items.items()}
+
+
+async def test_while_the_api_server_is_unreachable_known_credentials_flow_and_others_get_503_at_once(
+        world: tuple[Authenticator, Kubernetes]) -> None:
+    auth, kube = world
+    await grant(auth)                                   # seen and allowed to get
+    kube.allowed = False
+    who = await auth.by_token(TOKEN, None)
+    assert not await auth.decide(who, "delete")         # seen, refused
+    kube.authenticated = False
+    with pytest.raises(FCError):
+        await auth.by_token("tok-refused", None)        # a token refused
+    kube.authenticated, kube.allowed = True, True
+    age(auth, CACHE_SECONDS * 2)                        # every cached answer expired
+    kube.failure = ConnectionRefusedError("connection refused")
+    calls = kube.token_reviews + kube.access_reviews
+
+    # known: the last identity and RBAC answer, without waiting
+    began = time.monotonic()
+    assert (await auth.by_token(TOKEN, None)).user == USER
+    await auth.authorize(who, "get")
+    assert auth.cached_grant(BEARER, None) is not None, "the lane takes it again"
+    assert auth.reach.down and auth.graced == 2
+    # unseen, refused, or a right refused: FC's 503 at once, never the grace
+    for attempt in (lambda: auth.by_token("tok-new", None), lambda: auth.by_token("tok-refused", None),
+                    lambda: auth.authorize(who, "delete")):
+        with pytest.raises(FCError) as refused:
+            await attempt()
+        assert refused.value.status == 503 and refused.value.code == "ServiceUnavailable"
+    assert time.monotonic() - began < 0.5
+    assert kube.token_reviews + kube.access_reviews - calls == 1, "one try while down, the rest refused at once"
+
+    # the API server answers again: the next try (a second later at most) finds it, and it decides again
+    kube.failure = None
+    auth.reach.last_try -= auth_module.RETRY_WHILE_DOWN
+    assert (await auth.by_token("tok-new", None)).user == USER and not auth.reach.down
+
+
+async def test_an_api_server_that_hangs_is_given_up_on_after_the_timeout(
+        world: tuple[Authenticator, Kubernetes], monkeypatch: pytest.MonkeyPatch) -> None:
+    auth, kube = world
+    await grant(auth)
+    age(auth, CACHE_SECONDS * 2)
+    monkeypatch.setattr(auth_module, "API_TIMEOUT", 0.2)
+    kube.delay = 30
+    began = time.monotonic()
+    assert (await auth.by_token(TOKEN, None)).user == USER
+    with pytest.raises(FCError) as refused:
+        await auth.by_token("tok-new", None)
+    assert refused.value.status == 503 and time.monotonic() - began < 1.0 and auth.reach.down
+
+
+async def test_the_grace_never_outlives_a_refusal(world: tuple[Authenticator, Kubernetes]) -> None:
+    auth, kube = world
+    await grant(auth)
+    kube.authenticated = False
+    age(auth, CACHE_SECONDS * 2)
+    with pytest.raises(FCError):
+        await auth.by_token(TOKEN, None)               # refused now: forgotten by the grace too
+    kube.failure = ConnectionRefusedError("connection refused")
+    with pytest.raises(FCError) as refused:
+        await auth.by_token(TOKEN, None)
+    assert refused.value.status == 503
+
+
+class Leases:
+    """create_namespaced_lease as the API server answers it: once per name, then 409."""
+
+    def __init__(self) -> None:
+        self.names: set[str] = set()
+
+    async def create_namespaced_lease(self, namespace: str, body: Any, **_: Any) -> Any:
+        if body.metadata.name in self.names:
+            raise ApiException(status=409, reason="AlreadyExists")
+        self.names.add(body.metadata.name)
+        return body
+
+
+async def test_a_nonce_claimed_by_one_gateway_process_is_refused_by_every_other() -> None:
+    api = ApiClient()
+    leases = Leases()
+    processes = []
+    for _ in range(2):  # two gateway processes (workers or replicas), one API server
+        a = Authenticator(SimpleNamespace(api=api), "kubernetes", "default", "fnsession-system",  # type: ignore[arg-type]
+                          shared_nonces=True)
+        a.nonces.api = leases  # type: ignore[union-attr]
+        processes.append(a)
+    first, second = processes
+    await first.nonces.claim("KEY1", "n-1")  # type: ignore[union-attr]
+    with pytest.raises(FCError) as refused:
+        await second.nonces.claim("KEY1", "n-1")  # type: ignore[union-attr]
+    assert refused.value.status == 401 and "already used" in refused.value.message
+    await second.nonces.claim("KEY2", "n-1")  # type: ignore[union-attr]  # another key's nonce: its own
+    assert len(leases.names) == 2 and all(n.startswith("fnsession-nonce-") and len(n) <= 63 for n in leases.names)
+    await api.close()

@@ -49,6 +49,8 @@ def test_the_sdks_empty_mount_points_mean_no_storage() -> None:
     ({"sessionTTLInSeconds": 60, "sessionIdleTimeoutInSeconds": 61}, "must not exceed sessionTTLInSeconds"),
     ({"nasConfig": {"userId": 1, "groupId": 1, "mountPoints": [{"serverAddr": "nas.example.com", "mountDir": "/d"}]}},
      "serverAddr must be '<claimName>:/<subPath>'"),
+    ({"enableAutoPause": "yes"}, "enableAutoPause must be a boolean"),
+    ({"enableAutoResume": 1}, "enableAutoResume must be a boolean"),
     ({"nasConfig": {"groupId": 1, "mountPoints": [{"serverAddr": "c:/a", "mountDir": "/d"}]}}, "nasConfig.userId must be an integer"),
 ])
 def test_bad_create_input_gets_fcs_400_naming_the_field(body: dict, says: str) -> None:
@@ -68,6 +70,7 @@ def test_a_function_session_as_fc_session_json() -> None:
                    "sessionTTLInSeconds": 3600, "sessionIdleTimeoutInSeconds": 600, "disableSessionIdReuse": False,
                    "createdTime": "2026-11-22T00:00:00.100000Z", "lastModifiedTime": "2026-11-22T00:00:01.000000Z",
                    "sessionStatus": "Active", "containerId": "containerd://x",
+                   "enableAutoPause": False, "enableAutoResume": False,
                    "nasConfig": {"userId": 7, "groupId": 8, "mountPoints": [
                        {"serverAddr": "c:/t/7", "mountDir": "/d", "enableTLS": False}]}}
     assert fc.nas_to_storage(out["nasConfig"]) == obj["spec"]["storage"]
@@ -100,3 +103,35 @@ def test_object_names_are_valid_kubernetes_names_for_any_valid_id(session_id: st
     name = fc.object_name("my-func", session_id)
     assert re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", name) and len(name) <= 253
     assert len(fc.session_id_hash(session_id)) <= 63
+
+
+def test_create_input_carries_the_auto_pause_flags() -> None:
+    spec = fc.create_input_to_spec("f", None, {"enableAutoPause": True, "enableAutoResume": False})
+    assert (spec["enableAutoPause"], spec["enableAutoResume"]) == (True, False)
+    assert FunctionSessionSpec.model_validate(spec).enable_auto_pause is True
+
+
+@pytest.mark.parametrize("raw, value", [(None, True), ("", True), ("True", True), ("true", True), ("False", False), ("false", False)])
+def test_file_system_only_as_the_sdk_sends_it(raw: str | None, value: bool) -> None:
+    assert fc.file_system_only(raw) is value
+
+
+def test_file_system_only_must_be_a_boolean() -> None:
+    with pytest.raises(FCError, match="fileSystemOnly must be true or false"):
+        fc.file_system_only("maybe")
+
+
+@pytest.mark.parametrize("state", ["Active", "Paused", "Expired"])
+def test_the_sdks_session_model_round_trips_every_field_the_gateway_returns(state: str) -> None:
+    from alibabacloud_fc20230330 import models
+
+    obj = {"metadata": {"name": "s1"}, "spec": {"functionName": "f", "sessionId": "abc", "qualifier": "prod",
+                                                  "enableAutoPause": True, "enableAutoResume": True, "storage": {
+        "runAsUser": 7, "runAsGroup": 8, "mounts": [{"claimName": "c", "subPath": "t/7", "mountPath": "/d"}]}},
+        "status": {"sessionStatus": state, "sessionId": "abc", "sessionAffinityType": "HEADER_FIELD",
+                   "createdTime": "2026-11-22T00:00:00.100000Z", "lastModifiedTime": "2026-11-22T00:00:01.000000Z",
+                   "instance": {"containerId": "containerd://x"}}}
+    out = fc.session_json(obj, {"sessionTTLInSeconds": 3600, "sessionIdleTimeoutInSeconds": 600})
+    parsed = models.Session().from_map(out)
+    assert parsed.to_map() == out, "a field the gateway returns is not one FC's SDK reads (or reads differently)"
+    assert (parsed.session_status, parsed.enable_auto_pause, parsed.enable_auto_resume) == (state, True, True)

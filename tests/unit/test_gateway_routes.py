@@ -1,13 +1,23 @@
 """The gateway's own view of a session's deadline (fnsession.gateway.routes.route_of): it stops
-routing at the TTL's end and at the idle timeout after the last request it saw, by its own clock."""
+routing at the TTL's end and at the idle timeout after the last request it saw, by its own clock.
+And its list and watch (Routes.follow) through an API server outage: the table stays, the watch is
+tried again every RETRY_SECONDS and resumes from its last version when the API server is back."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import math
+import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import aiohttp
+import pytest
+
 from fnsession.core.status import stamp
+from fnsession.gateway import routes as routes_module
+from fnsession.gateway.auth import Reachability
 from fnsession.gateway.routes import Route, Routes, route_of
 
 T0 = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
@@ -110,3 +120,126 @@ def test_a_functions_new_default_timeouts_reach_its_sessions_routes_at_once() ->
     assert route.idle == 1800
     routes.apply_session("MODIFIED", session("Expired"))
     assert ("ns", "echo-s-1") not in routes.origins and ("ns", "echo-s-2") in routes.origins
+
+
+class Script:
+    """The API server as the routing table's list and watch see it: ``lists`` answers lists in turn;
+    each watch runs the next of ``watches`` (events to yield, then an exception to raise, or None to
+    end); every call is recorded with the resourceVersion it asked from, and the loop's time."""
+
+    def __init__(self, lists: list[dict[str, Any]], watches: list[tuple[list[dict[str, Any]], BaseException | None]]) -> None:
+        self.lists, self.watches = lists, watches
+        self.calls: list[tuple[str, str | None, float]] = []
+        self.custom = self
+        self.down = False
+
+    async def list_cluster_custom_object(self, group: str, version: str, plural: str, **kw: Any) -> dict[str, Any]:
+        self.calls.append(("list", None, time.monotonic()))
+        if self.down:
+            raise ConnectionRefusedError("the API server is down")
+        return self.lists.pop(0)
+
+
+def fake_watch(script: Script) -> type:
+    class Watch:
+        async def __aenter__(self) -> Watch:
+            return self
+
+        async def __aexit__(self, *exc: Any) -> None:
+            return None
+
+        async def stream(self, func: Any, group: str, version: str, plural: str, **kw: Any) -> Any:
+            script.calls.append(("watch", kw.get("resource_version"), time.monotonic()))
+            if script.down:
+                raise ConnectionRefusedError("the API server is down")
+            if not script.watches:
+                await asyncio.sleep(3600)
+            events, failure = script.watches.pop(0)
+            for event in events:
+                yield event
+            if failure is not None:
+                raise failure
+
+    return Watch
+
+
+def listing(version: str, *objs: dict[str, Any]) -> dict[str, Any]:
+    return {"metadata": {"resourceVersion": version}, "items": list(objs)}
+
+
+def event(kind: str, obj: dict[str, Any], version: str) -> dict[str, Any]:
+    obj = {**obj, "metadata": {**obj["metadata"], "resourceVersion": version}}
+    return {"type": kind, "object": obj, "raw_object": obj}
+
+
+async def test_a_watch_cut_by_an_outage_resumes_from_its_version_within_a_retry_of_the_return(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(routes_module, "RETRY_SECONDS", 0.05)
+    fn = {"metadata": {"namespace": "ns", "name": "echo"}, "spec": FUNCTION}
+    s1 = {**session(), "metadata": {**session()["metadata"], "resourceVersion": "10"}}
+    sessions = Script([listing("10", s1)], [([event("MODIFIED", s1, "11")], aiohttp.ClientConnectionError("cut"))])
+    functions = Script([listing("5", fn)], [])
+    reach = Reachability()
+
+    class Both:  # the routing table's one client, answering each plural from its own script
+        custom = None
+
+        async def list_cluster_custom_object(self, group: str, version: str, plural: str, **kw: Any) -> Any:
+            return await (sessions if plural == "functionsessions" else functions).list_cluster_custom_object(
+                group, version, plural, **kw)
+
+    both = Both()
+    both.custom = both  # type: ignore[assignment]
+    by_plural = {"functionsessions": fake_watch(sessions), "functions": fake_watch(functions)}
+
+    class Watch:  # picks the script by the plural the stream asks for
+        async def __aenter__(self) -> Any:
+            return self
+
+        async def __aexit__(self, *exc: Any) -> None:
+            return None
+
+        def stream(self, func: Any, group: str, version: str, plural: str, **kw: Any) -> Any:
+            return by_plural[plural]().stream(func, group, version, plural, **kw)
+
+    monkeypatch.setattr(routes_module.watch, "Watch", Watch)
+    routes = Routes(both, reach)  # type: ignore[arg-type]
+    sessions.down = False
+    task = asyncio.ensure_future(routes.run())
+    try:
+        await asyncio.wait_for(routes.ready.wait(), 2)
+        assert ("ns", "echo", "s-1") in routes.sessions
+        for _ in range(100):  # the watch's event, then the cut
+            if reach.down or len(sessions.calls) > 2:
+                break
+            await asyncio.sleep(0.01)
+        sessions.down = True  # the API server is away for a while
+        await asyncio.sleep(0.3)
+        assert reach.down and ("ns", "echo", "s-1") in routes.sessions, "the table stays while it is away"
+        tries = [c for c in sessions.calls if c[0] == "watch"]
+        assert len(tries) >= 4, "tried again every RETRY_SECONDS"
+        back = time.monotonic()
+        sessions.down = False
+        sessions.watches.append(([event("MODIFIED", s1, "12")], None))
+        for _ in range(100):
+            if not reach.down:
+                break
+            await asyncio.sleep(0.01)
+        resumed = [c for c in sessions.calls if c[0] == "watch" and c[2] >= back][0]
+        assert resumed[1] == "11", "resumed from the last version seen, not relisted"
+        assert resumed[2] - back < 0.2 and not reach.down
+        assert [c[0] for c in sessions.calls].count("list") == 1
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+def test_a_relist_keeps_the_gateways_own_record_of_the_last_request() -> None:
+    routes = Routes(clients=None)  # type: ignore[arg-type]
+    routes.apply_function("ADDED", {"metadata": {"namespace": "ns", "name": "echo"}, "spec": FUNCTION})
+    routes.apply_session("ADDED", session(activity=T0 + timedelta(seconds=10)))
+    routes.sessions[("ns", "echo", "s-1")].last = at(900)  # requests the status does not show yet
+    routes.reset_sessions()
+    routes.apply_session("ADDED", session(activity=T0 + timedelta(seconds=10)))
+    assert routes.sessions[("ns", "echo", "s-1")].last == at(900), "not moved back to the status's 10 s"

@@ -17,7 +17,9 @@ from fnsession.api.common import Condition
 # The constraints sit inside the type: beside an after-validator, pydantic keeps them out of the schema.
 HeaderName = Annotated[str, StringConstraints(min_length=r.HEADER_NAME_MIN, max_length=r.HEADER_NAME_MAX,
                                               pattern=r.HEADER_NAME_PATTERN), checked(r.HEADER_NOT_RESERVED)]
-SessionAffinity = Literal["HEADER_FIELD", "GENERATED_COOKIE"]
+SessionAffinity = Literal["HEADER_FIELD", "GENERATED_COOKIE", "MCP_STREAMABLE", "MCP_SSE"]
+MCP_AFFINITIES = ("MCP_STREAMABLE", "MCP_SSE")  # the instance makes the id; no CreateSession for these (FC)
+SSE_ENDPOINT_DEFAULT = "/sse"  # FC's default sseEndpointPath
 InstanceIsolation = Literal["SHARED", "SESSION_EXCLUSIVE"]
 
 
@@ -41,6 +43,10 @@ class SessionAffinityConfig(ApiModel):
         description="A session with no request for this long expires; 0 means no idle timeout. Not above the TTL.")
     disable_session_id_reuse: bool = Field(
         False, description="Refuse the id of an expired session for 3 days (until it is deleted).")
+    sse_endpoint_path: str | None = Field(
+        None, min_length=1, max_length=256, pattern=r.SSE_PATH_PATTERN,
+        description="MCP_SSE only: the instance's path of the SSE stream whose first event, endpoint, announces "
+                    "the message URL with the session id (its sessionId query parameter). /sse when absent.")
 
 
 class Scaling(ApiModel):
@@ -91,12 +97,15 @@ class PodSpecPart(ApiModel):
 
 
 class FunctionSpec(ApiModel):
-    __rules__ = (r.HEADER_REQUIRED_FOR_HEADER_FIELD, r.HEADER_ONLY_FOR_HEADER_FIELD, r.STORAGE_ONLY_FOR_EXCLUSIVE)
+    __rules__ = (r.HEADER_REQUIRED_FOR_HEADER_FIELD, r.HEADER_ONLY_FOR_HEADER_FIELD, r.SSE_PATH_ONLY_FOR_MCP_SSE,
+                 r.STORAGE_ONLY_FOR_EXCLUSIVE)
 
     template: PodTemplate = Field(description="The instance pod (a PodTemplateSpec).")
     port: int = Field(9000, ge=1, le=65535, description="The HTTP port instances serve.")
     session_affinity: SessionAffinity = Field(
-        description="HEADER_FIELD: a header carries the session id; GENERATED_COOKIE: the gateway sets a cookie.")
+        description="HEADER_FIELD: a header carries the session id; GENERATED_COOKIE: the gateway sets a cookie; "
+                    "MCP_STREAMABLE: the Mcp-Session-Id the instance returns to initialize; MCP_SSE: the sessionId "
+                    "of the message URL the instance announces on its SSE stream (sseEndpointPath).")
     session_affinity_config: SessionAffinityConfig = Field(
         default_factory=SessionAffinityConfig, json_schema_extra={"default": SessionAffinityConfig().wire()})
     instance_isolation: InstanceIsolation = Field(

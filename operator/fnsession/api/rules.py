@@ -29,6 +29,8 @@ CONCURRENCY_MIN, CONCURRENCY_MAX = 1, 200
 # Kubernetes object names the sessions refer to (RFC 1123 subdomain / label).
 DNS_SUBDOMAIN_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 DNS_LABEL_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+# MCP_SSE: the path of the SSE stream on the instance (FC's sseEndpointPath): absolute, no query.
+SSE_PATH_PATTERN = r"^/[A-Za-z0-9._~!$&'()*+,;=:@%/-]*$"
 QUALIFIER_PATTERN = r"^[a-zA-Z0-9_][a-zA-Z0-9_-]*$"
 MAX_ID = 2147483647  # POSIX uid/gid as Kubernetes accepts them (int32)
 
@@ -110,6 +112,14 @@ HEADER_ONLY_FOR_HEADER_FIELD = Rule(
     field_path=".sessionAffinityConfig.affinityHeaderFieldName",
     reason="FieldValueForbidden",
 )
+SSE_PATH_ONLY_FOR_MCP_SSE = Rule(
+    cel="self.sessionAffinity == 'MCP_SSE' || !has(self.sessionAffinityConfig.sseEndpointPath)",
+    message="sessionAffinityConfig.sseEndpointPath is allowed only when sessionAffinity is MCP_SSE",
+    check=lambda o: o.get("sessionAffinity") == "MCP_SSE"
+        or not (o.get("sessionAffinityConfig") or {}).get("sseEndpointPath"),
+    field_path=".sessionAffinityConfig.sseEndpointPath",
+    reason="FieldValueForbidden",
+)
 STORAGE_ONLY_FOR_EXCLUSIVE = Rule(
     cel="!has(self.sessionStorage) || self.instanceIsolation == 'SESSION_EXCLUSIVE'",
     message="sessionStorage is allowed only when instanceIsolation is SESSION_EXCLUSIVE",
@@ -139,7 +149,8 @@ MOUNT_PATHS_UNIQUE = Rule(
 def _unchanged(name: str) -> Rule:
     return Rule(
         cel=f"has(self.{name}) == has(oldSelf.{name}) && (!has(self.{name}) || self.{name} == oldSelf.{name})",
-        message=f"{name} is immutable: only sessionTTLInSeconds, sessionIdleTimeoutInSeconds and fenced can change",
+        message=f"{name} is immutable: only sessionTTLInSeconds, sessionIdleTimeoutInSeconds, fenced, paused, "
+                f"enableAutoPause and enableAutoResume can change",
         field_path=f".{name}",
         reason="FieldValueForbidden",
     )

@@ -1,6 +1,7 @@
 """``FunctionSession``: one session, its binding to an instance and its lifecycle (SPEC §3).
 
-Everything in ``spec`` but the two timeouts and ``fenced`` is immutable (CEL transition rules);
+Everything in ``spec`` but the two timeouts, ``fenced``, ``paused`` and the two auto-pause flags is
+immutable (CEL transition rules);
 ``status`` is written only by the operator, so GitOps tools never see drift in ``spec``.
 """
 
@@ -14,7 +15,7 @@ from fnsession.api import rules as r
 from fnsession.api.base import ApiModel, cel, checked
 from fnsession.api.common import Condition
 
-SessionStatusValue = Literal["Pending", "Active", "Expired", "Deleted"]
+SessionStatusValue = Literal["Pending", "Active", "Paused", "Expired", "Deleted"]
 
 
 class Mount(ApiModel):
@@ -58,6 +59,16 @@ class FunctionSessionSpec(ApiModel):
         False, json_schema_extra=cel(r.FENCED_ONE_WAY),
         description="Set to true to fence the session at once (it expires with reason Fenced); cannot be undone.")
     storage: SessionStorage | None = None
+    paused: bool = Field(
+        False, description="true pauses the session: its instance (or its slot on a shared one) is released, its "
+                           "record, id, timeouts and storage are kept; false resumes it on an instance again. "
+                           "Changes both ways while the session lives; ignored once it is Expired.")
+    enable_auto_pause: bool = Field(
+        False, description="The idle timeout pauses the session (status Paused, reason AutoPaused) instead of "
+                           "expiring it; the TTL still ends it.")
+    enable_auto_resume: bool = Field(
+        False, description="A request for the Paused session resumes it and is held until the session is "
+                           "routable again; without it such a request gets FC's SessionPaused error.")
 
 
 class Instance(ApiModel):

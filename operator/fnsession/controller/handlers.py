@@ -28,6 +28,8 @@ def config_from_env() -> Config:
     return Config(
         tenant_init_image=os.environ.get("FNSESSION_TENANT_INIT_IMAGE", Config.tenant_init_image),
         expired_retention=timedelta(seconds=int(os.environ.get("FNSESSION_EXPIRED_RETENTION_SECONDS", "3600"))),
+        events_per_second=float(os.environ.get("FNSESSION_EVENTS_PER_SECOND", str(Config.events_per_second))),
+        events_burst=int(os.environ.get("FNSESSION_EVENTS_BURST", str(Config.events_burst))),
     )
 
 
@@ -37,16 +39,22 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     settings.persistence.progress_storage = kopf.StatusProgressStorage()
     settings.posting.level = logging.WARNING  # only failures; our own Events are posted by the service
     settings.scanning.disabled = True          # the CRDs are installed before the operator (make deploy)
-    settings.peering.standalone = True         # one replica; no peering objects
+    settings.peering.standalone = True         # no peering objects: only the Lease's holder runs kopf (app.py)
     settings.watching.server_timeout = 300
+    # a 429 from the API server's priority and fairness under a burst: retry soon, not after kopf's
+    # default back-offs (1, 1, 2, 3, 5, 8, 13, 21 s), which left sessions Pending for up to a minute
+    settings.networking.error_backoffs = [0.1, 0.25, 0.5, 1, 1, 2, 3, 5]
     clients = await connect()
     memo.service = SessionService(clients, config_from_env())
     await memo.service.initial_sync()  # before any handler: planning after a restart sees every binding
-    port = int(os.environ.get("FNSESSION_METRICS_PORT", "9090"))
-    if port:
-        metrics.serve(memo.service, port)
+    if int(os.environ.get("FNSESSION_METRICS_PORT", "9090")):
+        metrics.register(memo.service)
+    health = getattr(memo, "health", None)
+    if health is not None:
+        health.synced.set()
     memo.tasks = [asyncio.create_task(memo.service.run_deadlines(), name="fnsession-deadlines"),
-                  asyncio.create_task(memo.service.run_function_status(), name="fnsession-function-status")]
+                  asyncio.create_task(memo.service.run_function_status(), name="fnsession-function-status"),
+                  asyncio.create_task(memo.service.events.run(), name="fnsession-events")]
 
 
 @kopf.on.cleanup()

@@ -12,6 +12,7 @@ import logging
 import secrets
 from collections import defaultdict
 from datetime import UTC, datetime, timedelta
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from fnsession.controller import metrics
@@ -26,6 +27,7 @@ if TYPE_CHECKING:
     from fnsession.controller.service import Config, DeadlineKey
 
 log = logging.getLogger(__name__)
+WRITES_AT_ONCE = 32  # API writes one piece of work issues concurrently
 
 
 def now() -> datetime:
@@ -40,6 +42,7 @@ class Instances:
     deadlines: DeadlineQueue[DeadlineKey]
     locks: defaultdict[Key, asyncio.Lock]
     wake: asyncio.Event
+    terminating: set[str]  # namespaces being deleted (a pod create said so): nothing is placed there
 
     def lock(self, fn: FunctionState) -> asyncio.Lock:
         return self.locks[(fn.namespace, fn.name)]
@@ -47,6 +50,20 @@ class Instances:
     def live(self, session: Session) -> bool:
         """Still the session we hold, and not over."""
         return self.sessions.get(session.key) is session and session.state != "Expired"
+
+    async def each(self, names: list[str], work: Callable[[str], Awaitable[None]], limit: int = WRITES_AT_ONCE) -> None:
+        """``work`` for every name, at most ``limit`` at once (each is an API write or two)."""
+        if len(names) <= 1:
+            for name in names:
+                await work(name)
+            return
+        slots = asyncio.Semaphore(limit)
+
+        async def one(name: str) -> None:
+            async with slots:
+                await work(name)
+
+        await asyncio.gather(*(one(name) for name in names))
 
     async def guarded(self, work: Any, what: str) -> None:
         """Run one piece of work of a loop; a failure is logged and does not stop the others."""
@@ -56,6 +73,9 @@ class Instances:
             log.exception("%s failed", what)
 
     async def activate(self, session: Session, fn: FunctionState, inst: Instance) -> None:
+        raise NotImplementedError  # SessionService
+
+    def event(self, obj: dict[str, Any], *, reason: str, message: str, type_: str = "Normal") -> None:
         raise NotImplementedError  # SessionService
 
     async def place_and_write(self, session: Session, rebinding: str | None = None) -> None:
@@ -85,26 +105,35 @@ class Instances:
             statuses = status.get("containerStatuses") or []
             inst.container_id = statuses[0].get("containerID") if statuses else None
             waiting = sorted(inst.sessions) if inst.ready and not was_ready else []
-        for session_name in waiting:
+        async def activate(session_name: str) -> None:
             session = self.sessions.get((fn.namespace, session_name))
             if session is not None and session.state == "Pending":
                 await self.guarded(self.activate(session, fn, inst), f"activating {session_name}")
 
+        await self.each(waiting, activate)  # an instance that holds 100 sessions: 100 writes, 32 at once
+
     async def rebind(self, fn: FunctionState, lost: Instance) -> None:
-        """The instance went away under its sessions (deleted by someone, node gone): bind them again."""
-        for session_name in sorted(lost.sessions):
+        """The instance went away under its sessions (deleted by someone, node gone): bind them again
+        (not in a namespace being deleted: its sessions go too, and no pod may be created there)."""
+        if fn.namespace in self.terminating:
+            return
+        async def again(session_name: str) -> None:
             session = self.sessions.get((fn.namespace, session_name))
             if session is None or not self.live(session):
-                continue
+                return
             session.state = "Pending"
-            await writes.post_event(self.clients, session.ref(), reason="InstanceLost", type_="Warning",
-                                    message=f"instance {lost.name} is gone; binding the session again")
+            self.event(session.ref(), reason="InstanceLost", type_="Warning",
+                       message=f"instance {lost.name} is gone; binding the session again")
             await self.guarded(self.place_and_write(session, rebinding=lost.name), f"re-binding {session_name}")
+
+        await self.each(sorted(lost.sessions), again)
 
     async def ensure_warm(self, fn: FunctionState) -> None:
         spec = fn.spec
         if spec is None or spec.instance_isolation == "SESSION_EXCLUSIVE" or spec.scaling.warm_instances == 0:
             return
+        if len(fn.loads(below=1)) >= spec.scaling.warm_instances:
+            return  # enough empty instances (the common case, looked at without building every instance's load)
         async with self.lock(fn):
             missing = warm_deficit(fn.loads(), spec.scaling.warm_instances, spec.scaling.max_instances)
             names = [self.new_instance(fn) for _ in range(missing)]
@@ -127,7 +156,13 @@ class Instances:
                            spec=fn.spec, session_name=session.name if session else None,
                            storage=session.spec.storage if session else None,
                            tenant_init_image=(policy.tenant_init_image if policy else None) or self.config.tenant_init_image)
-        await writes.create_pod(self.clients, pod)
+        try:
+            await writes.create_pod(self.clients, pod)
+        except Exception as exc:
+            if writes.namespace_terminating(exc):
+                self.terminating.add(fn.namespace)  # the namespace is being deleted: stop placing there
+                log.info("namespace %s is being deleted: no more instances or re-binding there", fn.namespace)
+            raise
         metrics.INSTANCES_CREATED.inc()
         log.info("created instance %s/%s for Function %s", fn.namespace, name, fn.name)
 

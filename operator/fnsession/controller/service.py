@@ -27,12 +27,16 @@ from fnsession.api.session import FunctionSessionSpec
 from fnsession.core import status as docs
 from fnsession.core.binding import Bind, CreateInstance, Wait, instance_for
 from fnsession.core.deadlines import DeadlineQueue, expire_deadline, timeouts_in_force
+from fnsession.core.pausing import idle_in_force, on_deadline
 from fnsession.core.pods import LABEL_FUNCTION
 from fnsession.core.registry import FunctionState, Instance, Key, Registry, Session
 from fnsession.core.storage import storage_violations
 from fnsession.kube import writes
+from fnsession.kube.events import EventRecorder
 from fnsession.controller import metrics
-from fnsession.controller.instances import Instances, now
+from fnsession.controller.instances import now
+from fnsession.controller.memory import Heap
+from fnsession.controller.pauses import Pauses
 from fnsession.kube.client import Clients
 
 log = logging.getLogger(__name__)
@@ -47,18 +51,51 @@ RETRY = timedelta(seconds=1)
 class Config:
     tenant_init_image: str = "localhost/fnsession-tenant-init:dev"
     expired_retention: timedelta = timedelta(hours=1)
+    events_per_second: float = 20.0  # Events posted at most this often (after a burst of events_burst)
+    events_burst: int = 200
+    deadline_writes: int = 32        # deadlines (expiries, removals) handled at once
 
 
-class SessionService(Instances):
+class SessionService(Pauses):
     def __init__(self, clients: Clients, config: Config) -> None:
         self.clients = clients
         self.config = config
         self.registry = Registry()
         self.sessions: dict[Key, Session] = {}
+        self.by_id: dict[tuple[str, str, str], set[Key]] = {}  # (namespace, function, session id) -> sessions
         self.deadlines: DeadlineQueue[DeadlineKey] = DeadlineQueue()
         self.locks: defaultdict[Key, asyncio.Lock] = defaultdict(asyncio.Lock)
         self.wake = asyncio.Event()
+        self.running: set[DeadlineKey] = set()  # deadlines being handled now
+        self.terminating: set[str] = set()
+        self.tasks: set[asyncio.Task[None]] = set()  # their tasks (held, so none is collected mid-way)
         self.function_status: dict[Key, dict[str, int]] = {}  # last written, to write only changes
+        self.heap = Heap()
+        self.events = EventRecorder(
+            lambda obj, reason, message, type_: writes.post_event(self.clients, obj, reason=reason, message=message, type_=type_),
+            lambda ns, name, count: writes.bump_event(self.clients, ns, name, count),
+            rate=config.events_per_second, burst=config.events_burst,
+            counter=lambda outcome: metrics.EVENTS.labels(outcome).inc())
+
+    def event(self, obj: dict[str, Any], *, reason: str, message: str, type_: str = "Normal") -> None:
+        """An Event on ``obj``, queued (never awaited on the path of the work it describes)."""
+        self.events.record(obj, reason=reason, message=message, type_=type_)
+
+    def hold(self, session: Session) -> None:
+        """Keep the session (in place of an older object of the same name), indexed by its id."""
+        self.forget(session.key)
+        self.sessions[session.key] = session
+        self.by_id.setdefault(session.id_key, set()).add(session.key)
+
+    def forget(self, key: Key) -> Session | None:
+        session = self.sessions.pop(key, None)
+        if session is not None:
+            same = self.by_id.get(session.id_key)
+            if same is not None:
+                same.discard(key)
+                if not same:
+                    del self.by_id[session.id_key]
+        return session
 
     def fn_of(self, session: Session) -> FunctionState:
         return self.registry.function(session.namespace, session.function)
@@ -92,6 +129,8 @@ class SessionService(Instances):
         meta = body["metadata"]
         fn = self.registry.function(meta["namespace"], meta["name"])
         fn.spec = FunctionSpec.model_validate(body["spec"])
+        if meta.get("deletionTimestamp") is None:
+            self.terminating.discard(fn.namespace)  # a Function created there: the namespace is live
         fn.uid = meta["uid"]
         for session in [s for s in self.sessions.values() if s.namespace == fn.namespace and s.function == fn.name]:
             if session.state != "Expired":
@@ -115,8 +154,7 @@ class SessionService(Instances):
         problems = storage_violations(fn.name, fn.spec, session.spec.storage)
         if problems:
             return "StorageNotAllowed", "; ".join(problems)
-        twins = [s for s in self.sessions.values() if s is not session and s.namespace == session.namespace
-                 and s.function == session.function and s.session_id == session.session_id]
+        twins = [s for k in self.by_id.get(session.id_key, ()) if (s := self.sessions[k]) is not session]
         live = next((t for t in twins if t.state != "Expired"), None)
         if live is not None:
             return "DuplicateSessionId", (f"session id {session.session_id!r} is already live for Function {fn.name} "
@@ -145,7 +183,7 @@ class SessionService(Instances):
             return known.last_status  # a retried handler: the session is placed already
         session = Session(meta["namespace"], meta["name"], meta["uid"], spec.function_name,
                           spec.session_id or meta["name"], now(), spec, generation=meta.get("generation"))
-        self.sessions[key] = session
+        self.hold(session)
         self.schedule_expiry(session)
         if spec.fenced:
             await self.expire(key, "Fenced", write=False)
@@ -155,6 +193,8 @@ class SessionService(Instances):
     async def place(self, session: Session, rebinding: str | None = None) -> dict[str, Any] | None:
         """Take a slot for the session (or queue it); returns its status document, None if it died."""
         fn = self.fn_of(session)
+        if session.namespace in self.terminating:
+            return None  # the namespace is being deleted, and the session with it
         refusal = self.admission(session, fn)
         if refusal is not None:
             reason, message = refusal
@@ -162,7 +202,7 @@ class SessionService(Instances):
                 if reason == "FunctionNotFound" and session.name not in fn.waiting:
                     fn.waiting.append(session.name)
             metrics.REFUSED.labels(reason).inc()
-            await writes.post_event(self.clients, session.ref(), reason=reason, message=message, type_="Warning")
+            self.event(session.ref(), reason=reason, message=message, type_="Warning")
             return self.pending_doc(session, reason, message)
         assert fn.spec is not None
         spec, create = fn.spec, None
@@ -174,7 +214,10 @@ class SessionService(Instances):
                 plan: Bind | CreateInstance | Wait = CreateInstance() if count < spec.scaling.max_instances else Wait(
                     "MaxInstancesReached", f"{count} instances exist and spec.scaling.maxInstances is {spec.scaling.max_instances}")
             else:
-                plan = instance_for(fn.loads(), spec.sessions_per_instance, spec.scaling.max_instances)
+                plan = instance_for(fn.loads(below=spec.sessions_per_instance), spec.sessions_per_instance,
+                                    spec.scaling.max_instances)
+                if not isinstance(plan, Bind):  # no instance with room: whether to make one counts them all
+                    plan = instance_for(fn.loads(), spec.sessions_per_instance, spec.scaling.max_instances)
             if isinstance(plan, CreateInstance):
                 exclusive = session.name if spec.instance_isolation == "SESSION_EXCLUSIVE" else None
                 create = self.new_instance(fn, exclusive_for=exclusive)
@@ -186,7 +229,7 @@ class SessionService(Instances):
             else:
                 inst = fn.take_slot(plan.instance, session.name)
         if isinstance(plan, Wait):
-            await writes.post_event(self.clients, session.ref(), reason=plan.reason, message=plan.message, type_="Warning")
+            self.event(session.ref(), reason=plan.reason, message=plan.message, type_="Warning")
             return self.pending_doc(session, plan.reason, plan.message)
         assert inst is not None
         if create is not None:
@@ -200,14 +243,14 @@ class SessionService(Instances):
             if not self.live(session):  # deleted or fenced while its pod was being created
                 await self.after_release(fn, self.release(fn, session), fence=True)
                 return None
-            await writes.post_event(self.clients, session.ref(), reason="ScaledOut", message=f"created instance {create} for this session")
+            self.event(session.ref(), reason="ScaledOut", message=f"created instance {create} for this session")
         await self.ensure_warm(fn)
         if not self.live(session):
             return None
         if inst.ready:
             session.state = "Active"
             metrics.BIND_SECONDS.observe((now() - session.created).total_seconds())
-            await writes.post_event(self.clients, session.ref(), reason="Bound", message=self.bound_message(inst, rebinding))
+            self.event(session.ref(), reason="Bound", message=self.bound_message(inst, rebinding))
             return self.active_doc(session, fn, inst, lost=rebinding)
         session.lost_instance = rebinding
         after = f" (instance {rebinding} was lost)" if rebinding else ""
@@ -248,7 +291,7 @@ class SessionService(Instances):
         session.state = "Active"
         metrics.BIND_SECONDS.observe((now() - session.created).total_seconds())
         await self.write_status(session, self.active_doc(session, fn, inst))
-        await writes.post_event(self.clients, session.ref(), reason="Bound", message=self.bound_message(inst, None))
+        self.event(session.ref(), reason="Bound", message=self.bound_message(inst, None))
 
     @staticmethod
     def bound_message(inst: Instance, rebinding: str | None) -> str:
@@ -299,7 +342,7 @@ class SessionService(Instances):
         if timeouts is None:
             self.deadlines.cancel(key)  # scheduled once the Function says what its defaults are
             return
-        expiry = expire_deadline(session.created, timeouts[0], session.last_activity, timeouts[1])
+        expiry = expire_deadline(session.created, timeouts[0], session.last_activity, idle_in_force(session.state, timeouts[1]))
         if self.deadlines.deadline(key) != expiry.at:
             self.deadlines.schedule(key, expiry.at)
             self.wake.set()
@@ -318,9 +361,13 @@ class SessionService(Instances):
             if not status.get("sessionStatus"):
                 return  # not handled yet: the create handler binds it
             session = self.restore(body)
+        elif self.echo(session, meta, status):
+            return
         session.spec = FunctionSessionSpec.model_validate(body["spec"])
         session.generation = meta.get("generation")
-        session.last_activity = docs.parse_time(status.get("lastActivityTime")) or session.last_activity
+        written_activity = docs.parse_time(status.get("lastActivityTime"))
+        session.last_activity = max(written_activity, session.last_activity) if written_activity and session.last_activity \
+            else written_activity or session.last_activity  # never back: a resume restarts the idle timer ahead of status
         if session.spec.fenced and session.state != "Expired":
             await self.expire(key, "Fenced")
             return
@@ -328,6 +375,8 @@ class SessionService(Instances):
         if written and session.last_status is not None and docs.ORDER.get(written, 0) < docs.ORDER[session.state]:
             await writes.patch_session_status(self.clients, session.namespace, session.name, session.last_status)
         if session.state == "Expired":
+            return
+        if await self.follow_pause(session, meta):  # spec.paused or a resume request: done, status written
             return
         fn = self.fn_of(session)
         inst = fn.instance_of(session.name)
@@ -340,6 +389,16 @@ class SessionService(Instances):
             session.last_status = doc
             await self.write_status(session, doc)
 
+    @staticmethod
+    def echo(session: Session, meta: dict[str, Any], status: dict[str, Any]) -> bool:
+        """The event of an Active or Expired session that says only what we know: our own status write coming
+        back (or kopf's bookkeeping). Nothing to do, and nothing parsed: the spec is unchanged (same
+        generation, already observed), no newer activity, the status as we left it."""
+        return (session.state in ("Active", "Expired") and status.get("sessionStatus") == session.state
+                and meta.get("generation") == session.generation == status.get("observedGeneration")
+                and (status.get("lastActivityTime") is None
+                     or docs.parse_time(status.get("lastActivityTime")) == session.last_activity))
+
     def restore(self, body: dict[str, Any]) -> Session:
         """A session that was handled before this process started: take its binding back."""
         meta, status = body["metadata"], body.get("status") or {}
@@ -350,7 +409,7 @@ class SessionService(Instances):
                           generation=status.get("observedGeneration"), conditions=list(status.get("conditions") or []),
                           last_activity=docs.parse_time(status.get("lastActivityTime")), last_status=dict(status))
         session.last_status.pop("kopf", None)
-        self.sessions[session.key] = session
+        self.hold(session)
         fn = self.fn_of(session)
         pod = (status.get("instance") or {}).get("podName")
         bound_reason = next((c.get("reason") for c in session.conditions if c.get("type") == "Bound"), None)
@@ -402,7 +461,7 @@ class SessionService(Instances):
         fn = self.fn_of(session)
         async with self.lock(fn):
             inst = fn.release(session.name, at)
-        await writes.post_event(self.clients, session.ref(), reason="Expired", message=f"{docs.EXPIRY_MESSAGES[reason]} ({reason})")
+        self.event(session.ref(), reason="Expired", message=f"{docs.EXPIRY_MESSAGES[reason]} ({reason})")
         self.schedule_removal(session)
         await self.after_release(fn, inst, fence=reason == "Fenced")
 
@@ -414,7 +473,7 @@ class SessionService(Instances):
         self.wake.set()
 
     async def session_deleted(self, key: Key) -> None:
-        session = self.sessions.pop(key, None)
+        session = self.forget(key)
         for kind in ("expire", "remove", "verify"):
             self.deadlines.cancel((kind, *key))  # type: ignore[arg-type]
         if session is None:
@@ -447,18 +506,25 @@ class SessionService(Instances):
 
     # --- Function status, written coarsely -----------------------------------------------------------
 
-    def function_counts(self, fn: FunctionState) -> dict[str, int]:
-        live = [i for i in fn.instances.values() if not i.deleting]
-        states = [s.state for s in self.sessions.values() if s.namespace == fn.namespace and s.function == fn.name]
-        return {"instances": len(live), "readyInstances": sum(1 for i in live if i.ready),
-                "activeSessions": states.count("Active"), "pendingSessions": states.count("Pending")}
+    def function_counts(self) -> dict[Key, dict[str, int]]:
+        """Every Function's counts, in one pass over the sessions (not one pass per Function)."""
+        states: dict[Key, list[int]] = {}
+        for s in self.sessions.values():
+            if s.state in ("Active", "Pending"):
+                tally = states.setdefault((s.namespace, s.function), [0, 0])
+                tally[s.state == "Pending"] += 1
+        out = {}
+        for key, fn in self.registry.functions.items():
+            live = [i for i in fn.instances.values() if not i.deleting]
+            active, pending = states.get(key, (0, 0))
+            out[key] = {"instances": len(live), "readyInstances": sum(1 for i in live if i.ready),
+                        "activeSessions": active, "pendingSessions": pending}
+        return out
 
     async def flush_function_status(self) -> None:
-        for key, fn in list(self.registry.functions.items()):
-            if fn.spec is None:
-                continue
-            counts = self.function_counts(fn)
-            if self.function_status.get(key) == counts:
+        for key, counts in self.function_counts().items():
+            fn = self.registry.functions.get(key)
+            if fn is None or fn.spec is None or self.function_status.get(key) == counts:
                 continue
             try:
                 await self.clients.custom.patch_namespaced_custom_object_status(
@@ -469,14 +535,26 @@ class SessionService(Instances):
                 log.debug("Function %s/%s status: %s", fn.namespace, fn.name, exc)
 
     async def run_function_status(self, interval: float = 1.0) -> None:
-        """At most one status write per Function per ``interval``, and only when a count changed."""
+        """At most one status write per Function per ``interval``, and only when a count changed.
+        Counting passes over every session: past 10,000 live sessions it is made every
+        ``sessions / 10,000`` intervals, so its cost per second stays flat however many are live."""
+        flushed = 0.0
         while True:
             await asyncio.sleep(interval)
-            await self.flush_function_status()
+            clock = asyncio.get_running_loop().time()
+            if clock - flushed >= interval * max(1.0, len(self.sessions) / 10_000):
+                await self.flush_function_status()
+                flushed = clock
+            self.heap.tick(len(self.sessions))  # and the heap's upkeep (controller/memory.py)
 
     # --- the one deadline task ---------------------------------------------------------------------
 
     async def run_deadlines(self) -> None:
+        """Every deadline that falls due is handled in its own task, at most ``config.deadline_writes``
+        at once (each is one API write or so): 5,000 sessions due together expire in parallel, not
+        one after another, and a slow write delays no other deadline. Never early: a deadline is
+        handled only once due, and an expiry checks its deadline again when it runs."""
+        slots = asyncio.Semaphore(self.config.deadline_writes)
         while True:
             upcoming = self.deadlines.next_at()
             timeout = 3600.0 if upcoming is None else max(0.0, (upcoming - now()).total_seconds())
@@ -485,13 +563,28 @@ class SessionService(Instances):
             except TimeoutError:
                 pass
             self.wake.clear()
-            for kind, namespace, name in self.deadlines.pop_due(now()):
-                try:
-                    await self.deadline_due(kind, namespace, name)
-                except Exception:  # one failed deadline must not stop the others
-                    log.exception("deadline %s for %s/%s failed; retrying in 1 s", kind, namespace, name)
-                    if self.deadlines.deadline((kind, namespace, name)) is None:
-                        self.deadlines.schedule((kind, namespace, name), now() + RETRY)
+            for key in self.deadlines.pop_due(now()):
+                if key in self.running:  # the same deadline still being handled: look again shortly
+                    self.deadlines.schedule(key, now() + RETRY)
+                    continue
+                await slots.acquire()
+                self.running.add(key)
+                task = asyncio.create_task(self._deadline(key, slots))
+                self.tasks.add(task)
+                task.add_done_callback(self.tasks.discard)
+
+    async def _deadline(self, key: DeadlineKey, slots: asyncio.Semaphore) -> None:
+        kind, namespace, name = key
+        try:
+            await self.deadline_due(kind, namespace, name)
+        except Exception:  # one failed deadline must not stop the others
+            log.exception("deadline %s for %s/%s failed; retrying in 1 s", kind, namespace, name)
+            if self.deadlines.deadline(key) is None:
+                self.deadlines.schedule(key, now() + RETRY)
+                self.wake.set()
+        finally:
+            self.running.discard(key)
+            slots.release()
 
     async def deadline_due(self, kind: DeadlineKind, namespace: str, name: str) -> None:
         if kind == "expire":
@@ -501,14 +594,23 @@ class SessionService(Instances):
             if session.spec.fenced:
                 await self.expire(session.key, "Fenced")
                 return
+            if session.spec.paused and session.state in ("Pending", "Active"):  # a pause whose write failed
+                await self.pause(session.key, "Paused")
+                return
             timeouts = self.timeouts(session)
             if timeouts is None:
                 return
-            expiry = expire_deadline(session.created, timeouts[0], session.last_activity, timeouts[1])
+            expiry = expire_deadline(session.created, timeouts[0], session.last_activity, idle_in_force(session.state, timeouts[1]))
             if expiry.at > now():  # moved since it was scheduled (activity, an update): not yet
                 self.deadlines.schedule(("expire", namespace, name), expiry.at)
                 return
-            await self.expire(session.key, expiry.reason)
+            action = on_deadline(session.state, expiry.reason, session.spec.enable_auto_pause)
+            if action == "pause":
+                await self.pause(session.key, "AutoPaused")  # enableAutoPause: idle pauses instead
+            elif action == "expire":
+                await self.expire(session.key, expiry.reason)
+            if action in ("pause", "expire"):
+                metrics.EXPIRY_LAG.observe(max(0.0, (now() - expiry.at).total_seconds()))
         elif kind == "scale-in":
             await self.scale_in(namespace, name)
         elif kind == "verify":

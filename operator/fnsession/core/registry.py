@@ -42,17 +42,23 @@ class FunctionState:
     spec: FunctionSpec | None = None
     instances: dict[str, Instance] = field(default_factory=dict)
     waiting: deque[str] = field(default_factory=deque)  # sessions with no slot (maxInstances), oldest first
+    bound: dict[str, str] = field(default_factory=dict)  # session -> the instance it holds a slot on (an index)
 
-    def loads(self) -> list[InstanceLoad]:
+    def loads(self, below: int | None = None) -> list[InstanceLoad]:
+        """The shared instances' loads; with ``below``, only those holding fewer sessions (the ones a
+        session could go to: at scale most instances are full, and are not looked at twice)."""
         return [InstanceLoad(i.name, i.ready, len(i.sessions), i.deleting, i.empty_since)
-                for i in self.instances.values() if i.exclusive_for is None]
+                for i in self.instances.values()
+                if i.exclusive_for is None and (below is None or len(i.sessions) < below and not i.deleting)]
 
     def instance_of(self, session: str) -> Instance | None:
-        return next((i for i in self.instances.values() if session in i.sessions), None)
+        inst = self.instances.get(self.bound.get(session, ""))
+        return inst if inst is not None and session in inst.sessions else None
 
     def take_slot(self, instance: str, session: str) -> Instance:
         inst = self.instances.setdefault(instance, Instance(instance))
         inst.sessions.add(session)
+        self.bound[session] = instance
         inst.empty_since = None
         if session in self.waiting:
             self.waiting.remove(session)
@@ -63,6 +69,7 @@ class FunctionState:
         if session in self.waiting:
             self.waiting.remove(session)
         inst = self.instance_of(session)
+        self.bound.pop(session, None)
         if inst is not None:
             inst.sessions.discard(session)
             if not inst.sessions:
@@ -105,6 +112,10 @@ class Session:
     @property
     def key(self) -> Key:
         return (self.namespace, self.name)
+
+    @property
+    def id_key(self) -> tuple[str, str, str]:
+        return (self.namespace, self.function, self.session_id)
 
     def ref(self) -> dict[str, Any]:
         return {"apiVersion": API_VERSION, "kind": SESSION.kind,

@@ -1,15 +1,16 @@
 """FunctionSession status documents, as pure functions: timestamps with sub-second precision,
 conditions as the API conventions define them, and the lifecycle's one-way order
-(Pending → Active → Expired)."""
+(Pending → Active ⇄ Paused → Expired: never back from Expired)."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
 from typing import Any
 
+from fnsession.core.pausing import PAUSED_MESSAGES, pause_reason
 from fnsession.core.registry import Instance, Session
 
-ORDER = {"Pending": 0, "Active": 1, "Expired": 2}
+ORDER = {"Pending": 0, "Active": 1, "Paused": 1, "Expired": 2}  # Active and Paused go both ways
 EXPIRY_MESSAGES = {
     "TTL": "the session reached its TTL",
     "IdleTimeout": "the session was idle for its idle timeout",
@@ -58,6 +59,9 @@ def base(session: Session, at: datetime, affinity: str | None, expire_at: dateti
 
 
 def _with(session: Session, doc: dict[str, Any], conditions: list[dict[str, Any]]) -> dict[str, Any]:
+    if doc["sessionStatus"] != "Paused" and pause_reason(session.conditions) is not None:  # bound again: resumed
+        at = parse_time(doc["lastModifiedTime"]) or datetime.now(UTC)
+        conditions = [*conditions, condition("Paused", False, "Resumed", "the session was resumed", at, session.generation)]
     session.conditions = merge_conditions(session.conditions, conditions)
     return {**doc, "conditions": session.conditions}
 
@@ -93,4 +97,13 @@ def expired(session: Session, at: datetime, affinity: str | None, reason: str) -
     doc = {**base(session, at, affinity, at), "sessionStatus": "Expired"}
     message, gen = EXPIRY_MESSAGES[reason], session.generation
     return _with(session, doc, [condition("Expired", True, reason, message, at, gen),
+                                condition("Ready", False, reason, message, at, gen)])
+
+
+def paused(session: Session, at: datetime, affinity: str | None, expire_at: datetime | None, reason: str) -> dict[str, Any]:
+    """Paused (reason ``Paused`` or ``AutoPaused``): no instance; the record, timeouts and storage stay."""
+    doc = {**base(session, at, affinity, expire_at), "sessionStatus": "Paused", "instance": NO_INSTANCE}
+    message, gen = PAUSED_MESSAGES[reason], session.generation
+    return _with(session, doc, [condition("Paused", True, reason, message, at, gen),
+                                condition("Bound", False, reason, message, at, gen),
                                 condition("Ready", False, reason, message, at, gen)])

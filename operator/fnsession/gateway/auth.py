@@ -15,20 +15,35 @@ token, whatever the number of connections), so that a steady stream never finds 
 never waits on the API server; no answer is used longer than :data:`CACHE_SECONDS` after it was
 given, and a token that no longer authenticates is forgotten at once. Concurrent misses for one
 key make one API call, which they all await.
+
+The data plane outlives the control plane: when the API server cannot be reached (no connection, no
+answer within :data:`API_TIMEOUT`, a 5xx), a credential that was positively answered in the last
+:data:`GRACE_SECONDS` keeps its last identity and RBAC answers until the API server answers again
+(:class:`Reachability` tells; one call a second tries it while it is down, the rest fail at once),
+and anything else (a credential not seen, or refused, or seen longer ago) gets FC's 503
+``ServiceUnavailable`` at once instead of waiting.
+
+With several gateway processes (workers, replicas), a signed request's nonce is also claimed in the
+cluster (:class:`SharedNonces`: a Lease named after it, which the API server creates once), so a
+request replayed to another process is refused too.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import logging
 import math
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
+import aiohttp
 from kubernetes_asyncio import client
+from kubernetes_asyncio.client.exceptions import ApiException
 
 from fnsession.api.names import GROUP, SESSION
 from fnsession.gateway import errors, signing
@@ -39,6 +54,79 @@ LABEL_ACCESS_KEY = "fnsession.dev/access-key-id"
 NAMESPACE_HEADER = "x-fnsession-namespace"
 CACHE_SECONDS = 10.0
 RENEW_AFTER = 0.5  # of a cached decision's life: asked again in the background from then, when in use
+GRACE_SECONDS = 300.0  # how long a positive answer stands in while the API server cannot be reached
+API_TIMEOUT = 3.0  # seconds an authentication or authorisation call waits for the API server
+RETRY_WHILE_DOWN = 1.0  # seconds between tries of the API server while it is unreachable
+LABEL_NONCE = "fnsession.dev/signature-nonce"
+
+
+class Unreachable(Exception):
+    """The API server did not answer (no connection, a timeout, a 5xx)."""
+
+
+def unavailable(why: str) -> errors.FCError:
+    return errors.FCError(503, "ServiceUnavailable", why, retry_after_ms=1000)
+
+
+def unreachable_error(exc: BaseException) -> bool:
+    """Whether ``exc`` says the API server could not be reached (rather than that it refused)."""
+    if isinstance(exc, ApiException):
+        return exc.status is None or exc.status == 0 or exc.status >= 500
+    return isinstance(exc, (aiohttp.ClientError, asyncio.TimeoutError, OSError))
+
+
+class Reachability:
+    """Whether the API server answers, as the gateway's calls find it: down from a call that could not
+    reach it, up again at the next that could. While down, :meth:`wait` refuses at once except for one
+    caller a second, which tries."""
+
+    def __init__(self) -> None:
+        self.down_since: float | None = None  # monotonic
+        self.last_try = 0.0
+        self.outages = 0  # for metrics
+
+    @property
+    def down(self) -> bool:
+        return self.down_since is not None
+
+    def may_try(self) -> bool:
+        if self.down_since is None:
+            return True
+        now = time.monotonic()
+        if now - self.last_try >= RETRY_WHILE_DOWN:
+            self.last_try = now
+            return True
+        return False
+
+    def failed(self) -> None:
+        now = time.monotonic()
+        if self.down_since is None:
+            self.down_since = now
+            self.outages += 1
+            log.warning("the API server is unreachable: known credentials keep their last answers for up to %.0f s",
+                        GRACE_SECONDS)
+        self.last_try = now
+
+    def answered(self) -> None:
+        if self.down_since is not None:
+            log.info("the API server answers again (after %.1f s)", time.monotonic() - self.down_since)
+            self.down_since = None
+
+    async def call(self, call: Callable[[], Awaitable[Any]]) -> Any:
+        """``call()``, bounded by :data:`API_TIMEOUT`; :class:`Unreachable` when the API server did not
+        answer (or is known down and it is not this caller's turn to try)."""
+        if not self.may_try():
+            raise Unreachable("the API server is unreachable")
+        try:
+            out = await asyncio.wait_for(call(), API_TIMEOUT)
+        except Exception as exc:
+            if unreachable_error(exc):
+                self.failed()
+                raise Unreachable(str(exc) or type(exc).__name__) from exc
+            self.answered()
+            raise
+        self.answered()
+        return out
 
 
 @dataclass(frozen=True)
@@ -71,23 +159,98 @@ class TTLCache:
             return None
         return hit
 
-    def put(self, key: Any, value: Any) -> Any:
+    def put(self, key: Any, value: Any, until: float = math.inf) -> Any:
+        """Keep ``value`` for the cache's seconds, or until ``until`` (monotonic) if sooner."""
         if len(self.items) > 10000:
             self.items.clear()
-        self.items[key] = (time.monotonic() + self.seconds, value)
+        self.items[key] = (min(time.monotonic() + self.seconds, until), value)
         return value
+
+
+class Grace:
+    """The last positive answer per key, and when it was given (monotonic): what stands in while the
+    API server is unreachable, for :data:`GRACE_SECONDS` after it was given, never longer."""
+
+    def __init__(self, seconds: float = GRACE_SECONDS) -> None:
+        self.seconds = seconds
+        self.items: dict[Any, tuple[float, Any]] = {}
+
+    def keep(self, key: Any, value: Any) -> None:
+        if len(self.items) > 20000:
+            cutoff = time.monotonic() - self.seconds
+            self.items = {k: v for k, v in self.items.items() if v[0] >= cutoff}
+        self.items[key] = (time.monotonic(), value)
+
+    def forget(self, key: Any) -> None:
+        self.items.pop(key, None)
+
+    def get(self, key: Any) -> tuple[float, Any] | None:
+        """``(until, value)``: the answer and until when (monotonic) it may stand in; None if none."""
+        hit = self.items.get(key)
+        if hit is None:
+            return None
+        until = hit[0] + self.seconds
+        return (until, hit[1]) if time.monotonic() < until else None
+
+
+class SharedNonces:
+    """A signed request's nonce claimed for every gateway process at once: a Lease named after it in
+    the gateway's namespace, which the API server creates once (409 for a replay, whichever process
+    it reaches). :meth:`sweep` deletes those older than twice the replay window."""
+
+    def __init__(self, clients: Clients, namespace: str, window: float) -> None:
+        self.api = client.CoordinationV1Api(clients.api)
+        self.namespace, self.window = namespace, window
+
+    @staticmethod
+    def name(access_key_id: str, nonce: str) -> str:
+        return "fnsession-nonce-" + hashlib.sha256(f"{access_key_id}/{nonce}".encode()).hexdigest()[:40]
+
+    async def claim(self, access_key_id: str, nonce: str) -> None:
+        lease = client.V1Lease(metadata=client.V1ObjectMeta(name=self.name(access_key_id, nonce),
+                                                            labels={LABEL_NONCE: "true"}))
+        try:
+            await self.api.create_namespaced_lease(self.namespace, lease, _request_timeout=API_TIMEOUT)
+        except ApiException as exc:
+            if exc.status == 409:
+                raise errors.unauthenticated("x-acs-signature-nonce was already used: a replayed request") from None
+            raise
+
+    async def sweep(self) -> None:
+        leases = await self.api.list_namespaced_lease(self.namespace, label_selector=f"{LABEL_NONCE}=true")
+        cutoff = datetime.now(UTC).timestamp() - 2 * self.window
+        for lease in leases.items:
+            if lease.metadata.creation_timestamp.timestamp() < cutoff:
+                try:
+                    await self.api.delete_namespaced_lease(lease.metadata.name, self.namespace)
+                except ApiException as exc:
+                    if exc.status != 404:
+                        raise
+
+    async def run_sweeper(self, every: float = 60.0) -> None:
+        while True:
+            await asyncio.sleep(every)
+            try:
+                await self.sweep()
+            except Exception as exc:  # noqa: BLE001 - the next sweep tries again
+                log.debug("sweeping signature nonces: %s", exc)
 
 
 class Authenticator:
     """``mode``: ``kubernetes`` (tokens and access keys) or ``none`` (nobody is checked: development only)."""
 
-    def __init__(self, clients: Clients, mode: str, default_namespace: str, keys_namespace: str) -> None:
+    def __init__(self, clients: Clients, mode: str, default_namespace: str, keys_namespace: str,
+                 reachability: Reachability | None = None, shared_nonces: bool = False) -> None:
         self.clients, self.mode = clients, mode
         self.default_namespace, self.keys_namespace = default_namespace, keys_namespace
         self.auth_api = client.AuthenticationV1Api(clients.api)
         self.authz_api = client.AuthorizationV1Api(clients.api)
         self.tokens, self.keys, self.reviews = TTLCache(), TTLCache(), TTLCache()
+        self.grace_tokens, self.grace_keys, self.grace_reviews = Grace(), Grace(), Grace()
+        self.reach = reachability or Reachability()
         self.replays = signing.ReplayGuard()
+        self.nonces = SharedNonces(clients, keys_namespace, self.replays.window) if shared_nonces else None
+        self.graced = 0  # answers given from the grace while the API server was unreachable (metrics)
         self.calls: dict[Any, asyncio.Task[Any]] = {}  # API calls under way, by what they decide (single-flight)
         self.renewals = 0  # tokens renewed in the background (metrics)
 
@@ -162,9 +325,13 @@ class Authenticator:
         try:
             who = await self.by_token(*key, fresh=True)
             await self.decide(who, "get", fresh=True)
-            self.renewals += 1
-        except errors.FCError:  # not authenticated any more: forgotten, so its next request is refused
-            self.tokens.items.pop(key, None)
+            if not self.reach.down:  # (else the grace answered: kept, not renewed)
+                self.renewals += 1
+        except errors.FCError as err:  # not authenticated any more: forgotten, so its next request is refused
+            if err.status != 503:
+                self.tokens.items.pop(key, None)
+        except Unreachable:  # the entries expire as they would have; the grace stands in meanwhile
+            pass
         except Exception as exc:  # the API server did not answer: the entries expire as they would have
             log.warning("renewing a bearer token's identity and RBAC decision failed: %s", exc)
 
@@ -172,7 +339,7 @@ class Authenticator:
         """``call()``'s result, shared by every caller that asks for ``key`` while it runs."""
         task = self.calls.get(key)
         if task is None:
-            task = self.calls[key] = asyncio.ensure_future(call())
+            task = self.calls[key] = asyncio.ensure_future(self.reach.call(call))
             task.add_done_callback(lambda t: (self.calls.pop(key, None), t.cancelled() or t.exception()))
         return await asyncio.shield(task)  # one caller cancelled does not cancel the call for the others
 
@@ -191,12 +358,26 @@ class Authenticator:
         found = None if fresh else self.tokens.get((token, header_ns))
         if found is not None:
             return found
-        identity: Identity = await self.once(("token", token, header_ns), lambda: self.token_review(token, header_ns))
+        try:
+            identity: Identity = await self.once(("token", token, header_ns), lambda: self.token_review(token, header_ns))
+        except Unreachable:
+            identity = self.from_grace(self.grace_tokens, self.tokens, (token, header_ns), "the bearer token")
         return identity
+
+    def from_grace(self, grace: Grace, cache: TTLCache, key: Any, what: str) -> Any:
+        """The API server is unreachable: the last positive answer for ``key`` if recent enough (kept in
+        ``cache`` again, no longer than the grace), else FC's 503."""
+        hit = grace.get(key)
+        if hit is None:
+            raise unavailable(f"the API server is unreachable and {what} was not checked in the last "
+                              f"{GRACE_SECONDS:.0f} s; retry later")
+        self.graced += 1
+        return cache.put(key, hit[1], until=hit[0])
 
     async def token_review(self, token: str, header_ns: str | None) -> Identity:
         review = await self.auth_api.create_token_review(client.V1TokenReview(spec=client.V1TokenReviewSpec(token=token)))
         if not review.status.authenticated:
+            self.grace_tokens.forget((token, header_ns))
             raise errors.unauthenticated("the bearer token is not valid")
         user = review.status.user
         name = user.username
@@ -205,7 +386,9 @@ class Authenticator:
         else:
             namespace = header_ns or self.default_namespace
         extra = tuple(sorted((k, tuple(v)) for k, v in (user.extra or {}).items()))
-        return self.tokens.put((token, header_ns), Identity(name, tuple(user.groups or ()), user.uid, namespace, extra))
+        identity = Identity(name, tuple(user.groups or ()), user.uid, namespace, extra)
+        self.grace_tokens.keep((token, header_ns), identity)
+        return self.tokens.put((token, header_ns), identity)
 
     async def by_access_key(self, method: str, raw_target: str, headers: Mapping[str, str], body: bytes) -> Identity:
         auth = signing.parse_authorization(headers.get("authorization"))
@@ -213,6 +396,13 @@ class Authenticator:
         signing.verify(method=method, raw_target=raw_target, headers=headers, body=body, secret=key["secret"],
                        authorization=auth)
         self.replays.check(headers, auth)
+        if self.nonces is not None:  # and for every other gateway process
+            try:
+                await self.reach.call(lambda: self.nonces.claim(auth.access_key_id,  # type: ignore[union-attr]
+                                                                headers["x-acs-signature-nonce"]))
+            except Unreachable:  # a key seen lately: this process's own guard (above) alone, for the outage
+                if self.grace_keys.get(auth.access_key_id) is None:
+                    raise unavailable("the API server is unreachable: a signed request's nonce cannot be checked") from None
         user, groups = service_account(key["namespace"], key["serviceAccount"])
         return Identity(user, groups, None, key["namespace"])
 
@@ -220,15 +410,21 @@ class Authenticator:
         found = self.keys.get(key_id)
         if found is not None:
             return found
-        secrets = await self.clients.core.list_namespaced_secret(
-            self.keys_namespace, label_selector=f"{LABEL_ACCESS_KEY}={key_id}")
+        try:
+            secrets = await self.reach.call(lambda: self.clients.core.list_namespaced_secret(
+                self.keys_namespace, label_selector=f"{LABEL_ACCESS_KEY}={key_id}"))
+        except Unreachable:
+            found = self.from_grace(self.grace_keys, self.keys, key_id, f"access key {key_id}")
+            return dict(found)
         if len(secrets.items) != 1:
+            self.grace_keys.forget(key_id)
             raise errors.unauthenticated(f"access key {key_id} does not exist")
         data = {k: base64.b64decode(v).decode() for k, v in (secrets.items[0].data or {}).items()}
         if not {"accessKeySecret", "namespace", "serviceAccount"} <= set(data):
             raise errors.unauthenticated(f"access key {key_id} is incomplete (its Secret lacks fields)")
-        return self.keys.put(key_id, {"secret": data["accessKeySecret"], "namespace": data["namespace"],
-                                      "serviceAccount": data["serviceAccount"]})
+        key = {"secret": data["accessKeySecret"], "namespace": data["namespace"], "serviceAccount": data["serviceAccount"]}
+        self.grace_keys.keep(key_id, key)
+        return self.keys.put(key_id, key)
 
     async def authorize(self, who: Identity, verb: str) -> None:
         """FC's 403 unless RBAC lets ``who`` do ``verb`` on functionsessions in their namespace."""
@@ -241,7 +437,10 @@ class Authenticator:
         """RBAC's answer for ``who`` and ``verb``: from the cache, else (or when ``fresh``) a SubjectAccessReview."""
         allowed = None if fresh else self.reviews.get((who, verb))
         if allowed is None:
-            allowed = await self.once(("review", who, verb), lambda: self.access_review(who, verb))
+            try:
+                allowed = await self.once(("review", who, verb), lambda: self.access_review(who, verb))
+            except Unreachable:
+                allowed = self.from_grace(self.grace_reviews, self.reviews, (who, verb), f"{who.user}'s right to {verb}")
         return bool(allowed)
 
     async def access_review(self, who: Identity, verb: str) -> bool:
@@ -252,4 +451,8 @@ class Authenticator:
                 resource_attributes=client.V1ResourceAttributes(
                     group=GROUP, resource=SESSION.plural, verb=verb, namespace=who.namespace))))
         allowed: bool = self.reviews.put((who, verb), bool(review.status.allowed))
+        if allowed:
+            self.grace_reviews.keep((who, verb), True)
+        else:
+            self.grace_reviews.forget((who, verb))
         return allowed

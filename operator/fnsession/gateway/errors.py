@@ -67,6 +67,29 @@ def session_not_found(session_id: str) -> FCError:
                    f"session {session_id} does not exist, deleted by the user or expired and removed by the system")
 
 
+# --- pause and resume ----------------------------------------------------------------------------------
+
+def session_paused(session_id: str) -> FCError:
+    return FCError(409, "SessionPaused",
+                   f"session {session_id} is Paused and does not accept invocations: resume it (ResumeSession) "
+                   f"or create it with enableAutoResume")
+
+
+def session_not_active(session_id: str, state: str) -> FCError:
+    return FCError(400, "InvalidArgument", f"session {session_id} is {state}: only an Active session can be paused")
+
+
+def session_not_paused(session_id: str, state: str) -> FCError:
+    return FCError(400, "InvalidArgument", f"session {session_id} is {state}: only a Paused session can be resumed")
+
+
+def memory_pause_unsupported() -> FCError:
+    return FCError(400, "InvalidArgument",
+                   "fileSystemOnly=false (saving the instance's memory as well) is not supported: fnsession pauses "
+                   "by keeping the session's file system (its storage mounts) and releasing the instance; "
+                   "leave fileSystemOnly out or set it to true")
+
+
 # --- authentication ----------------------------------------------------------------------------------
 
 def unauthenticated(why: str) -> FCError:
@@ -86,3 +109,41 @@ def instance_busy(limit: int) -> FCError:
 
 def forbidden(why: str) -> FCError:
     return FCError(403, "AccessDenied", why)
+
+
+# --- the data plane's own refusals (http.py): FC's error object, the rule named ---------------------
+
+def repeated_header(name: str) -> FCError:
+    if name == "cookie":
+        return FCError(400, "InvalidArgument", "the Cookie header names the session cookie more than once")
+    return FCError(400, "InvalidArgument", f"the header {name} is repeated: a request may carry it once")
+
+
+def bad_request(why: str) -> FCError:
+    return FCError(400, "InvalidArgument", why)
+
+
+def head_too_large(limit: int) -> FCError:
+    return FCError(431, "RequestHeaderFieldsTooLarge", f"the request head is larger than {limit} bytes")
+
+
+def version_not_supported(version: str) -> FCError:
+    said = f"HTTP/{version}" if version else "the request's HTTP version"
+    return FCError(505, "HTTPVersionNotSupported", f"{said} is not supported: HTTP/1.0 and HTTP/1.1 are")
+
+
+def request_timeout(what: str, seconds: float) -> FCError:
+    return FCError(408, "RequestTimeout", f"the {what} did not arrive within {seconds:g} seconds")
+
+
+def too_many_connections(limit: int) -> FCError:
+    return FCError(503, "ServiceUnavailable", f"the gateway already holds {limit} client connections "
+                                              f"(--max-connections); retry later", retry_after_ms=1000)
+
+
+def function_timeout(address: str, seconds: float) -> FCError:
+    return FCError(504, "FunctionTimeout", f"the session's instance {address} did not answer within {seconds:g} seconds")
+
+
+def bad_answer(address: str, why: str) -> FCError:
+    return FCError(502, "FunctionNotReachable", f"the session's instance {address}: {why}")

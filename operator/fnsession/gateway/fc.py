@@ -3,7 +3,8 @@
 - ``CreateSessionInput`` → a FunctionSession spec; FC's ``nasConfig`` maps to session storage:
   ``serverAddr`` ``<claimName>:/<subPath>`` names the PersistentVolumeClaim and the tenant
   directory, ``mountDir`` is where it appears, ``userId``/``groupId`` are the POSIX identity.
-- a FunctionSession → FC's ``Session`` JSON (what GetSession, ListSessions and CreateSession return).
+- a FunctionSession → FC's ``Session`` JSON (what GetSession, ListSessions, CreateSession, UpdateSession,
+  PauseSession and ResumeSession return), ``enableAutoPause`` / ``enableAutoResume`` included.
 - the session id of a request: the affinity header (HEADER_FIELD) or the ``x-fc-cookie-session-id``
   cookie (GENERATED_COOKIE), with FC's 400 for an invalid id; ids the gateway makes are 32 hex
   characters, as FC's.
@@ -14,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import re
 import secrets
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from http.cookies import CookieError, SimpleCookie
 from typing import Any
 from urllib.parse import parse_qsl
@@ -48,10 +49,16 @@ def session_id_hash(session_id: str) -> str:
     return hashlib.sha256(session_id.encode()).hexdigest()[:40]
 
 
-def object_name(function: str, session_id: str) -> str:
+def object_name(function: str, session_id: str, earlier: Iterable[str] | None = None) -> str:
     """A FunctionSession name for a session the gateway creates: unique per lifecycle, since an
-    expired record with the same id may still exist."""
-    return f"{function[:200]}-{session_id_hash(session_id)[:10]}-{secrets.token_hex(3)}"
+    expired record with the same id may still exist. Given the names of the id's ``earlier`` records,
+    the name follows from them: two gateways creating one id at the same moment make the same name,
+    and the API server takes one create (the other gets 409); else it is random."""
+    if earlier is None:
+        suffix = secrets.token_hex(3)
+    else:
+        suffix = hashlib.sha256("\n".join(sorted(earlier)).encode()).hexdigest()[:6]
+    return f"{function[:200]}-{session_id_hash(session_id)[:10]}-{suffix}"
 
 
 def _int_field(body: Mapping[str, Any], field: str, low: int, high: int) -> int | None:
@@ -89,6 +96,38 @@ def storage_to_nas(storage: Mapping[str, Any] | None) -> dict[str, Any] | None:
         for m in storage.get("mounts", [])]}
 
 
+def _bool_field(body: Mapping[str, Any], field: str) -> bool | None:
+    value = body.get(field)
+    if value is not None and not isinstance(value, bool):
+        raise FCError(400, "InvalidArgument", f"{field} must be a boolean, got {value!r}")
+    return value
+
+
+AUTO_PAUSE_FIELDS = {"enableAutoPause": "enableAutoPause", "enableAutoResume": "enableAutoResume"}
+
+
+def auto_pause_flags(body: Mapping[str, Any]) -> dict[str, bool]:
+    """``enableAutoPause`` / ``enableAutoResume`` of a CreateSessionInput or UpdateSessionInput, as spec fields."""
+    out = {}
+    for field, spec_field in AUTO_PAUSE_FIELDS.items():
+        value = _bool_field(body, field)
+        if value is not None:
+            out[spec_field] = value
+    return out
+
+
+def file_system_only(raw: str | None) -> bool:
+    """PauseSession's and ResumeSession's ``fileSystemOnly`` query parameter (FC's SDK sends Python's
+    ``True``/``False``); absent means true: fnsession keeps the file system, never the memory."""
+    if raw is None or raw == "":
+        return True
+    if raw.lower() in ("true", "1"):
+        return True
+    if raw.lower() in ("false", "0"):
+        return False
+    raise FCError(400, "InvalidArgument", f"fileSystemOnly must be true or false, got {raw!r}")
+
+
 def create_input_to_spec(function: str, qualifier: str | None, body: Mapping[str, Any] | None) -> dict[str, Any]:
     """``CreateSessionInput`` (may be empty) → FunctionSession spec; FC's 400 for what it refuses."""
     body = body or {}
@@ -105,6 +144,7 @@ def create_input_to_spec(function: str, qualifier: str | None, body: Mapping[str
         spec["sessionIdleTimeoutInSeconds"] = idle
     if body.get("disableSessionIdReuse") is not None:
         spec["disableSessionIdReuse"] = bool(body["disableSessionIdReuse"])
+    spec.update(auto_pause_flags(body))
     storage = nas_to_storage(body.get("nasConfig"))
     if storage is not None:
         spec["storage"] = storage
@@ -127,9 +167,11 @@ def session_json(obj: Mapping[str, Any], function_defaults: Mapping[str, Any] | 
         "disableSessionIdReuse": spec.get("disableSessionIdReuse", defaults.get("disableSessionIdReuse", False)),
         "createdTime": status.get("createdTime"),
         "lastModifiedTime": status.get("lastModifiedTime"),
-        # FC knows Active and Expired; a session not yet on a Ready instance is not FC-visible as such
-        "sessionStatus": "Expired" if state == "Expired" else "Active" if state == "Active" else state,
+        # FC knows Active, Paused and Expired; a session not yet on a Ready instance is not FC-visible as such
+        "sessionStatus": state,
         "containerId": (status.get("instance") or {}).get("containerId"),
+        "enableAutoPause": bool(spec.get("enableAutoPause", False)),
+        "enableAutoResume": bool(spec.get("enableAutoResume", False)),
     }
     nas = storage_to_nas(spec.get("storage"))
     if nas is not None:

@@ -12,7 +12,8 @@ path ``/fn/{fn}/{path...}`` (any method), routed to the instance that holds the 
 - Fencing a session closes its running requests' connections at once; a WebSocket counts as a
   request in flight until it closes.
 - Activity is counted in memory and written to ``status.lastActivityTime`` at most once per session
-  per flush interval, never per request.
+  per flush interval, never per request; never backwards (several replicas write it), and a failed
+  write is kept and tried again (:meth:`Invoker.flush_activity`).
 """
 
 from __future__ import annotations
@@ -28,25 +29,37 @@ from kubernetes_asyncio.client.exceptions import ApiException
 from fnsession.api.names import GROUP, SESSION, VERSION
 from fnsession.core.status import stamp
 from fnsession.gateway import errors, fc
+from fnsession.gateway.errors import FCError
 from fnsession.gateway.http import Exchange, Pool, Request
-from fnsession.gateway.routes import Route, Routes, route_of
+from fnsession.gateway.routes import Route, Routes, activity_of, route_of
 from fnsession.gateway.session_api import SessionAPI
 from fnsession.kube.client import Clients
 
 log = logging.getLogger(__name__)
 INSTANCE_LIMIT = 200  # FC: every instance accepts at most 200 in-flight requests, shared by its sessions
 SessionName = tuple[str, str]  # (namespace, FunctionSession name)
+FLUSH_CONCURRENCY = 8  # activity writes in flight at once
+API_TIMEOUT = 5.0  # seconds an activity write waits for the API server (then it is retried at the next flush)
+
+
+def limit_share(workers: int, replicas: int) -> int:
+    """One gateway process's share of an instance's :data:`INSTANCE_LIMIT` when ``replicas`` gateways
+    of ``workers`` processes each route to it: a static split, so that the sum over every process never
+    exceeds the limit whatever the requests' spread (at least 1 each)."""
+    return max(1, INSTANCE_LIMIT // max(1, workers * replicas))
 
 
 class Invoker:
-    def __init__(self, clients: Clients, api: SessionAPI, routes: Routes, pool: Pool, flush_interval: float = 2.0) -> None:
+    def __init__(self, clients: Clients, api: SessionAPI, routes: Routes, pool: Pool, flush_interval: float = 2.0,
+                 limit: int = INSTANCE_LIMIT) -> None:
         self.clients, self.api, self.routes, self.pool = clients, api, routes, pool
         self.flush_interval = flush_interval
+        self.limit = limit  # this process's share of an instance's 200 (limit_share: all workers and replicas)
         self.activity: dict[SessionName, float] = {}  # last request per session, Unix time
         self.running: dict[SessionName, set[Exchange]] = {}  # requests in flight per session
         self.per_instance: dict[str, int] = {}  # requests in flight per instance (pod IP)
         self.opening: set[asyncio.Task[None]] = set()
-        self.passive_creates = self.throttled = self.cuts = self.activity_writes = 0  # for metrics
+        self.passive_creates = self.throttled = self.cuts = self.activity_writes = self.activity_retries = 0  # metrics
         routes.on_fenced = self.cut
 
     # --- routing ------------------------------------------------------------------------------------
@@ -84,12 +97,19 @@ class Invoker:
         extra = b""
         route = self.routes.route(ns, function, session_id) if session_id else None
         if route is None:
-            if affinity == "GENERATED_COOKIE" or session_id is None:
-                session_id = fc.new_session_id()  # the client never chooses a cookie id
             await authorize_create()
+            if session_id is None or affinity == "GENERATED_COOKIE" and not await self.api.paused(ns, function, session_id):
+                session_id = fc.new_session_id()  # the client never chooses a cookie id (a Paused one's resumes)
             qualifier = fc.query_param(req.query, "qualifier")
-            created = await self.api.create(ns, function, qualifier, {"sessionId": session_id})
-            self.passive_creates += 1
+            # a passive create, or a Paused session resumed and this request held until it routes (enableAutoResume)
+            try:
+                created, _ = await self.api.create_or_resume(ns, function, qualifier, {"sessionId": session_id})
+                self.passive_creates += 1
+            except FCError as err:
+                if err.code != "SessionAlreadyExists":
+                    raise
+                # made meanwhile by another gateway (replica or worker) or request: routed to that one
+                created = await self.created_elsewhere(ns, function, session_id, spec)
             route = await self.route_after_create(ns, function, session_id)
             if affinity == "GENERATED_COOKIE":
                 line = f"Set-Cookie: {fc.set_cookie(session_id, created.get('sessionTTLInSeconds') or 21600)}\r\n"
@@ -99,6 +119,14 @@ class Invoker:
         if req.conn.closed:
             return
         self.start(req, ns, route, target, extra, sdk=sdk)
+
+    async def created_elsewhere(self, ns: str, function: str, session_id: str, spec: dict[str, Any]) -> dict[str, Any]:
+        """The session someone else created with this id, once it is Active (FC's error if it is refused)."""
+        obj = await self.api.live(ns, function, session_id)
+        if obj is None:  # created and gone again (refused, deleted) in the meantime
+            raise errors.session_exists(session_id)
+        active = await self.api.until_active(ns, obj["metadata"]["name"])
+        return fc.session_json(active, spec.get("sessionAffinityConfig"))
 
     async def route_after_create(self, ns: str, function: str, session_id: str) -> Route:
         """The watch may not have the new session yet: read it once."""
@@ -117,7 +145,7 @@ class Invoker:
     def start(self, req: Request, ns: str, route: Route, target: str, extra: bytes, *, sdk: bool) -> None:
         ip = route.pod_ip
         n = self.per_instance.get(ip, 0)
-        if n >= INSTANCE_LIMIT:
+        if n >= self.limit:
             self.throttled += 1
             raise errors.instance_busy(INSTANCE_LIMIT)
         self.per_instance[ip] = n + 1
@@ -166,35 +194,79 @@ class Invoker:
     async def flush_activity(self) -> None:
         """Write lastActivityTime of the sessions that had requests since the last flush, and the
         expireTime that activity moves (the idle timeout's end), so that ``kubectl get fsess`` shows
-        when a busy session really expires; one write per session per flush either way. The
-        expireTime goes only onto the version of the object the route was made from (a merge patch
-        with its resourceVersion): never over a newer word of the operator's, such as Expired. On a
-        conflict the activity alone is written, which the operator needs for the idle timeout."""
+        when a busy session really expires; one write per session per flush, a few at a time.
+
+        Every write is a merge patch conditional on a resourceVersion, so it never moves the activity
+        backwards: several replicas (and workers) write the same sessions, and one that saw a later
+        lastActivityTime on the object than its own writes nothing. The expireTime goes only onto the
+        version of the object the route was made from: never over a newer word of the operator's, such
+        as Expired; on a conflict the object is read again and the activity alone written over it, if
+        still later. A write that fails (the API server unreachable, a conflict that keeps coming) is
+        merged back into the pending activity, the latest time winning, and tried again at the next
+        flush; a session that is gone or expired is dropped."""
         pending, self.activity = self.activity, {}
-        for (ns, name), at in pending.items():
-            status: dict[str, Any] = {"lastActivityTime": stamp(datetime.fromtimestamp(at, UTC))}
-            expire, version = self.routes.expiry((ns, name), at)
-            body: dict[str, Any] = {"status": status}
-            if expire is not None and version:
-                body = {"metadata": {"resourceVersion": version},
-                        "status": {**status, "expireTime": stamp(datetime.fromtimestamp(expire, UTC))}}
-            try:
+        if not pending:
+            return
+        gate = asyncio.Semaphore(FLUSH_CONCURRENCY)
+
+        async def one(key: SessionName, at: float) -> None:
+            async with gate:
                 try:
-                    written = await self.patch_status(ns, name, body)
+                    await self.write_activity(key, at)
+                except Exception as exc:  # noqa: BLE001 - tried again at the next flush
+                    if isinstance(exc, ApiException) and exc.status is not None and 400 <= exc.status < 500 \
+                            and exc.status not in (409, 429):
+                        log.warning("activity of %s/%s not written: %s %s", *key, exc.status, exc.reason)
+                        return  # refused for good (RBAC, a schema): retrying changes nothing
+                    self.activity_retries += 1
+                    log.debug("activity of %s/%s: %s; retried at the next flush", *key, exc)
+                    self.activity[key] = max(at, self.activity.get(key, 0.0))
+
+        await asyncio.gather(*(one(key, at) for key, at in pending.items()))
+
+    async def write_activity(self, key: SessionName, at: float) -> None:
+        """One session's activity at ``at`` (Unix time), conditional on a resourceVersion (see
+        :meth:`flush_activity`); raises when it could not be written (a retry is due)."""
+        ns, name = key
+        origin = self.routes.origins.get(key)
+        version, seen = (origin.version, origin.activity) if origin is not None and origin.version else (None, 0.0)
+        expire, route_version = self.routes.expiry(key, at)
+        for _ in range(3):
+            if version is None:  # what is on the object now
+                try:
+                    obj = await self.clients.custom.get_namespaced_custom_object(
+                        GROUP, VERSION, ns, SESSION.plural, name, _request_timeout=API_TIMEOUT)
                 except ApiException as exc:
-                    if exc.status != 409 or "metadata" not in body:
-                        raise
-                    written = await self.patch_status(ns, name, {"status": status})  # changed since: activity only
-                self.activity_writes += 1
-                origin = self.routes.origins.get((ns, name))
-                if origin is not None:  # the next flush builds on this write, not the one before
-                    origin.version = (written.get("metadata") or {}).get("resourceVersion", "")
-            except Exception as exc:  # noqa: BLE001 - the session may be gone; the next request records again
-                log.debug("activity of %s/%s: %s", ns, name, exc)
+                    if exc.status == 404:
+                        return  # deleted: nothing to record
+                    raise
+                if (obj.get("status") or {}).get("sessionStatus") == "Expired":
+                    return
+                version, seen = (obj.get("metadata") or {}).get("resourceVersion", ""), activity_of(obj)
+            if seen >= at:
+                return  # a later (or the same) activity is already written, by another replica or by us
+            status: dict[str, Any] = {"lastActivityTime": stamp(datetime.fromtimestamp(at, UTC))}
+            if expire is not None and version == route_version:
+                status["expireTime"] = stamp(datetime.fromtimestamp(expire, UTC))
+            try:
+                written = await self.patch_status(ns, name, {"metadata": {"resourceVersion": version}, "status": status})
+            except ApiException as exc:
+                if exc.status != 409:
+                    raise
+                version = None  # changed since: read it again, and write over it only if still later
+                continue
+            self.activity_writes += 1
+            origin = self.routes.origins.get(key)
+            if origin is not None and origin.version == version:  # the next flush builds on this write
+                origin.version = (written.get("metadata") or {}).get("resourceVersion", "")
+                origin.activity = max(origin.activity, at)
+            return
+        raise ApiException(status=409, reason="Conflict (the session kept changing)")
 
     async def patch_status(self, ns: str, name: str, body: dict[str, Any]) -> dict[str, Any]:
         written: dict[str, Any] = await self.clients.custom.patch_namespaced_custom_object_status(
-            GROUP, VERSION, ns, SESSION.plural, name, body, _content_type="application/merge-patch+json")
+            GROUP, VERSION, ns, SESSION.plural, name, body, _content_type="application/merge-patch+json",
+            _request_timeout=API_TIMEOUT)
         return written
 
     async def run_flusher(self) -> None:

@@ -24,26 +24,29 @@ instance at its limit, no idle connection. And a flight that turns out to need m
 is not whole, a kept-alive connection the instance had closed) becomes a full Exchange in
 mid-flight (:meth:`Flight.promote`), which carries on from where the lane stood.
 
-Where ``_lane.c`` is built, the steady state runs there: the connections are built on its
-``Client`` and ``Upstream`` types, whose ``data_received`` does what :meth:`Lane.__call__` and
-:meth:`Flight.answer` do, on these same objects (``Lane.fast`` tells it where their slots are). It
-calls back into Python for what needs judgement (:meth:`Lane.refresh`, when a connection's memo
-does not hold) and for everything it does not take (``data_received_py``, the Python path, which is
-also the whole of it where the module is not built). The tests run both.
+The scans are ``_lane.c``'s where it is built (``native.scan`` and ``native.whole``): they only
+read bytes and return what they read, by the rule set http.py states; every decision after them and
+all bookkeeping (the pool, the count of requests in flight per instance, the running flights, the
+activity record) is here, in :meth:`Lane.__call__` and :class:`Flight`, and nowhere else. Taking a
+request is all or nothing: a failure before it is on its way undoes every step. Where the module is
+not built, llhttp with Python callbacks (:meth:`Lane.parse`) and ``http.whole_answer`` read the same;
+the tests run both, and hold both to one reference reading.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, cast
 
 import httptools
 
-from fnsession.gateway.http import (MAX_HEAD_BYTES, UPSTREAM_IDLE_PER_ADDRESS, Exchange, Request, ServerConnection,
-                                    UpstreamConnection)
+from fnsession.gateway.http import (FORWARDED, HOP_BY_HOP, MAX_HEAD_BYTES, Exchange,
+                                    Request, ServerConnection, UpstreamConnection, cookie_repeats, target_of,
+                                    whole_answer)
 from fnsession.gateway import fc
-from fnsession.gateway.invoke import INSTANCE_LIMIT, Invoker
+from fnsession.gateway.invoke import Invoker
 from fnsession.gateway.routes import Route
 
 try:  # the scans in C (built from _lane.c when a compiler is at hand): the same rules, fewer microseconds
@@ -54,6 +57,8 @@ except ImportError:  # pragma: no cover - the tests run the llhttp scans too, by
 # (function name, credential, namespace header, the wanted header's value, the request for the instance)
 Parsed = tuple[bytes, bytes | None, bytes | None, bytes | None, bytes]
 
+log = logging.getLogger(__name__)
+
 if TYPE_CHECKING:
     from fnsession.gateway.auth import Authenticator
     from fnsession.gateway.http import RequestIds
@@ -62,9 +67,9 @@ AUTHORIZATION = b"authorization"
 COOKIE = b"cookie"  # the "session header" of a GENERATED_COOKIE Function
 NAMESPACE = b"x-fnsession-namespace"
 CONNECTION = b"connection"
-# headers the lane does not forward as they came (framing, hop-by-hop, a second credential): the full path
-DECLINED = frozenset({b"transfer-encoding", b"expect", b"upgrade", b"keep-alive", b"te", b"trailer",
-                      b"proxy-authorization"})
+# headers the lane does not forward as they came (http.py's rule set: hop-by-hop and framing, the
+# X-Forwarded-* the gateway sets, Expect; any Proxy-* too): the full path, which drops or merges them
+DECLINED = (HOP_BY_HOP - {CONNECTION}) | FORWARDED | {b"expect"}
 HOST = b"host"
 SPECIAL = DECLINED | {AUTHORIZATION, NAMESPACE, CONNECTION, HOST}
 METHODS = frozenset({b"GET", b"POST", b"PUT", b"DELETE", b"PATCH", b"OPTIONS"})  # HEAD's answer has no body
@@ -91,7 +96,7 @@ class _Head:
     def on_header(self, name: bytes, value: bytes) -> None:
         value = value.rstrip(b" \t")  # llhttp drops the whitespace before a value, not after it (_lane.c: both)
         lname = name.lower()
-        if lname not in SPECIAL:
+        if lname not in SPECIAL and not lname.startswith(b"proxy-"):
             if lname in self.values:
                 self.repeated.add(lname)
             self.values[lname] = value
@@ -124,41 +129,6 @@ class _Request:
         self.headers.append((name, value))
 
 
-class _Answer:
-    """The callbacks of the lane's parser of answers: whether exactly one message ended, with one
-    Content-Length and no framing or connection header, and how many body bytes it had."""
-
-    __slots__ = ("messages", "complete", "lengths", "declined", "body", "parser")
-
-    def __init__(self) -> None:
-        self.parser = httptools.HttpResponseParser(self)
-
-    def on_message_begin(self) -> None:
-        self.messages += 1
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        lname = name.lower()
-        if lname == b"content-length":
-            self.lengths += 1
-        elif lname in (b"transfer-encoding", b"connection"):
-            self.declined = True
-
-    def on_body(self, body: bytes) -> None:
-        self.body += len(body)
-
-    def on_message_complete(self) -> None:
-        self.complete = self.parser.should_keep_alive()
-
-
-def target_of(url: bytes) -> tuple[bytes, bytes]:
-    """``/fn/{name}[/path][?query]`` → (name, the instance's target): what server.invocation() and
-    Invoker.start() make of it."""
-    slash, query = url.find(b"/", 4), url.find(b"?", 4)
-    if slash < 0 or 0 <= query < slash:
-        return (url[4:query], b"/" + url[query:]) if query >= 0 else (url[4:], b"/")
-    return url[4:slash], url[slash:]
-
-
 NO_ROUTE = Route("", "", 0, 0.0, 0.0, 0.0)  # live never
 
 
@@ -185,24 +155,20 @@ class Lane:
         self.auth, self.invoker, self.ids = auth, invoker, ids
         self.routes, self.pool = invoker.routes, invoker.pool
         self.head = _Head()
-        self.answers = _Answer()
-        # the scans: C's when built, else llhttp's with Python callbacks (the same answers)
+        # the scans: C's when built, else llhttp's with Python callbacks for requests and http.py's
+        # whole_answer for answers (the same answers: the differential test holds them so)
         self.scan: Callable[[bytes, bytes, bytes], Parsed | None] = native.scan if native is not None else self.parse
-        self.whole: Callable[[bytes, bytes], bytes | None] = native.whole if native is not None else self.parse_answer
+        self.whole: Callable[[bytes, bytes], bytes | None] = native.whole if native is not None else whole_answer
         self.taken = self.promoted = 0  # for metrics
-        # the steady state in C (_lane.c's Client and Upstream read callbacks, which the connections
-        # are built on): the same rules on the same objects; None runs it all here in Python
-        self.fast = (native.Fast(self, _Memo, Route, Flight, INSTANCE_LIMIT, UPSTREAM_IDLE_PER_ADDRESS, MAX_HEAD_BYTES)
-                     if native is not None else None)
 
     @property
     def requests(self) -> int:
-        """Requests the lane took, here and in C."""
-        return self.taken + (self.fast.requests if self.fast is not None else 0)
+        """Requests the lane took."""
+        return self.taken
 
     def use_python(self) -> None:
-        """Everything in Python, the scans llhttp's (the tests run this path too); before connections come."""
-        self.fast, self.scan, self.whole = None, self.parse, self.parse_answer
+        """The scans in Python (llhttp's, and http.whole_answer): the tests run this path too."""
+        self.scan, self.whole = self.parse, whole_answer
 
     def __call__(self, conn: ServerConnection, data: bytes) -> bool:
         if len(data) > MAX_HEAD_BYTES:
@@ -219,38 +185,56 @@ class Lane:
         invoker = self.invoker
         ip = route.pod_ip
         in_flight = invoker.per_instance.get(ip, 0)
-        if in_flight >= INSTANCE_LIMIT:
+        if in_flight >= invoker.limit:
             return False  # the full path refuses it with FC's 429
         address = m.address
         up = self.pool.take(address)
         if up is None or up.transport is None:
             return False  # the full path opens a connection, in a task
 
-        # taken: from here on the request is the lane's
-        invoker.per_instance[ip] = in_flight + 1
+        # taken: from here on the request is the lane's, all or nothing (a failure undoes it, _lane.c's too)
         key = m.key
-        invoker.activity[key] = route.last = wall
         flight = up.spare  # one Flight per upstream connection, reused: it serves one request at a time
         if flight is None:
             flight = up.spare = Flight(self, up)
         flight.conn, flight.key, flight.data, flight.extra = conn, key, data, self.ids.header()
+        invoker.per_instance[ip] = in_flight + 1
         running = invoker.running.get(key)
         if running is None:
             invoker.running[key] = {flight}
         else:
             running.add(flight)
+        invoker.activity[key] = route.last = wall
         up.flight = flight
         up.used += 1
+        up.idle_since = time.monotonic()  # (busy: when the request went; Listener.sweep)
         conn.flight = flight
         conn.idle_since = 0.0
-        up.transport.write(parsed[4])
+        try:
+            up.transport.write(parsed[4])
+        except Exception:  # not on its way: undone, and the full path takes the request
+            log.exception("the lane could not send a request to %s:%d; the full path takes it", *up.address)
+            up.flight = conn.flight = None
+            up.used -= 1
+            if in_flight:
+                invoker.per_instance[ip] = in_flight
+            else:
+                invoker.per_instance.pop(ip, None)
+            flights = invoker.running.get(key)
+            if flights is not None:
+                flights.discard(flight)
+                if not flights:
+                    del invoker.running[key]
+            conn.idle_since = time.monotonic()
+            up.close()
+            return False
         self.taken += 1
         return True
 
     def refresh(self, conn: ServerConnection, data: bytes, parsed: Parsed) -> bool:
         """Make ``conn.memo`` hold for the request ``parsed`` (scanned with the memo's header): the
         identity from the caches, then the session's route; False when either is not to be had (the
-        full path takes the request). Cheap when the memo already holds: _lane.c calls it only when not."""
+        full path takes the request). Cheap when the memo already holds."""
         name, credential, namespace, session_id, _ = parsed
         m = conn.memo
         want = m.header if m is not None else b""
@@ -299,8 +283,10 @@ class Lane:
         name, target = target_of(url)
         if not name or b"%" in name:
             return None
+        host = values[HOST]
         return (name, h.credential, h.namespace, values.get(want),
-                b"".join((method, b" ", target, b" HTTP/1.1\r\n", *h.out, forwarded, b"\r\n", body)))
+                b"".join((method, b" ", target, b" HTTP/1.1\r\n", *h.out, forwarded,
+                          b"X-Forwarded-Host: " + host + b"\r\n" if host else b"", b"\r\n", body)))
 
     def session_header(self, ns: str, name: bytes) -> bytes | None:
         """The lower-case header that names a session of the Function: its affinity header, or
@@ -323,6 +309,9 @@ class Lane:
         function = name.decode("latin-1")
         key = None if session_id is None else session_id.decode("latin-1")
         if key is not None and header == COOKIE:
+            if session_id is not None and cookie_repeats(session_id):
+                m.generation = -1
+                return False  # the full path refuses it
             key = fc.cookie_session_id(key)
         route = routes.sessions.get((m.ns, function, key)) if key is not None else None
         if route is None:
@@ -335,27 +324,6 @@ class Lane:
     def reset(self) -> None:
         """After a read the lane's parser did not end on a message boundary: a fresh parser."""
         self.head.parser = httptools.HttpRequestParser(self.head)
-
-    def parse_answer(self, data: bytes, extra: bytes) -> bytes | None:
-        """What :func:`_lane.whole` returns, from llhttp: when ``data`` is exactly one whole final
-        answer on a connection kept alive, which can go to the client as it came, ``data`` with the
-        header lines ``extra`` after its status line; None otherwise."""
-        a = self.answers
-        a.messages, a.complete, a.lengths, a.declined, a.body = 0, False, 0, False, 0
-        p = a.parser
-        try:
-            p.feed_data(data)
-        except (httptools.HttpParserError, httptools.HttpParserUpgrade):
-            a.parser = httptools.HttpResponseParser(a)
-            return None
-        status = p.get_status_code()
-        if (a.complete and a.messages == 1 and a.lengths == 1 and not a.declined and 200 <= status
-                and status not in (204, 304) and data.find(b"\r\n\r\n") + 4 + a.body == len(data)
-                and p.get_http_version() == "1.1"):
-            i = data.find(b"\r\n") + 2
-            return b"".join((data[:i], extra, data[i:]))
-        a.parser = httptools.HttpResponseParser(a)
-        return None
 
 
 class Flight:
@@ -394,6 +362,7 @@ class Flight:
         req = Request(conn, parser.get_method(), head.url, head.headers, "1.1", True, False)
         req.complete = True
         req.raw, req.request_id = self.data, self.extra[17:-2].decode()
+        req.forwarded = conn.forwarded(req)  # (a replay re-serialises it)
         ex = Exchange(req, lane.pool, self.address, target_of(head.url)[1], self.extra, sdk=False,
                       done=lane.invoker.ended, key=self.key)
         ex.upstream, ex.sent, ex.replayable = up, True, up.used > 1

@@ -37,6 +37,10 @@ class GatewayCollector(Collector):
         yield CounterMetricFamily("fnsession_gateway_auth_renewals", "Bearer tokens whose identity and RBAC decision, "
                                   "in use past half their cached life, were asked again in the background",
                                   value=self.gateway.auth.renewals)
+        yield CounterMetricFamily("fnsession_gateway_auth_graced", "Identity and RBAC answers given from the last "
+                                  "positive answer while the API server was unreachable", value=self.gateway.auth.graced)
+        yield GaugeMetricFamily("fnsession_gateway_api_unreachable", "1 while the API server cannot be reached",
+                                value=1 if self.gateway.auth.reach.down else 0)
         yield CounterMetricFamily("fnsession_gateway_passive_creates", "Sessions created by an invocation",
                                   value=self.invoker.passive_creates)
         yield CounterMetricFamily("fnsession_gateway_throttled", "Invocations refused because their instance had 200 "
@@ -45,6 +49,9 @@ class GatewayCollector(Collector):
                                   value=self.invoker.cuts)
         yield CounterMetricFamily("fnsession_gateway_activity_writes", "status.lastActivityTime writes",
                                   value=self.invoker.activity_writes)
+        yield CounterMetricFamily("fnsession_gateway_activity_retries", "Activity writes that failed (API server "
+                                  "unreachable, conflicts that kept coming) and were merged back for the next flush",
+                                  value=self.invoker.activity_retries)
         yield CounterMetricFamily("fnsession_gateway_upstream_connections_opened", "Connections opened to instances",
                                   value=self.pool.opened)
         yield GaugeMetricFamily("fnsession_gateway_in_flight", "Invocations in flight (WebSockets included)",

@@ -26,6 +26,8 @@ from fnsession.kube.client import Clients
 
 log = logging.getLogger(__name__)
 SessionKey = tuple[str, str, str]  # (namespace, function, session id)
+RETRY_SECONDS = 0.5  # between tries of a list or watch that could not reach the API server
+LIST_TIMEOUT = 60.0  # seconds a list may take
 
 
 _DEFAULTS = SessionAffinityConfig.model_fields  # a Function's timeouts where its spec leaves them out
@@ -72,12 +74,15 @@ def route_of(obj: dict[str, Any], function_spec: dict[str, Any] | None = None) -
 @dataclass(slots=True)
 class Origin:
     """What a route was made from: the session's start (Unix time), the timeouts it sets itself (None:
-    its Function's), and the object's resourceVersion (which the gateway's own activity writes move)."""
+    its Function's), the object's resourceVersion (which the gateway's own activity writes move) and
+    the ``status.lastActivityTime`` of that version (Unix time, 0: none), which a write of activity
+    never moves backwards (another replica may have written a later one)."""
 
     start: float
     ttl: int | None
     idle: int | None
     version: str
+    activity: float = 0.0
 
 
 def origin_of(obj: dict[str, Any]) -> Origin:
@@ -85,7 +90,13 @@ def origin_of(obj: dict[str, Any]) -> Origin:
     created = parse_time(status.get("createdTime")) or parse_time(obj["metadata"].get("creationTimestamp"))
     start = created.timestamp() if created is not None else time.time()
     return Origin(start, spec.get("sessionTTLInSeconds"), spec.get("sessionIdleTimeoutInSeconds"),
-                  obj["metadata"].get("resourceVersion", ""))
+                  obj["metadata"].get("resourceVersion", ""), activity_of(obj))
+
+
+def activity_of(obj: dict[str, Any]) -> float:
+    """``status.lastActivityTime`` of a FunctionSession (Unix time; 0 when it has none)."""
+    at = parse_time((obj.get("status") or {}).get("lastActivityTime"))
+    return at.timestamp() if at is not None else 0.0
 
 
 def deadlines(origin: Origin, function_spec: dict[str, Any]) -> tuple[float, float]:
@@ -98,8 +109,10 @@ def deadlines(origin: Origin, function_spec: dict[str, Any]) -> tuple[float, flo
 
 
 class Routes:
-    def __init__(self, clients: Clients) -> None:
-        self.clients = clients
+    """``reach``: told when a list or watch cannot reach the API server, and when one answers again."""
+
+    def __init__(self, clients: Clients, reach: Any = None) -> None:
+        self.clients, self.reach = clients, reach
         self.sessions: dict[SessionKey, Route] = {}
         self.keys: dict[tuple[str, str], SessionKey] = {}  # (namespace, object name) -> key
         self.origins: dict[tuple[str, str], Origin] = {}  # (namespace, object name) -> what its route was made from
@@ -109,6 +122,7 @@ class Routes:
         self.on_fenced: Callable[[str, str], None] = lambda ns, name: None  # cut the session's running requests
         self.waiters: dict[tuple[str, str], list[asyncio.Future[dict[str, Any]]]] = {}
         self.generation = 0  # moves on every change of the table: what was looked up before may be stale
+        self.carried: dict[tuple[str, str], float] = {}  # the gateway's own last request per session, over a relist
 
     def next_change(self, ns: str, name: str) -> asyncio.Future[dict[str, Any]]:
         """A future that gets the FunctionSession ``ns/name`` at its next watch event."""
@@ -149,6 +163,8 @@ class Routes:
             key = (meta["namespace"], obj["spec"]["functionName"], session_json(obj)["sessionId"])
             if before is not None and before.name == route.name:
                 route.last = max(route.last, before.last)  # the gateway's own record runs ahead of the status
+            elif name in self.carried:  # (relisted: the record from before the relist)
+                route.last = max(route.last, self.carried[name])
             self.sessions[key] = route
             self.keys[name] = key
             self.origins[name] = origin_of(obj)
@@ -180,6 +196,7 @@ class Routes:
 
     def reset_sessions(self) -> None:
         self.generation += 1
+        self.carried = {name: self.sessions[key].last for name, key in self.keys.items() if key in self.sessions}
         self.sessions.clear()
         self.keys.clear()
         self.origins.clear()
@@ -189,23 +206,33 @@ class Routes:
         self.functions.clear()
 
     async def follow(self, plural: str, apply: Callable[[str, dict[str, Any]], None], reset: Callable[[], None]) -> None:
-        """List, then watch from the list's resourceVersion. A watch that ends is resumed from the last
-        version seen (bookmarks keep it current); ``410 Gone`` or any failure relists."""
+        """List, then watch from the list's resourceVersion. A watch that ends, or whose connection
+        fails (the API server restarting, unreachable), is resumed from the last version seen
+        (bookmarks keep it current), as client-go's reflector does; ``410 Gone`` or an error the API
+        server answered relists. While it cannot be reached, it is tried again every
+        :data:`RETRY_SECONDS`, so the table is current again within about that of its return."""
         version: str | None = None
+        failures = 0
         while True:
             try:
                 if version is None:
                     if plural == SESSION.plural:
                         await self.functions_ready.wait()
-                    listing = await self.clients.custom.list_cluster_custom_object(GROUP, VERSION, plural)
+                    listing = await self.clients.custom.list_cluster_custom_object(
+                        GROUP, VERSION, plural, _request_timeout=LIST_TIMEOUT)
                     reset()
                     for obj in listing["items"]:
                         apply("ADDED", obj)
+                    self.carried.clear()
                     (self.ready if plural == SESSION.plural else self.functions_ready).set()
                     version = listing["metadata"]["resourceVersion"]
+                    self.reached()
                 async with watch.Watch() as w:
                     async for event in w.stream(self.clients.custom.list_cluster_custom_object, GROUP, VERSION, plural,
                                                 resource_version=version, allow_watch_bookmarks=True, timeout_seconds=300):
+                        if failures:
+                            failures = 0
+                            self.reached()
                         if event["type"] == "ERROR":
                             raise ApiException(status=(event["raw_object"] or {}).get("code", 500))
                         obj = event.get("raw_object") or event.get("object")
@@ -214,15 +241,31 @@ class Routes:
                         version = (obj.get("metadata") or {}).get("resourceVersion") or version
                         if event["type"] != "BOOKMARK":
                             apply(event["type"], event["object"])
+                failures = 0
             except asyncio.CancelledError:
                 raise
             except ApiException as exc:
-                version = None
-                if exc.status != 410:
-                    log.warning("watching %s: %s; relisting", plural, exc.reason or exc.status)
-                    await asyncio.sleep(1)
-            except Exception:
-                version = None
-                log.exception("watching %s failed; relisting in 1 s", plural)
-                await asyncio.sleep(1)
+                if exc.status == 410:
+                    version = None  # too old: relist at once
+                    continue
+                failures += 1
+                if exc.status is None or exc.status >= 500:
+                    self.unreached()
+                else:
+                    version = None
+                log.warning("watching %s: %s; again in %.1f s", plural, exc.reason or exc.status, RETRY_SECONDS)
+                await asyncio.sleep(RETRY_SECONDS)
+            except Exception as exc:  # no connection, a timeout, a stream cut: resumed from the last version
+                failures += 1
+                self.unreached()
+                if failures == 1:
+                    log.warning("watching %s: %s; again every %.1f s", plural, exc or type(exc).__name__, RETRY_SECONDS)
+                await asyncio.sleep(RETRY_SECONDS)
 
+    def reached(self) -> None:
+        if self.reach is not None:
+            self.reach.answered()
+
+    def unreached(self) -> None:
+        if self.reach is not None:
+            self.reach.failed()

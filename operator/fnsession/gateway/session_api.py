@@ -1,5 +1,6 @@
-"""FC's session API (CreateSession, GetSession, ListSessions, UpdateSession, DeleteSession) over
-FunctionSession objects, so that ``kubectl`` and the REST API are two views of the same sessions.
+"""FC's session API (CreateSession, GetSession, ListSessions, UpdateSession, DeleteSession,
+PauseSession, ResumeSession) over FunctionSession objects, so that ``kubectl`` and the REST API are
+two views of the same sessions: a pause sets ``spec.paused``, as ``kubectl patch`` does.
 
 Framework-free: each operation takes decoded arguments and returns (status, JSON) or raises
 :class:`~fnsession.gateway.errors.FCError`; the HTTP layer (server.py) only parses and writes.
@@ -12,18 +13,22 @@ import asyncio
 import base64
 import json
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from kubernetes_asyncio.client.exceptions import ApiException
 
 from fnsession.api.names import FUNCTION, GROUP, SESSION, VERSION
+from fnsession.core.pausing import RESUME_ANNOTATION
 from fnsession.core.pods import LABEL_FUNCTION
+from fnsession.core.status import stamp
 from fnsession.gateway import errors, fc
 from fnsession.gateway.errors import FCError
 from fnsession.kube.client import Clients
 
 CREATE_WAIT_SECONDS = 30.0
+LIVE = ("Active", "Paused")  # what GetSession, UpdateSession and the pause API find
 REFUSALS = {"StorageNotAllowed", "DuplicateSessionId", "SessionIdReuseDisabled", "MaxInstancesReached"}
 
 
@@ -93,15 +98,20 @@ class SessionAPI:
         spec = fc.create_input_to_spec(function, qualifier, body)
         if "storage" in spec and fspec.get("instanceIsolation") != "SESSION_EXCLUSIVE":
             raise errors.storage_needs_exclusive()
-        if await self.live(ns, function, spec["sessionId"]) is not None:
+        records = await self.records(ns, function, spec["sessionId"])
+        if any(self.state(o) != "Expired" for o in records):
             raise errors.session_exists(spec["sessionId"])
+        # named after the id's earlier records: a create of the same id elsewhere at the same moment
+        # (another gateway replica or worker) makes the same name, and one of the two gets 409
         obj = {"apiVersion": f"{GROUP}/{VERSION}", "kind": SESSION.kind, "spec": spec, "metadata": {
-            "name": fc.object_name(function, spec["sessionId"]),
+            "name": fc.object_name(function, spec["sessionId"], [o["metadata"]["name"] for o in records]),
             "labels": {LABEL_FUNCTION: function, fc.LABEL_SESSION_ID_HASH: fc.session_id_hash(spec["sessionId"])},
             "annotations": {"fnsession.dev/created-by": "gateway"}}}
         try:
             made = await self.clients.custom.create_namespaced_custom_object(GROUP, VERSION, ns, SESSION.plural, obj)
         except ApiException as exc:
+            if exc.status == 409:  # created meanwhile by someone else, under the same name
+                raise errors.session_exists(spec["sessionId"]) from None
             raise self.refused_by_api(exc) from None
         name = made["metadata"]["name"]
         try:
@@ -111,10 +121,11 @@ class SessionAPI:
             raise
         return fc.session_json(active, fspec.get("sessionAffinityConfig"))
 
-    async def until_active(self, ns: str, name: str) -> dict[str, Any]:
-        """Wait (bounded) for the operator to bind the session; FC's error when it refuses."""
+    async def until_active(self, ns: str, name: str, first: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Wait (bounded) for the operator to bind the session; FC's error when it refuses. ``first``:
+        the object as a write just returned it (saves the first read)."""
         deadline, pause = time.monotonic() + self.create_wait, 0.005
-        seen: dict[str, Any] | None = None
+        seen: dict[str, Any] | None = first
         while True:
             change = self.changes.next_change(ns, name) if self.changes is not None else None
             obj = seen or await self.clients.custom.get_namespaced_custom_object(GROUP, VERSION, ns, SESSION.plural, name)
@@ -148,19 +159,19 @@ class SessionAPI:
     async def get(self, ns: str, function: str, session_id: str) -> dict[str, Any]:
         fspec = await self.function_spec(ns, function)
         obj = await self.live(ns, function, session_id)
-        if obj is None or self.state(obj) != "Active":  # GetSession finds Active sessions only
+        if obj is None or self.state(obj) not in LIVE:  # GetSession finds Active and Paused sessions
             raise errors.session_not_found(session_id)
         return fc.session_json(obj, fspec.get("sessionAffinityConfig"))
 
     async def list(self, ns: str, function: str, params: Mapping[str, str]) -> dict[str, Any]:
-        """Active and Expired sessions (or one of them), oldest first, ``limit`` a page; ``nextToken``
+        """Active, Paused and Expired sessions (or one of them), oldest first, ``limit`` a page; ``nextToken``
         names the last session of the previous page."""
         fspec = await self.function_spec(ns, function)
         limit = self.limit(params.get("limit"))
         wanted = params.get("sessionStatus") or None
-        if wanted not in (None, "Active", "Expired"):
-            raise FCError(400, "InvalidArgument", f"sessionStatus must be Active or Expired, got {wanted!r}")
-        states = (wanted,) if wanted else ("Active", "Expired")
+        if wanted not in (None, "Active", "Paused", "Expired"):
+            raise FCError(400, "InvalidArgument", f"sessionStatus must be Active, Paused or Expired, got {wanted!r}")
+        states = (wanted,) if wanted else ("Active", "Paused", "Expired")
         qualifier = params.get("qualifier") or None
         matching = [o for o in await self.records(ns, function, params.get("sessionId") or None)
                     if self.state(o) in states and (qualifier is None or o["spec"].get("qualifier", "LATEST") == qualifier)]
@@ -200,17 +211,18 @@ class SessionAPI:
     async def update(self, ns: str, function: str, session_id: str, body: Mapping[str, Any] | None) -> dict[str, Any]:
         fspec = await self.function_spec(ns, function)
         obj = await self.live(ns, function, session_id)
-        if obj is None or self.state(obj) != "Active":
+        if obj is None or self.state(obj) not in LIVE:
             raise errors.session_not_found(session_id)
         body = body or {}
-        unknown = set(body) - {"sessionTTLInSeconds", "sessionIdleTimeoutInSeconds", "disableSessionIdReuse"}
+        unknown = set(body) - {"sessionTTLInSeconds", "sessionIdleTimeoutInSeconds", "disableSessionIdReuse", *fc.AUTO_PAUSE_FIELDS}
         if unknown:
-            raise FCError(400, "InvalidArgument", f"UpdateSession changes only the timeouts; cannot change {sorted(unknown)}")
+            raise FCError(400, "InvalidArgument", f"UpdateSession changes only the timeouts, enableAutoPause and "
+                                                  f"enableAutoResume; cannot change {sorted(unknown)}")
         reuse = body.get("disableSessionIdReuse")
         if reuse is not None and bool(reuse) != bool(fc.session_json(obj, fspec.get("sessionAffinityConfig"))["disableSessionIdReuse"]):
             raise FCError(400, "InvalidArgument", "disableSessionIdReuse cannot be changed after the session is created")
         probe = fc.create_input_to_spec(function, None, {"sessionId": session_id, **{k: v for k, v in body.items() if k != "disableSessionIdReuse"}})
-        patch = {k: probe[k] for k in ("sessionTTLInSeconds", "sessionIdleTimeoutInSeconds") if k in probe}
+        patch = {k: probe[k] for k in ("sessionTTLInSeconds", "sessionIdleTimeoutInSeconds", *fc.AUTO_PAUSE_FIELDS) if k in probe}
         name = obj["metadata"]["name"]
         if patch:
             try:
@@ -220,6 +232,109 @@ class SessionAPI:
                 raise self.refused_by_api(exc) from None
             obj = await self.until_observed(ns, name, obj["metadata"]["generation"])
         return fc.session_json(obj, fspec.get("sessionAffinityConfig"))
+
+    # --- pause and resume (spec.paused; core/pausing.py says what the operator does) ----------------------
+
+    async def paused_record(self, ns: str, function: str, session_id: str, qualifier: str | None) -> dict[str, Any]:
+        """The live record of an id for the pause API: FC's 404 for none (or another qualifier's)."""
+        await self.function_spec(ns, function)
+        obj = await self.live(ns, function, session_id)
+        if obj is None or (qualifier and obj["spec"].get("qualifier", "LATEST") != qualifier):
+            raise errors.session_not_found(session_id)
+        return obj
+
+    async def pause(self, ns: str, function: str, session_id: str, params: Mapping[str, str]) -> dict[str, Any]:
+        """PauseSession: ``spec.paused: true``, answered once the operator says Paused (its compute released)."""
+        if not fc.file_system_only(params.get("fileSystemOnly")):
+            raise errors.memory_pause_unsupported()
+        obj = await self.paused_record(ns, function, session_id, params.get("qualifier"))
+        if self.state(obj) != "Active":
+            raise errors.session_not_active(session_id, self.state(obj) or "Pending")
+        name = obj["metadata"]["name"]
+        patched = await self.patch(ns, name, {"spec": {"paused": True}})
+        done = await self.until(ns, name, lambda o: self.state(o) in ("Paused", "Expired"), self.create_wait, "paused", patched)
+        return fc.session_json(done, (await self.function_spec(ns, function)).get("sessionAffinityConfig"))
+
+    async def resume(self, ns: str, function: str, session_id: str, params: Mapping[str, str]) -> dict[str, Any]:
+        """ResumeSession: ``spec.paused: false`` and a resume request (for a session the idle timeout
+        paused), answered once it is Active again, within the create wait."""
+        if not fc.file_system_only(params.get("fileSystemOnly")):
+            raise errors.memory_pause_unsupported()
+        obj = await self.paused_record(ns, function, session_id, params.get("qualifier"))
+        if self.state(obj) != "Paused":
+            raise errors.session_not_paused(session_id, self.state(obj) or "Pending")
+        active = await self.resume_object(ns, obj)
+        return fc.session_json(active, (await self.function_spec(ns, function)).get("sessionAffinityConfig"))
+
+    async def resume_object(self, ns: str, obj: Mapping[str, Any]) -> dict[str, Any]:
+        name, patched = obj["metadata"]["name"], None
+        if self.state(obj) == "Paused":
+            patched = await self.patch(ns, name, {"metadata": {"annotations": {RESUME_ANNOTATION: stamp(datetime.now(UTC))}},
+                                                  "spec": {"paused": False}})
+        return await self.until_active(ns, name, patched)
+
+    async def create_or_resume(self, ns: str, function: str, qualifier: str | None,
+                               body: Mapping[str, Any]) -> tuple[dict[str, Any], bool]:
+        """A request's session: a passive create, or, when its id names a Paused session, that session
+        resumed (``enableAutoResume``; FC's SessionPaused without it). (Session JSON, resumed?)"""
+        try:
+            return await self.create(ns, function, qualifier, body), False
+        except FCError as err:
+            if err.code != "SessionAlreadyExists":
+                raise
+            obj = await self.live(ns, function, body["sessionId"])
+            if obj is None or not self.resumable(obj):
+                raise
+        active = await self.resume_object(ns, obj)
+        return fc.session_json(active, (await self.function_spec(ns, function)).get("sessionAffinityConfig")), True
+
+    async def paused(self, ns: str, function: str, session_id: str) -> bool:
+        """Whether the id names a Paused session (or one resuming)."""
+        obj = await self.live(ns, function, session_id)
+        return obj is not None and self.resumable(obj)
+
+    def resumable(self, obj: Mapping[str, Any]) -> bool:
+        """Paused, or Pending on its way back from a pause; FC's SessionPaused when Paused without
+        ``enableAutoResume``."""
+        state, status = self.state(obj), obj.get("status") or {}
+        resuming = state == "Pending" and any(c.get("type") == "Paused" for c in status.get("conditions") or [])
+        if state == "Paused" and not obj["spec"].get("enableAutoResume"):
+            raise errors.session_paused(fc.session_json(obj)["sessionId"])
+        return state == "Paused" or resuming
+
+    async def patch(self, ns: str, name: str, body: dict[str, Any]) -> dict[str, Any]:
+        try:
+            patched: dict[str, Any] = await self.clients.custom.patch_namespaced_custom_object(
+                GROUP, VERSION, ns, SESSION.plural, name, body, _content_type="application/merge-patch+json")
+        except ApiException as exc:
+            if exc.status == 404:
+                raise errors.session_not_found(name) from None
+            raise self.refused_by_api(exc) from None
+        return patched
+
+    async def until(self, ns: str, name: str, done: Callable[[Mapping[str, Any]], bool], wait: float, what: str,
+                    first: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The object once ``done`` holds for it (watch events, else reads), within ``wait`` seconds;
+        ``first``: the object as a write just returned it."""
+        deadline = time.monotonic() + wait
+        seen: dict[str, Any] | None = first
+        while True:
+            change = self.changes.next_change(ns, name) if self.changes is not None else None
+            obj = seen or await self.clients.custom.get_namespaced_custom_object(GROUP, VERSION, ns, SESSION.plural, name)
+            seen = None
+            if done(obj):
+                if change is not None:
+                    change.cancel()
+                return obj
+            if time.monotonic() > deadline:
+                raise FCError(503, "ServiceUnavailable", f"the session was not {what} within {wait:.0f} s")
+            if change is None:
+                await asyncio.sleep(0.02)
+            else:
+                try:
+                    seen = await asyncio.wait_for(change, 0.25)
+                except asyncio.TimeoutError:
+                    pass
 
     async def until_observed(self, ns: str, name: str, generation: int, wait: float = 2.0) -> dict[str, Any]:
         """The object once the operator has taken the update in (new deadline, lastModifiedTime)."""

@@ -46,6 +46,11 @@ async def create_pod(clients: Clients, pod: dict[str, Any]) -> None:
     await clients.core.create_namespaced_pod(pod["metadata"]["namespace"], pod)
 
 
+def namespace_terminating(exc: BaseException) -> bool:
+    """The API refused a create because the namespace is being deleted."""
+    return isinstance(exc, ApiException) and exc.status == 403 and "being terminated" in str(exc.body or exc.reason or "")
+
+
 async def delete_pod(clients: Clients, namespace: str, name: str, *, grace_seconds: int | None = None) -> bool:
     """Delete a pod (``grace_seconds=0``: kill at once, the fencing path); False when already gone."""
     try:
@@ -57,9 +62,10 @@ async def delete_pod(clients: Clients, namespace: str, name: str, *, grace_secon
         raise
 
 
-async def post_event(clients: Clients, obj: dict[str, Any], *, reason: str, message: str, type_: str = "Normal") -> None:
-    """A Kubernetes Event on ``obj`` (what `kubectl describe` shows). Failures are logged, not raised:
-    an Event is a courtesy to the user, never a reason to fail the work it describes."""
+async def post_event(clients: Clients, obj: dict[str, Any], *, reason: str, message: str, type_: str = "Normal") -> str | None:
+    """A Kubernetes Event on ``obj`` (what `kubectl describe` shows); its name, None if it failed.
+    Failures are logged, not raised: an Event is a courtesy to the user, never a reason to fail the
+    work it describes. The operator posts through :class:`fnsession.kube.events.EventRecorder`."""
     meta = obj["metadata"]
     now = datetime.now(UTC).isoformat().replace("+00:00", "Z")
     body = {
@@ -71,6 +77,27 @@ async def post_event(clients: Clients, obj: dict[str, Any], *, reason: str, mess
         "firstTimestamp": now, "lastTimestamp": now, "count": 1,
     }
     try:
-        await clients.core.create_namespaced_event(meta["namespace"], body)
+        answer = await clients.core.create_namespaced_event(meta["namespace"], body, _preload_content=False)
+        text = await answer.read()  # not parsed into a model: nothing reads the echo of an Event
+        if not 200 <= answer.status < 300:
+            raise RuntimeError(f"{answer.status} {text[:200]!r}")
+        return str(body["metadata"]["name"])
     except Exception as exc:  # noqa: BLE001 - RBAC, API server health, timeouts: never fail the work
         log.warning("could not post Event %s on %s/%s: %s", reason, meta["namespace"], meta["name"], getattr(exc, "reason", exc))
+        return None
+
+
+async def bump_event(clients: Clients, namespace: str, name: str, count: int) -> bool:
+    """The same Event again: its count and lastTimestamp patched (as client-go aggregates); False
+    when it is gone or the patch failed (then a new one is posted)."""
+    now = datetime.now(UTC).isoformat().replace("+00:00", "Z")
+    try:
+        answer = await clients.core.patch_namespaced_event(name, namespace, {"count": count, "lastTimestamp": now},
+                                                           _preload_content=False)
+        text = await answer.read()
+        if not 200 <= answer.status < 300:
+            raise RuntimeError(f"{answer.status} {text[:200]!r}")
+        return True
+    except Exception as exc:  # noqa: BLE001
+        log.debug("could not update Event %s/%s: %s", namespace, name, getattr(exc, "reason", exc))
+        return False

@@ -1,0 +1,203 @@
+"""Leader election over a ``coordination.k8s.io`` Lease, as client-go's leaderelection does it.
+
+One replica of the operator acts; the others wait. The holder renews the Lease every
+``retry_period``; a candidate takes it only when the record it last saw has not changed for
+``lease_duration`` (measured on its own clock from when it saw the change, so clock skew between
+machines does not matter) or the holder released it. Every write is an update at the
+resourceVersion just read, so two candidates can never both succeed. A holder that cannot renew
+for ``renew_deadline`` (shorter than the lease duration) has lost: the caller must stop acting at
+once, before anyone else can take over.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from kubernetes_asyncio.client.exceptions import ApiException
+
+log = logging.getLogger(__name__)
+
+
+class LeaseApi(Protocol):
+    """What this module needs of kubernetes_asyncio's ``CoordinationV1Api`` (a fake in unit tests)."""
+
+    async def read_namespaced_lease(self, name: str, namespace: str, **kw: Any) -> Any: ...
+    async def create_namespaced_lease(self, namespace: str, body: Any, **kw: Any) -> Any: ...
+    async def replace_namespaced_lease(self, name: str, namespace: str, body: Any, **kw: Any) -> Any: ...
+
+
+@dataclass(frozen=True)
+class LeaseConfig:
+    identity: str                      # the pod's name
+    name: str = "fnsession-operator"
+    namespace: str = "fnsession-system"
+    lease_duration: float = 15.0       # a candidate waits this long after the last change it saw
+    renew_deadline: float = 10.0       # the holder gives up if it could not renew for this long
+    retry_period: float = 2.0          # between renewals, and between a candidate's attempts
+
+    def __post_init__(self) -> None:
+        if not self.identity:
+            raise ValueError("leader election: identity must not be empty (set POD_NAME)")
+        if not 0 < self.retry_period < self.renew_deadline < self.lease_duration:
+            raise ValueError("leader election: need 0 < retry_period < renew_deadline < lease_duration, got "
+                             f"{self.retry_period}, {self.renew_deadline}, {self.lease_duration}")
+
+
+class LostLease(Exception):
+    """The holder could not renew within the renew deadline, or another identity holds the Lease."""
+
+
+def _stamp(at: datetime) -> str:
+    return at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")  # a MicroTime
+
+
+def _field(obj: Any, snake: str, camel: str) -> Any:
+    if isinstance(obj, dict):
+        return obj.get(camel)
+    return getattr(obj, snake, None)
+
+
+def _record(lease: Any) -> dict[str, Any]:
+    """The lease's spec as a plain dict (models from the API client, or dicts from a fake)."""
+    spec = _field(lease, "spec", "spec") or {}
+    fields = {"holderIdentity": "holder_identity", "leaseDurationSeconds": "lease_duration_seconds",
+              "acquireTime": "acquire_time", "renewTime": "renew_time", "leaseTransitions": "lease_transitions"}
+    out = {}
+    for camel, snake in fields.items():
+        value = _field(spec, snake, camel)
+        out[camel] = _stamp(value) if isinstance(value, datetime) else value
+    return out
+
+
+def _resource_version(lease: Any) -> str | None:
+    meta = _field(lease, "metadata", "metadata") or {}
+    return _field(meta, "resource_version", "resourceVersion")
+
+
+class LeaderElector:
+    def __init__(self, api: LeaseApi, config: LeaseConfig, *, clock: Callable[[], float] = time.monotonic,
+                 wall: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
+        self.api = api
+        self.config = config
+        self.clock = clock
+        self.wall = wall
+        self.observed: dict[str, Any] | None = None  # the record last read
+        self.observed_at = 0.0                        # when it last changed, on our clock
+        self.last_renew: float | None = None          # our last successful write as holder
+        self.last_contact: float | None = None        # the API last answered us (readiness of a standby)
+        self.leading = False
+
+    @property
+    def holder(self) -> str | None:
+        return (self.observed or {}).get("holderIdentity") or None
+
+    async def try_acquire_or_renew(self) -> bool:
+        """One attempt: True when we hold the Lease afterwards. Never raises for API trouble."""
+        cfg = self.config
+        now, wall = self.clock(), self.wall()
+        try:
+            lease = await self.api.read_namespaced_lease(cfg.name, cfg.namespace, _request_timeout=cfg.retry_period * 2)
+        except ApiException as exc:
+            if exc.status != 404:
+                log.warning("leader election: reading Lease %s/%s: %s", cfg.namespace, cfg.name, exc.reason)
+                return False
+            return await self._write(None, self._new_record(None, wall), now)
+        except Exception as exc:  # noqa: BLE001 - timeouts, connection errors: retried
+            log.warning("leader election: reading Lease %s/%s: %s", cfg.namespace, cfg.name, exc)
+            return False
+        self.last_contact = now
+        record = _record(lease)
+        if record != self.observed:
+            self.observed, self.observed_at = record, now
+        holder = record.get("holderIdentity")
+        if holder and holder != cfg.identity and now < self.observed_at + cfg.lease_duration:
+            return False  # held by someone else, and renewed (or first seen) within the lease duration
+        return await self._write(lease, self._new_record(record, wall), now)
+
+    def _new_record(self, old: dict[str, Any] | None, wall: datetime) -> dict[str, Any]:
+        cfg = self.config
+        ours = old is not None and old.get("holderIdentity") == cfg.identity
+        return {"holderIdentity": cfg.identity, "leaseDurationSeconds": int(cfg.lease_duration),
+                "acquireTime": old["acquireTime"] if ours and old and old.get("acquireTime") else _stamp(wall),
+                "renewTime": _stamp(wall),
+                "leaseTransitions": ((old or {}).get("leaseTransitions") or 0) + (0 if ours or old is None else 1)}
+
+    async def _write(self, lease: Any, record: dict[str, Any], now: float) -> bool:
+        cfg = self.config
+        body: dict[str, Any] = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+                                "metadata": {"name": cfg.name, "namespace": cfg.namespace}, "spec": record}
+        try:
+            if lease is None:
+                await self.api.create_namespaced_lease(cfg.namespace, body, _request_timeout=cfg.retry_period * 2)
+            else:
+                body["metadata"]["resourceVersion"] = _resource_version(lease)  # a conflict if anyone wrote since
+                await self.api.replace_namespaced_lease(cfg.name, cfg.namespace, body, _request_timeout=cfg.retry_period * 2)
+        except ApiException as exc:
+            if exc.status not in (409, 422):
+                log.warning("leader election: writing Lease %s/%s: %s", cfg.namespace, cfg.name, exc.reason)
+            return False
+        except Exception as exc:  # noqa: BLE001
+            log.warning("leader election: writing Lease %s/%s: %s", cfg.namespace, cfg.name, exc)
+            return False
+        self.observed, self.observed_at, self.last_renew, self.last_contact = record, now, now, now
+        return True
+
+    def _pause(self) -> float:
+        return self.config.retry_period * (1 + 0.2 * random.random())  # client-go's JitterFactor 1.2
+
+    async def acquire(self) -> None:
+        """Wait until we hold the Lease (a standby waits here, retrying every retry period)."""
+        while not await self.try_acquire_or_renew():
+            pause = self._pause()
+            if self.holder and self.holder != self.config.identity:
+                # look again every retry period, and once more just as the lease runs out, not up to a
+                # retry period after it (the takeover comes that much sooner)
+                expires_in = self.observed_at + self.config.lease_duration - self.clock()
+                pause = min(pause, max(0.05, expires_in + 0.05))
+            await asyncio.sleep(pause)
+        self.leading = True
+        log.info("leader election: %s acquired Lease %s/%s", self.config.identity, self.config.namespace, self.config.name)
+
+    async def keep(self) -> None:
+        """Renew every retry period; raises :class:`LostLease` once renewing failed for the renew
+        deadline, or another identity took the Lease. Returns only by cancellation."""
+        cfg = self.config
+        while True:
+            await asyncio.sleep(cfg.retry_period)
+            if await self.try_acquire_or_renew():
+                continue
+            if self.holder and self.holder != cfg.identity:
+                self.leading = False
+                raise LostLease(f"Lease {cfg.namespace}/{cfg.name} is held by {self.holder}")
+            if self.last_renew is None or self.clock() - self.last_renew >= cfg.renew_deadline:
+                self.leading = False
+                raise LostLease(f"could not renew Lease {cfg.namespace}/{cfg.name} for {cfg.renew_deadline:g} s")
+
+    async def release(self) -> bool:
+        """Give the Lease up on a clean stop (client-go's ReleaseOnCancel), so a standby takes over at
+        once instead of after the lease duration. Call it only once this process has stopped acting."""
+        cfg = self.config
+        self.leading = False
+        try:
+            lease = await self.api.read_namespaced_lease(cfg.name, cfg.namespace, _request_timeout=2)
+            record = _record(lease)
+            if record.get("holderIdentity") != cfg.identity:
+                return False
+            wall = _stamp(self.wall())
+            released = {**record, "holderIdentity": None, "leaseDurationSeconds": 1, "renewTime": wall, "acquireTime": wall}
+            body = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+                    "metadata": {"name": cfg.name, "namespace": cfg.namespace,
+                                 "resourceVersion": _resource_version(lease)}, "spec": released}
+            await self.api.replace_namespaced_lease(cfg.name, cfg.namespace, body, _request_timeout=2)
+        except Exception as exc:  # noqa: BLE001 - the standby then waits for the lease duration instead
+            log.warning("leader election: releasing Lease %s/%s: %s", cfg.namespace, cfg.name, exc)
+            return False
+        log.info("leader election: %s released Lease %s/%s", cfg.identity, cfg.namespace, cfg.name)
+        return True

@@ -1,0 +1,134 @@
+"""The deployed gateway's two replicas (manifests/gateway.yaml), on the real cluster through its Service:
+
+- a replica deleted during a request loop fails no request of a client that reconnects when an answer
+  says ``Connection: close`` (the replica drains: not ready, Connection: close, in-flight finished);
+- one new session id sent through the Service twice at the same moment (each connection may land on
+  either replica) makes one FunctionSession, and both requests reach its instance.
+
+The API server's outage (the data plane outliving the control plane) is not tried here: the cluster is
+shared, so it is covered at unit level (tests/unit/test_gateway_auth.py, test_gateway_routes.py).
+"""
+
+from __future__ import annotations
+
+import http.client
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+from kubernetes import client
+
+from .cluster import eventually
+from .test_gateway import Credentials, creds, gateway_url  # noqa: F401 - fixtures
+from .test_gateway_invoke import curl, objects, seeds  # noqa: F401 - fixtures
+from .test_operator import GROUP, SESSIONS, VERSION
+
+GATEWAY = "app.kubernetes.io/name=fnsession-gateway"
+
+
+def ready_gateways(core: client.CoreV1Api) -> list[client.V1Pod]:
+    pods = core.list_namespaced_pod("fnsession-system", label_selector=GATEWAY).items
+    return [p for p in pods if p.metadata.deletion_timestamp is None
+            and any(c.type == "Ready" and c.status == "True" for c in p.status.conditions or [])]
+
+
+class Loop(threading.Thread):
+    """A client sending requests one after another on a kept-alive connection (http.client), which
+    opens a new connection when an answer said ``Connection: close``, and retries nothing: every
+    request that does not come back 200 is a failure."""
+
+    def __init__(self, url: str, headers: dict[str, str]) -> None:
+        super().__init__(daemon=True)
+        parts = urlsplit(url)
+        self.host, self.port, self.path, self.headers = parts.hostname, parts.port or 80, parts.path, headers
+        self.stop = threading.Event()
+        self.ok = self.connections = 0
+        self.failures: list[str] = []
+
+    def run(self) -> None:
+        conn: http.client.HTTPConnection | None = None
+        while not self.stop.is_set():
+            if conn is None:
+                conn = http.client.HTTPConnection(self.host, self.port, timeout=10)
+                self.connections += 1
+            try:
+                conn.request("GET", self.path, headers=self.headers)
+                resp = conn.getresponse()
+                resp.read()
+                if resp.status == 200:
+                    self.ok += 1
+                else:
+                    self.failures.append(f"{resp.status} {resp.reason}")
+                if resp.will_close:  # the gateway said Connection: close: reconnect for the next request
+                    conn.close()
+                    conn = None
+            except Exception as exc:  # noqa: BLE001 - a failed request, counted
+                self.failures.append(repr(exc))
+                conn.close()
+                conn = None
+            time.sleep(0.005)
+        if conn is not None:
+            conn.close()
+
+
+@pytest.mark.usefixtures("seeds")
+def test_a_replica_deleted_during_a_request_loop_fails_no_request(
+    api: client.ApiClient, gateway_url: str, creds: Credentials
+) -> None:
+    core = client.CoreV1Api(api)
+    eventually("two ready gateway replicas", lambda: len(ready_gateways(core)) >= 2, timeout=120)
+    headers = {"Authorization": f"Bearer {creds.token}", "mySessionId": "loop-1"}
+    assert curl("-H", f"Authorization: Bearer {creds.token}", "-H", "mySessionId: loop-1",
+                f"{gateway_url}/fn/header-fn/")[2] == 200  # the session, made once
+    loops = [Loop(f"{gateway_url}/fn/header-fn/", headers) for _ in range(4)]
+    for loop in loops:
+        loop.start()
+    time.sleep(2)
+    before = sum(loop.ok for loop in loops)
+    victim = ready_gateways(core)[0].metadata.name
+    core.delete_namespaced_pod(victim, "fnsession-system")  # its grace period: the manifest's
+    began = time.monotonic()
+
+    def gone() -> bool:
+        try:
+            core.read_namespaced_pod(victim, "fnsession-system")
+            return False
+        except client.ApiException as exc:
+            return exc.status == 404
+
+    eventually(f"gateway pod {victim} gone", gone, timeout=60)
+    took = time.monotonic() - began
+    eventually("two ready gateway replicas again", lambda: len(ready_gateways(core)) >= 2, timeout=120)
+    time.sleep(1)
+    for loop in loops:
+        loop.stop.set()
+    for loop in loops:
+        loop.join(15)
+    total = sum(loop.ok for loop in loops) + sum(len(loop.failures) for loop in loops)
+    failures = [f for loop in loops for f in loop.failures]
+    print(f"replica deleted: {total} requests ({before} before the delete), {len(failures)} failed, "
+          f"{sum(loop.connections for loop in loops)} connections, the pod gone after {took:.1f} s")
+    assert failures == [], failures[:10]
+    assert total - before > 200, "the loop kept going through the drain"
+    assert sum(loop.connections for loop in loops) > len(loops), "the drained replica's clients were told to reconnect"
+
+
+@pytest.mark.usefixtures("seeds")
+def test_one_new_session_id_sent_twice_at_once_makes_one_session(
+    api: client.ApiClient, gateway_url: str, creds: Credentials, objects: client.CustomObjectsApi, namespace: str
+) -> None:
+    core = client.CoreV1Api(api)
+    eventually("two ready gateway replicas", lambda: len(ready_gateways(core)) >= 2, timeout=120)
+    auth = f"Authorization: Bearer {creds.token}"
+    for sid in ("twice-1", "twice-2"):
+        with ThreadPoolExecutor(2) as pool:
+            answers: list[Any] = list(pool.map(
+                lambda _: curl("-H", auth, "-H", f"mySessionId: {sid}", f"{gateway_url}/fn/header-fn/"), range(2)))
+        assert [status for _, _, status in answers] == [200, 200], answers
+        assert answers[0][1]["pod"] == answers[1][1]["pod"], "both requests reach the one session's instance"
+        records = [o for o in objects.list_namespaced_custom_object(GROUP, VERSION, namespace, SESSIONS)["items"]
+                   if o["spec"]["sessionId"] == sid]
+        assert len(records) == 1, [o["metadata"]["name"] for o in records]
