@@ -101,7 +101,7 @@ def test_helm_install_serves_a_namespace_editor_then_upgrade_and_uninstall(
         "--set", "gateway.replicas=2", "--set", "gateway.pdb.enabled=true", "--wait", "--timeout", "3m", timeout=240)
     assert ready_replicas(apps, release, f"{RELEASE}-gateway") == 2
     pdb = client.PolicyV1Api(api).read_namespaced_pod_disruption_budget(f"{RELEASE}-gateway", release)
-    assert pdb.spec.max_unavailable == 1 and pdb.spec.selector.match_labels == {"app.kubernetes.io/name": f"{RELEASE}-gateway"}
+    assert pdb.spec.min_available == 1 and pdb.spec.selector.match_labels == {"app.kubernetes.io/name": f"{RELEASE}-gateway"}
     history = run(HELM, "history", RELEASE, "--namespace", release, "-o", "json").stdout
     assert '"revision":2' in history.replace(" ", "") and '"status":"deployed"' in history.replace(" ", "")
     for _ in range(4):  # whichever replica answers

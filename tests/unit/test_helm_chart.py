@@ -144,7 +144,7 @@ def test_values_change_what_they_name_and_names_namespaces_and_selectors_still_a
         assert pdb["spec"]["selector"] == dep["spec"]["selector"]
     assert got[("PodDisruptionBudget", "apps", "team-a-fnsession-operator")]["spec"] == {
         "minAvailable": 1, "selector": op["spec"]["selector"]}
-    assert got[("PodDisruptionBudget", "apps", "team-a-fnsession-gateway")]["spec"]["maxUnavailable"] == 1
+    assert got[("PodDisruptionBudget", "apps", "team-a-fnsession-gateway")]["spec"]["minAvailable"] == 1
 
     env = {e["name"]: e.get("value") for e in containers(op)["env"]}
     assert env["FNSESSION_TENANT_INIT_IMAGE"] == "registry.example/tenant-init:1.2.3"
@@ -189,9 +189,9 @@ def test_the_alert_rules_and_the_dashboard_ship_as_monitoring_objects_when_asked
     assert dashboard["metadata"]["labels"]["grafana_dashboard"] == "1"
 
 
-def test_leader_election_brings_its_lease_rbac_and_the_namespace_to_find_it_in() -> None:
-    assert not [k for k in render() if k[2].endswith("leader-election")]
-    got = render("--set", "operator.leaderElection=true", "--set", "operator.replicas=2", release="team-a", namespace="apps")
+def test_leader_election_brings_its_lease_rbac_and_the_namespace_to_find_it_in_and_can_be_off() -> None:
+    assert not [k for k in render("--set", "operator.leaderElection=false") if k[2].endswith("leader-election")]
+    got = render(release="team-a", namespace="apps")
     role = got[("Role", "apps", "team-a-fnsession-operator-leader-election")]
     assert {v for r in role["rules"] for v in r["verbs"]} == {"create", "get", "update"}
     binding = got[("RoleBinding", "apps", "team-a-fnsession-operator-leader-election")]

@@ -27,8 +27,6 @@ needs_promtool = pytest.mark.skipif(PROMTOOL is None, reason="promtool is not in
 # promtool tests are written against these names; the integration test checks their alerts only once
 # they are exported (an expected failure until then).
 UNWIRED = {
-    "fnsession_gateway_activity_retries_total": "gateway counter: activity writes that failed and were retried (branch gwscale has it)",
-    "fnsession_leader": "operator gauge: 1 on the replica that holds the Lease, 0 on the others (branch opscale has it)",
     "fnsession_sessions_pending": "operator gauge {namespace, function, reason}: Pending sessions by the Bound condition's reason",
     "fnsession_gateway_errors_total": "gateway counter {code}: answers the gateway gave itself, by HTTP status (502 upstream unreachable, ...)",
 }
