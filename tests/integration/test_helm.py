@@ -1,6 +1,6 @@
 """The Helm chart on the real cluster: `helm install` of charts/fnsession as its own release in its own
 namespace, a namespace `edit` user running a session with kubectl and through that release's gateway,
-then `helm upgrade` (2 gateway replicas behind a PodDisruptionBudget) and `helm uninstall`.
+then `helm upgrade` (3 gateway replicas behind the PodDisruptionBudget) and `helm uninstall`.
 
 The release's operator does the reconciling while it runs: the operator that `make deploy` runs in
 fnsession-system is scaled to 0 for the test and back afterwards (two operators on one cluster
@@ -74,7 +74,7 @@ def test_helm_install_serves_a_namespace_editor_then_upgrade_and_uninstall(
     objects = client.CustomObjectsApi(api)
     # the release's objects: named after it, in its namespace
     for name in (f"{RELEASE}-operator", f"{RELEASE}-gateway"):
-        assert ready_replicas(apps, release, name) == 1, name
+        assert ready_replicas(apps, release, name) == 2, name
     for role in ("operator", "gateway", "view", "edit", "admin"):
         labels = rbac.read_cluster_role(f"{RELEASE}-{role}").metadata.labels
         assert (labels["app.kubernetes.io/instance"], labels["app.kubernetes.io/managed-by"]) == (RELEASE, "Helm")
@@ -96,10 +96,11 @@ def test_helm_install_serves_a_namespace_editor_then_upgrade_and_uninstall(
         r := gateway(url, "POST", API, token, {"sessionId": "gw-1"}))[0] == 200 and r, timeout=30)
     assert s["sessionStatus"] == "Active" and s["containerId"].startswith("containerd://"), s
 
-    # upgrade: two gateway replicas behind a PodDisruptionBudget; the session is still served
+    # upgrade: three gateway replicas (each told so: --replicas=3) behind the PodDisruptionBudget; sessions still served
     run(HELM, "upgrade", RELEASE, REPO / "charts" / "fnsession", "--namespace", release, "--reuse-values",
-        "--set", "gateway.replicas=2", "--set", "gateway.pdb.enabled=true", "--wait", "--timeout", "3m", timeout=240)
-    assert ready_replicas(apps, release, f"{RELEASE}-gateway") == 2
+        "--set", "gateway.replicas=3", "--wait", "--timeout", "3m", timeout=240)
+    assert ready_replicas(apps, release, f"{RELEASE}-gateway") == 3
+    assert "--replicas=3" in apps.read_namespaced_deployment(f"{RELEASE}-gateway", release).spec.template.spec.containers[0].args
     pdb = client.PolicyV1Api(api).read_namespaced_pod_disruption_budget(f"{RELEASE}-gateway", release)
     assert pdb.spec.min_available == 1 and pdb.spec.selector.match_labels == {"app.kubernetes.io/name": f"{RELEASE}-gateway"}
     history = run(HELM, "history", RELEASE, "--namespace", release, "-o", "json").stdout
