@@ -83,7 +83,7 @@ measure() { # pid url [header...]
          printf "%s %s %s %s %.1f\n", rps, p50, p99, (pid=="-" ? "-" : sprintf("%.1f", t / hz * 1e6 / n)), f / hz * 1e6 / n}' "$W/wrk.txt"
 }
 HAPROXY_PID=$(pgrep -f "haproxy -f $W/haproxy.cfg" | head -1)
-GATEWAY_PID="$GATEWAY_PID $(pgrep -P "$GATEWAY_PID" | tr '\n' ' ')"  # the process, and its workers if several
+GATEWAY_PID="$GATEWAY_PID $(pgrep -P "$GATEWAY_PID" | tr '\n' ' ' || true)"  # the process, and its workers if several (none with one)
 # Rounds interleave the three paths, so that a slow spell of this machine (a VM: other tenants' load
 # moves the figures by 2x within minutes) hits all of them alike; the ratio is taken within each round.
 : > "$W/rounds"
