@@ -6,7 +6,7 @@ dashboard query returns series, every alert rule evaluates without error, and ev
 
 Series that exist only after an event (refusals, expiries, instance removals, bind latencies) are made
 by the test itself first: a session for a missing Function, a 1-second TTL, an instance scaled in.
-Alerts on metrics no code exports yet (test_monitoring.UNWIRED) are expected failures until wired.
+Alerts on metrics no code exports yet (test_monitoring.UNWIRED, empty now) would be expected failures until wired.
 
 Debian builds Prometheus without kubernetes_sd_configs, so the test does that discovery itself: the
 pods of fnsession-system annotated prometheus.io/scrape=true, as a file_sd target list with the same

@@ -57,3 +57,17 @@ def test_a_closed_loop_gives_no_gauges_instead_of_hanging() -> None:
     loop.close()
     s = SessionService(None, Config())  # type: ignore[arg-type]
     assert list(metrics.StateCollector(s, loop, timeout=0.5).collect()) == []
+
+
+def test_pending_sessions_are_counted_by_the_reason_they_wait_with_a_zero_series_per_function() -> None:
+    s = SessionService(None, Config())  # type: ignore[arg-type]
+    s.registry.function("ns", "f")
+    s.registry.function("ns", "idle")
+    for i, reason in enumerate(["MaxInstancesReached", "MaxInstancesReached", "InstanceStarting"]):
+        add(s, i, "Pending")
+        s.sessions[("ns", f"s{i}")].last_status = {"conditions": [
+            {"type": "Bound", "status": "False", "reason": reason}, {"type": "Ready", "status": "False", "reason": reason}]}
+    add(s, 9, "Active")
+    snap = metrics.snapshot(s)
+    assert snap.pending == {("ns", "f", "MaxInstancesReached"): 2, ("ns", "f", "InstanceStarting"): 1,
+                            ("ns", "idle", "MaxInstancesReached"): 0}

@@ -13,8 +13,8 @@ import concurrent.futures
 import logging
 from collections import Counter as Tally
 from collections.abc import Iterator
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 from prometheus_client.core import REGISTRY, GaugeMetricFamily
@@ -45,6 +45,7 @@ class Snapshot:
     sessions: dict[tuple[str, str, str], int]
     instances: dict[tuple[str, str, bool], int]
     deadlines: int
+    pending: dict[tuple[str, str, str], int] = field(default_factory=dict)  # (ns, function, Bound's reason)
 
 
 def snapshot(service: SessionService) -> Snapshot:
@@ -55,7 +56,20 @@ def snapshot(service: SessionService) -> Snapshot:
         live = [i for i in fn.instances.values() if not i.deleting]
         for ready in (True, False):
             instances[(ns, name, ready)] = sum(1 for i in live if i.ready is ready)
-    return Snapshot(dict(sessions), instances, len(service.deadlines))
+    pending: dict[tuple[str, str, str], int] = {}
+    for ns, name in service.registry.functions:  # a series per Function even while nothing waits (0)
+        pending[(ns, name, "MaxInstancesReached")] = 0
+    for s in service.sessions.values():
+        if s.state == "Pending":
+            key = (s.namespace, s.function, pending_reason((s.last_status or {}).get("conditions") or s.conditions))
+            pending[key] = pending.get(key, 0) + 1
+    return Snapshot(dict(sessions), instances, len(service.deadlines), pending)
+
+
+def pending_reason(conditions: list[dict[str, Any]]) -> str:
+    """Why a Pending session waits: its Bound condition's reason (MaxInstancesReached, InstanceStarting,
+    FunctionNotFound, ...)."""
+    return next((str(c.get("reason") or "Unknown") for c in conditions if c.get("type") == "Bound"), "Unknown")
 
 
 class StateCollector(Collector):
@@ -95,6 +109,12 @@ class StateCollector(Collector):
         yield instances
         yield GaugeMetricFamily("fnsession_deadlines", "Deadlines scheduled (expiries, scale-ins, removals)",
                                 value=snap.deadlines)
+        pending = GaugeMetricFamily("fnsession_sessions_pending", "Pending sessions by the reason they wait (their Bound "
+                                    "condition's reason; MaxInstancesReached: every instance full at maxInstances)",
+                                    labels=["namespace", "function", "reason"])
+        for (ns, fn, reason), n in sorted(snap.pending.items()):
+            pending.add_metric([ns, fn, reason], n)
+        yield pending
 
 
 def start(port: int, elector: LeaderElector | None = None) -> None:

@@ -160,6 +160,18 @@ def target_of(url: bytes) -> tuple[bytes, bytes]:
     return url[4:slash], url[slash:]
 
 
+# Answers the gateway gave itself with an error status (FC's error objects, 502s, timeouts, refusals),
+# by status, for fnsession_gateway_errors_total. The statuses it can give start at 0, so that each has a
+# series before its first use (rates and alerts need one). Written on the event loop only; the metrics
+# thread reads a copy (dict.copy runs without releasing the GIL).
+ERROR_ANSWERS: dict[int, int] = dict.fromkeys((400, 401, 403, 404, 408, 409, 413, 429, 431, 500, 502, 503, 504, 505), 0)
+
+
+def count_error(status: int) -> None:
+    if status >= 400:
+        ERROR_ANSWERS[status] = ERROR_ANSWERS.get(status, 0) + 1
+
+
 def status_line(status: int) -> bytes:
     return STATUS_LINES.get(status) or b"HTTP/1.1 %d %s\r\n" % (status, REASONS.get(status, b"Unknown"))
 
@@ -564,6 +576,7 @@ class ServerConnection(ReadPausing, asyncio.Protocol):
         """A whole response from the gateway itself."""
         if req.responded:
             return
+        count_error(status)
         parts = [status_line(status), date_header(), b"Content-Type: ", content_type.encode(), b"\r\n",
                  b"Content-Length: %d\r\n" % len(body)]
         for name, value in headers:
@@ -668,6 +681,7 @@ class ServerConnection(ReadPausing, asyncio.Protocol):
         if self.active is None and self.flight is None:
             rid = REFUSAL_IDS.next()
             body = err.body(rid)
+            count_error(err.status)
             self.transport.write(status_line(err.status) + date_header()
                                  + b"Content-Type: application/json\r\nConnection: close\r\n"
                                  + b"".join(f"{k}: {v}\r\n".encode() for k, v in err.headers(rid).items())
@@ -774,6 +788,7 @@ class Overloaded(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         rid = REFUSAL_IDS.next()
         body = self.err.body(rid)
+        count_error(self.err.status)
         cast(asyncio.Transport, transport).write(
             status_line(self.err.status) + b"Content-Type: application/json\r\nConnection: close\r\n"
             + b"".join(f"{k}: {v}\r\n".encode() for k, v in self.err.headers(rid).items())

@@ -13,6 +13,8 @@ from prometheus_client import start_http_server
 from prometheus_client.core import REGISTRY, CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from fnsession.gateway.http import ERROR_ANSWERS
+
 if TYPE_CHECKING:
     from fnsession.gateway.http import Listener, Pool
     from fnsession.gateway.invoke import Invoker
@@ -41,6 +43,12 @@ class GatewayCollector(Collector):
                                   "positive answer while the API server was unreachable", value=self.gateway.auth.graced)
         yield GaugeMetricFamily("fnsession_gateway_api_unreachable", "1 while the API server cannot be reached",
                                 value=1 if self.gateway.auth.reach.down else 0)
+        errors = CounterMetricFamily("fnsession_gateway_errors", "Answers the gateway gave itself with an error status "
+                                     "(FC's error objects, 502 for an instance it cannot reach, timeouts, refusals), by "
+                                     "status; the function's own answers are not counted", labels=["code"])
+        for code, n in sorted(ERROR_ANSWERS.copy().items()):
+            errors.add_metric([str(code)], n)
+        yield errors
         yield CounterMetricFamily("fnsession_gateway_passive_creates", "Sessions created by an invocation",
                                   value=self.invoker.passive_creates)
         yield CounterMetricFamily("fnsession_gateway_throttled", "Invocations refused because their instance had 200 "
