@@ -22,6 +22,7 @@ import pytest
 from kubernetes import client
 
 from .cluster import eventually
+from .cluster import http as fetch
 from .test_gateway import Credentials, creds, gateway_url  # noqa: F401 - fixtures
 from .test_gateway_invoke import curl, objects, seeds  # noqa: F401 - fixtures
 from .test_operator import GROUP, SESSIONS, VERSION
@@ -33,6 +34,19 @@ def ready_gateways(core: client.CoreV1Api) -> list[client.V1Pod]:
     pods = core.list_namespaced_pod("fnsession-system", label_selector=GATEWAY).items
     return [p for p in pods if p.metadata.deletion_timestamp is None
             and any(c.type == "Ready" and c.status == "True" for c in p.status.conditions or [])]
+
+
+def client_connections(pod: client.V1Pod) -> float:
+    """The gateway pod's open client connections, from its metrics (the pod network is reachable from here)."""
+    status, body = fetch("GET", f"http://{pod.status.pod_ip}:9091/metrics", timeout=5)
+    assert status == 200, (pod.metadata.name, status)
+    line = next(ln for ln in body.decode().splitlines() if ln.startswith("fnsession_gateway_client_connections "))
+    return float(line.split()[1])
+
+
+def busiest_gateway(core: client.CoreV1Api) -> str:
+    """The ready gateway replica holding the most client connections (kube-proxy spreads them at random)."""
+    return max(ready_gateways(core), key=client_connections).metadata.name
 
 
 class Loop(threading.Thread):
@@ -88,7 +102,7 @@ def test_a_replica_deleted_during_a_request_loop_fails_no_request(
         loop.start()
     time.sleep(2)
     before = sum(loop.ok for loop in loops)
-    victim = ready_gateways(core)[0].metadata.name
+    victim = busiest_gateway(core)  # one that holds some of the loops' connections, so that it must drain them
     core.delete_namespaced_pod(victim, "fnsession-system")  # its grace period: the manifest's
     began = time.monotonic()
 
