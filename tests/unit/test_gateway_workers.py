@@ -35,7 +35,7 @@ from fnsession.gateway.invoke import INSTANCE_LIMIT, Invoker, limit_share
 from fnsession.gateway.routes import Route, Routes
 from fnsession.gateway.server import Gateway, drain
 from fnsession.gateway.session_api import SessionAPI
-from tests.unit.test_gateway_http import event_loop_policy, read_response  # noqa: F401 - a fixture
+from tests.unit.test_gateway_http import event_loop_policy, read_response, request as send  # noqa: F401 - a fixture
 from tests.unit.test_gateway_lane import AUTH, TOKEN, WHO, World, get, warm, world  # noqa: F401 - a fixture
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
@@ -177,15 +177,6 @@ class Gw:
             self.server.close()
         for conn in list(self.listener.connections):
             conn.abort()
-
-
-async def send(port: int, raw: bytes) -> tuple[int, dict[str, str], bytes]:
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(raw)
-    try:
-        return await read_response(reader)
-    finally:
-        writer.close()
 
 
 async def test_every_worker_and_replica_together_put_at_most_200_in_flight_on_an_instance() -> None:
