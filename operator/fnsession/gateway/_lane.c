@@ -37,6 +37,9 @@
 #include <Python.h>
 #include <stdint.h>
 #include <string.h>
+#ifdef __SSE2__
+#include <emmintrin.h>
+#endif
 
 static unsigned char TOKEN[256];  /* RFC 9110 tchar */
 static unsigned char VALUE[256];  /* field-vchar, SP, HTAB (obs-text included, as llhttp) */
@@ -97,6 +100,18 @@ typedef struct {
 #define HIGHS 0x8080808080808080ULL
 static Py_ssize_t value_end(const char *d, Py_ssize_t i, Py_ssize_t n) {
     for (;;) {
+#ifdef __SSE2__
+        /* sixteen at a time where SSE2 is (every x86-64): a byte below 0x20 (compared signed, after
+         * flipping the top bit, so that obs-text is not taken for one) or equal to 0x7f stops it */
+        const __m128i flip = _mm_set1_epi8((char)0x80), below = _mm_set1_epi8((char)(0x20 ^ 0x80)),
+                      del = _mm_set1_epi8(0x7f);
+        while (i + 16 <= n) {
+            __m128i x = _mm_loadu_si128((const __m128i *)(const void *)(d + i));
+            __m128i stop = _mm_or_si128(_mm_cmplt_epi8(_mm_xor_si128(x, flip), below), _mm_cmpeq_epi8(x, del));
+            if (_mm_movemask_epi8(stop)) break;
+            i += 16;
+        }
+#endif
         while (i + 8 <= n) {
             uint64_t x;
             memcpy(&x, d + i, 8);

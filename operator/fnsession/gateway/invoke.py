@@ -168,16 +168,18 @@ class Invoker:
 
     def ended(self, ex: Exchange) -> None:
         ip = ex.address[0]
-        left = self.per_instance.get(ip, 1) - 1
+        per_instance = self.per_instance
+        left = per_instance.get(ip, 1) - 1
         if left:
-            self.per_instance[ip] = left
+            per_instance[ip] = left
         else:
-            self.per_instance.pop(ip, None)
-        running = self.running.get(ex.key)
+            per_instance.pop(ip, None)
+        key = ex.key
+        running = self.running.get(key)
         if running is not None:
             running.discard(ex)
             if not running:
-                del self.running[ex.key]
+                del self.running[key]
 
     def in_flight(self) -> int:
         return sum(self.per_instance.values())

@@ -351,26 +351,27 @@ class Flight:
     """A request the lane wrote to ``up``, until its answer has gone back to ``conn``. It stands in for
     an Exchange where the Invoker counts requests (``address``, ``key``, :meth:`cut`)."""
 
-    __slots__ = ("lane", "up", "address", "conn", "key", "data", "extra")
+    __slots__ = ("lane", "up", "address", "conn", "key", "data", "extra", "give", "ended")
 
     def __init__(self, lane: Lane, up: UpstreamConnection) -> None:
         self.lane, self.up, self.address = lane, up, up.address
+        # what an answer calls, looked up once per upstream connection rather than once per answer
+        self.give, self.ended = lane.pool.give, lane.invoker.ended
         self.conn: ServerConnection = cast(ServerConnection, None)  # set for each request
         self.key: tuple[str, str] = ("", "")
         self.data = self.extra = b""
 
     def answer(self, data: bytes) -> None:
         """Bytes from the instance: the whole answer goes back as it came; anything else, to an Exchange."""
-        lane = self.lane
-        answer = lane.whole(data, self.extra)
+        answer = self.lane.whole(data, self.extra)
         if answer is not None:
             up, conn = self.up, self.conn
             up.flight = None
             if not conn.closed and conn.transport is not None:  # (ServerConnection.write)
                 conn.transport.write(answer)
             now = _monotonic()
-            lane.pool.give(up, now)
-            lane.invoker.ended(self)
+            self.give(up, now)
+            self.ended(self)
             conn.flight_done(now)
             return
         self.promote()
