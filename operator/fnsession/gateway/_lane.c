@@ -77,8 +77,11 @@ static const char *HOP[] = {"connection", "keep-alive", "te", "trailer", "transf
 static const char *FWD[] = {"x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", NULL};
 
 static int name_in(const char *name, Py_ssize_t len, const char **table) {
-    for (const char **t = table; *t; t++)
-        if (name_is(name, len, *t, (Py_ssize_t)strlen(*t))) return 1;
+    if (len == 0) return 0;
+    unsigned char first = (unsigned char)name[0];
+    if (first >= 'A' && first <= 'Z') first += 32;
+    for (const char **t = table; *t; t++)  /* (the first letter first: most names differ there, no strlen) */
+        if ((unsigned char)(*t)[0] == first && name_is(name, len, *t, (Py_ssize_t)strlen(*t))) return 1;
     return 0;
 }
 
@@ -194,8 +197,8 @@ static PyObject *scan_impl(const char *d, Py_ssize_t n, const char *want, Py_ssi
     while (p < n && d[p] >= 'A' && d[p] <= 'Z') p++;
     Py_ssize_t method_len = p;
     int known = 0;
-    for (const char **m = METHODS; *m; m++)
-        if ((Py_ssize_t)strlen(*m) == method_len && memcmp(d, *m, method_len) == 0) known = 1;
+    for (const char **m = METHODS; *m && method_len; m++)
+        if ((*m)[0] == d[0] && (Py_ssize_t)strlen(*m) == method_len && memcmp(d, *m, method_len) == 0) known = 1;
     if (!known || p >= n || d[p] != ' ') Py_RETURN_NONE;
     Py_ssize_t url = ++p;
     while (p < n && d[p] > 0x20 && d[p] < 0x7f) p++;
