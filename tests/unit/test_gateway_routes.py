@@ -226,7 +226,7 @@ async def test_a_watch_cut_by_an_outage_resumes_from_its_version_within_a_retry_
             if not reach.down:
                 break
             await asyncio.sleep(0.01)
-        resumed = [c for c in sessions.calls if c[0] == "watch" and c[2] >= back][0]
+        resumed = next(c for c in sessions.calls if c[0] == "watch" and c[2] >= back)
         assert resumed[1] == "11", "resumed from the last version seen, not relisted"
         assert resumed[2] - back < 0.2 and not reach.down
         assert [c[0] for c in sessions.calls].count("list") == 1

@@ -15,6 +15,7 @@ one patch when a Pending session's pod becomes Ready, one at expiry. Events go t
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections import defaultdict
 from datetime import datetime, timedelta
@@ -544,10 +545,8 @@ class SessionService(Pauses):
         while True:
             upcoming = self.deadlines.next_at()
             timeout = 3600.0 if upcoming is None else max(0.0, (upcoming - now()).total_seconds())
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.wake.wait(), timeout=timeout)
-            except TimeoutError:
-                pass
             self.wake.clear()
             for key in self.deadlines.pop_due(now()):
                 if key in self.running:  # the same deadline still being handled: look again shortly

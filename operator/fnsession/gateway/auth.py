@@ -1,4 +1,4 @@
-"""Who is calling, in which namespace, and may they: all decided by Kubernetes (SPEC §5).
+"""Who is calling, in which namespace, and may they: all decided by Kubernetes (the gateway keeps no users or roles of its own).
 
 - ``Authorization: Bearer <token>``: a TokenReview says who it is. A ServiceAccount acts in its own
   namespace; other users in the ``x-fnsession-namespace`` header's, else the gateway's default.
@@ -319,7 +319,7 @@ class Authenticator:
                 self.tokens.items.pop(key, None)
         except Unreachable:  # the entries expire as they would have; the grace stands in meanwhile
             pass
-        except Exception as exc:  # the API server did not answer: the entries expire as they would have
+        except Exception as exc:  # noqa: BLE001 - a background renewal: whatever failed, the entries expire as they would have
             log.warning("renewing a bearer token's identity and RBAC decision failed: %s", exc)
 
     async def once(self, key: Any, call: Callable[[], Awaitable[Any]]) -> Any:

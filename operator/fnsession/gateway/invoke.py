@@ -98,7 +98,7 @@ class Invoker:
         route = self.routes.route(ns, function, session_id) if session_id else None
         if route is None:
             await authorize_create()
-            if session_id is None or affinity == "GENERATED_COOKIE" and not await self.api.paused(ns, function, session_id):
+            if session_id is None or (affinity == "GENERATED_COOKIE" and not await self.api.paused(ns, function, session_id)):
                 session_id = fc.new_session_id()  # the client never chooses a cookie id (a Paused one's resumes)
             qualifier = fc.query_param(req.query, "qualifier")
             # a passive create, or a Paused session resumed and this request held until it routes (enableAutoResume)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import time
 from collections.abc import Callable, Mapping
@@ -144,10 +145,8 @@ class SessionAPI:
             if change is None:
                 await asyncio.sleep(pause)
             else:  # the watch event, or a read again after a while if it is slow
-                try:
+                with contextlib.suppress(TimeoutError):
                     seen = await asyncio.wait_for(change, 0.25)
-                except asyncio.TimeoutError:
-                    pass
             pause = min(pause * 2, 0.2)
 
     @staticmethod
@@ -328,10 +327,8 @@ class SessionAPI:
             if change is None:
                 await asyncio.sleep(0.02)
             else:
-                try:
+                with contextlib.suppress(TimeoutError):
                     seen = await asyncio.wait_for(change, 0.25)
-                except asyncio.TimeoutError:
-                    pass
 
     async def until_observed(self, ns: str, name: str, generation: int, wait: float = 2.0) -> dict[str, Any]:
         """The object once the operator has taken the update in (new deadline, lastModifiedTime)."""
