@@ -12,7 +12,6 @@ import sys
 from types import SimpleNamespace
 
 import atheris
-
 from common import fields, load_sanitized_lane
 
 native = load_sanitized_lane()
@@ -39,7 +38,7 @@ LANE = Lane(None, SimpleNamespace(routes=None, pool=SimpleNamespace(idle={})), N
 LANE.use_python()
 
 
-def TestOneInput(data: bytes) -> None:  # noqa: N802 - atheris's name
+def TestOneInput(data: bytes) -> None:  # atheris's name for the entry point
     if len(data) < 2:
         return
     want, answer, msg = WANTS[data[0] % len(WANTS)], data[1] & 1, data[2:]

@@ -1,4 +1,4 @@
-"""MCP session affinity, as far as it exists (SPEC §7): Functions declare MCP_STREAMABLE and MCP_SSE
+"""MCP session affinity, as far as it exists: Functions declare MCP_STREAMABLE and MCP_SSE
 (examples/function-mcp.yaml, applied here), FC's CreateSession refuses them with FC's error and creates
 nothing, and the sample function's MCP servers answer on the real kubelet: Streamable HTTP keeps a
 session by its Mcp-Session-Id, refuses a made-up id with 404 and ends one on DELETE; HTTP+SSE announces

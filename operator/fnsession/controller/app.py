@@ -71,12 +71,10 @@ def lease_config(identity: str) -> LeaseConfig:
 
 
 async def main(identity: str, liveness: str | None, elect: bool) -> int:
-    from kubernetes_asyncio import client
-
-    from fnsession.kube.client import connect
+    from fnsession.kube.client import connect, coordination_api
 
     clients = await connect()
-    elector = LeaderElector(client.CoordinationV1Api(clients.api), lease_config(identity)) if elect else None
+    elector = LeaderElector(coordination_api(clients), lease_config(identity)) if elect else None
     health = Health(elector)
     runner = await serve_health(health, liveness) if liveness else None
     port = int(os.environ.get("FNSESSION_METRICS_PORT", "9090"))

@@ -1,7 +1,7 @@
 """kopf handlers: each a few lines over the session service.
 
-Bookkeeping stays in ``status.kopf`` (one status PATCH per handled create, measured in
-``../shared/reference/kopf-measured.md``); sessions get no finalizer and no per-object timer. Only
+Bookkeeping stays in ``status.kopf`` (one status PATCH per handled create, the least kopf
+can do when it tracks a handler); sessions get no finalizer and no per-object timer. Only
 our own Events are posted, never kopf's per-handler ones.
 """
 

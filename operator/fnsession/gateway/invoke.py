@@ -24,16 +24,16 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
-from kubernetes_asyncio.client.exceptions import ApiException
-
-from fnsession.api.names import GROUP, SESSION, VERSION
+from fnsession.api.names import SESSION
 from fnsession.core.status import stamp
 from fnsession.gateway import errors, fc
 from fnsession.gateway.errors import FCError
 from fnsession.gateway.http import Exchange, Pool, Request
 from fnsession.gateway.routes import Route, Routes, activity_of, route_of
 from fnsession.gateway.session_api import SessionAPI
+from fnsession.kube import objects
 from fnsession.kube.client import Clients
+from fnsession.kube.objects import ApiException
 
 log = logging.getLogger(__name__)
 INSTANCE_LIMIT = 200  # FC: every instance accepts at most 200 in-flight requests, shared by its sessions
@@ -98,7 +98,7 @@ class Invoker:
         route = self.routes.route(ns, function, session_id) if session_id else None
         if route is None:
             await authorize_create()
-            if session_id is None or affinity == "GENERATED_COOKIE" and not await self.api.paused(ns, function, session_id):
+            if session_id is None or (affinity == "GENERATED_COOKIE" and not await self.api.paused(ns, function, session_id)):
                 session_id = fc.new_session_id()  # the client never chooses a cookie id (a Paused one's resumes)
             qualifier = fc.query_param(req.query, "qualifier")
             # a passive create, or a Paused session resumed and this request held until it routes (enableAutoResume)
@@ -236,8 +236,7 @@ class Invoker:
         for _ in range(3):
             if version is None:  # what is on the object now
                 try:
-                    obj = await self.clients.custom.get_namespaced_custom_object(
-                        GROUP, VERSION, ns, SESSION.plural, name, _request_timeout=API_TIMEOUT)
+                    obj = await objects.get(self.clients, SESSION, ns, name, _request_timeout=API_TIMEOUT)
                 except ApiException as exc:
                     if exc.status == 404:
                         return  # deleted: nothing to record
@@ -266,10 +265,7 @@ class Invoker:
         raise ApiException(status=409, reason="Conflict (the session kept changing)")
 
     async def patch_status(self, ns: str, name: str, body: dict[str, Any]) -> dict[str, Any]:
-        written: dict[str, Any] = await self.clients.custom.patch_namespaced_custom_object_status(
-            GROUP, VERSION, ns, SESSION.plural, name, body, _content_type="application/merge-patch+json",
-            _request_timeout=API_TIMEOUT)
-        return written
+        return await objects.patch_status(self.clients, SESSION, ns, name, body, _request_timeout=API_TIMEOUT)
 
     async def run_flusher(self) -> None:
         while True:

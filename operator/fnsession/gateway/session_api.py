@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import time
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any, Protocol
-
-from kubernetes_asyncio.client.exceptions import ApiException
 
 from fnsession.api.names import FUNCTION, GROUP, SESSION, VERSION
 from fnsession.core.pausing import RESUME_ANNOTATION
@@ -25,7 +24,9 @@ from fnsession.core.pods import LABEL_FUNCTION
 from fnsession.core.status import stamp
 from fnsession.gateway import errors, fc
 from fnsession.gateway.errors import FCError
+from fnsession.kube import objects
 from fnsession.kube.client import Clients
+from fnsession.kube.objects import ApiException
 
 CREATE_WAIT_SECONDS = 30.0
 LIVE = ("Active", "Paused")  # what GetSession, UpdateSession and the pause API find
@@ -58,7 +59,7 @@ class SessionAPI:
 
     async def function(self, ns: str, name: str) -> dict[str, Any]:
         try:
-            return await self.clients.custom.get_namespaced_custom_object(GROUP, VERSION, ns, FUNCTION.plural, name)
+            return await objects.get(self.clients, FUNCTION, ns, name)
         except ApiException as exc:
             if exc.status == 404:
                 raise function_not_found(name) from None
@@ -74,8 +75,7 @@ class SessionAPI:
         selector = f"{LABEL_FUNCTION}={function}"
         if session_id is not None:
             selector += f",{fc.LABEL_SESSION_ID_HASH}={fc.session_id_hash(session_id)}"
-        items = (await self.clients.custom.list_namespaced_custom_object(
-            GROUP, VERSION, ns, SESSION.plural, label_selector=selector))["items"]
+        items = await objects.list_in(self.clients, SESSION, ns, label_selector=selector)
         if session_id is not None:
             items = [i for i in items if fc.session_json(i)["sessionId"] == session_id]
         # creation order: the operator's createdTime has sub-second precision, creationTimestamp only seconds
@@ -108,7 +108,7 @@ class SessionAPI:
             "labels": {LABEL_FUNCTION: function, fc.LABEL_SESSION_ID_HASH: fc.session_id_hash(spec["sessionId"])},
             "annotations": {"fnsession.dev/created-by": "gateway"}}}
         try:
-            made = await self.clients.custom.create_namespaced_custom_object(GROUP, VERSION, ns, SESSION.plural, obj)
+            made = await objects.create(self.clients, SESSION, ns, obj)
         except ApiException as exc:
             if exc.status == 409:  # created meanwhile by someone else, under the same name
                 raise errors.session_exists(spec["sessionId"]) from None
@@ -128,7 +128,7 @@ class SessionAPI:
         seen: dict[str, Any] | None = first
         while True:
             change = self.changes.next_change(ns, name) if self.changes is not None else None
-            obj = seen or await self.clients.custom.get_namespaced_custom_object(GROUP, VERSION, ns, SESSION.plural, name)
+            obj = seen or await objects.get(self.clients, SESSION, ns, name)
             seen = None
             status = obj.get("status") or {}
             if status.get("sessionStatus") == "Active":
@@ -145,10 +145,8 @@ class SessionAPI:
             if change is None:
                 await asyncio.sleep(pause)
             else:  # the watch event, or a read again after a while if it is slow
-                try:
+                with contextlib.suppress(TimeoutError):
                     seen = await asyncio.wait_for(change, 0.25)
-                except asyncio.TimeoutError:
-                    pass
             pause = min(pause * 2, 0.2)
 
     @staticmethod
@@ -226,8 +224,7 @@ class SessionAPI:
         name = obj["metadata"]["name"]
         if patch:
             try:
-                obj = await self.clients.custom.patch_namespaced_custom_object(
-                    GROUP, VERSION, ns, SESSION.plural, name, {"spec": patch}, _content_type="application/merge-patch+json")
+                obj = await objects.patch(self.clients, SESSION, ns, name, {"spec": patch})
             except ApiException as exc:
                 raise self.refused_by_api(exc) from None
             obj = await self.until_observed(ns, name, obj["metadata"]["generation"])
@@ -304,8 +301,7 @@ class SessionAPI:
 
     async def patch(self, ns: str, name: str, body: dict[str, Any]) -> dict[str, Any]:
         try:
-            patched: dict[str, Any] = await self.clients.custom.patch_namespaced_custom_object(
-                GROUP, VERSION, ns, SESSION.plural, name, body, _content_type="application/merge-patch+json")
+            patched: dict[str, Any] = await objects.patch(self.clients, SESSION, ns, name, body)
         except ApiException as exc:
             if exc.status == 404:
                 raise errors.session_not_found(name) from None
@@ -320,7 +316,7 @@ class SessionAPI:
         seen: dict[str, Any] | None = first
         while True:
             change = self.changes.next_change(ns, name) if self.changes is not None else None
-            obj = seen or await self.clients.custom.get_namespaced_custom_object(GROUP, VERSION, ns, SESSION.plural, name)
+            obj = seen or await objects.get(self.clients, SESSION, ns, name)
             seen = None
             if done(obj):
                 if change is not None:
@@ -331,16 +327,14 @@ class SessionAPI:
             if change is None:
                 await asyncio.sleep(0.02)
             else:
-                try:
+                with contextlib.suppress(TimeoutError):
                     seen = await asyncio.wait_for(change, 0.25)
-                except asyncio.TimeoutError:
-                    pass
 
     async def until_observed(self, ns: str, name: str, generation: int, wait: float = 2.0) -> dict[str, Any]:
         """The object once the operator has taken the update in (new deadline, lastModifiedTime)."""
         deadline = time.monotonic() + wait
         while True:
-            obj = await self.clients.custom.get_namespaced_custom_object(GROUP, VERSION, ns, SESSION.plural, name)
+            obj = await objects.get(self.clients, SESSION, ns, name)
             if (obj.get("status") or {}).get("observedGeneration") == generation or time.monotonic() > deadline:
                 return obj
             await asyncio.sleep(0.02)
@@ -357,7 +351,7 @@ class SessionAPI:
 
     async def delete_object(self, ns: str, name: str) -> None:
         try:
-            await self.clients.custom.delete_namespaced_custom_object(GROUP, VERSION, ns, SESSION.plural, name)
+            await objects.delete(self.clients, SESSION, ns, name)
         except ApiException as exc:
             if exc.status != 404:
                 raise

@@ -25,3 +25,8 @@ async def connect() -> Clients:
         await config.load_kube_config()
     api = client.ApiClient()
     return Clients(api=api, core=client.CoreV1Api(api), custom=client.CustomObjectsApi(api))
+
+
+def coordination_api(clients: Clients) -> client.CoordinationV1Api:
+    """Leases (leader election, the gateway's nonce claims)."""
+    return client.CoordinationV1Api(clients.api)
