@@ -578,7 +578,7 @@ class ServerConnection(ReadPausing, asyncio.Protocol):
             self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         try:
             self.handler(req)
-        except Exception:  # noqa: BLE001 - the handler's own bug: the client gets a 500, the connection lives on
+        except Exception:
             log.exception("handling %s %s", req.method, req.target)
             if not req.responded:
                 self.respond(req, 500, [], b"internal error")
@@ -1024,6 +1024,9 @@ class Pool:
         return sum(len(c) for c in self.idle.values())
 
 
+REPLAYS: set[asyncio.Future[None]] = set()  # requests replayed on a new connection (Exchange.upstream_lost)
+
+
 class Exchange:
     """One request proxied to one instance. ``extra``: response headers the gateway adds (pre-encoded
     ``Name: value\\r\\n`` lines). ``sdk``: an InvokeFunction call, whose function errors (status >= 400)
@@ -1076,9 +1079,9 @@ class Exchange:
         hop, upgrade = req.hop, req.upgrade
         for name, value in req.raw_headers:
             lname = name.lower()
-            if lname in REQUEST_DROP or lname.startswith(b"proxy-") or (lname in hop and lname != b"host"):
-                if not (upgrade and lname in UPGRADE_KEEP):
-                    continue
+            if ((lname in REQUEST_DROP or lname.startswith(b"proxy-") or (lname in hop and lname != b"host"))
+                    and not (upgrade and lname in UPGRADE_KEEP)):
+                continue
             parts += (name, b": ", value, b"\r\n")
         parts.append(req.forwarded)
         if upgrade:
@@ -1103,7 +1106,7 @@ class Exchange:
     async def open_and_run(self) -> None:
         try:
             upstream = await self.pool.open(self.address)
-        except (OSError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, OSError) as exc:
             self.refuse(502, "FunctionNotReachable",
                         f"the session's instance {self.address[0]}:{self.address[1]} did not answer: {exc or 'timeout'}")
             return
@@ -1310,7 +1313,9 @@ class Exchange:
             # a kept-alive connection the instance had closed as we reused it: once more, on a new one
             self.replayable = False
             self.req.sink = None
-            asyncio.ensure_future(self.open_and_run())
+            replay = asyncio.ensure_future(self.open_and_run())
+            REPLAYS.add(replay)  # (a reference, so that the loop's weak one is not the only one)
+            replay.add_done_callback(REPLAYS.discard)
         else:
             self.upstream_failed("the instance closed the connection")
 

@@ -42,10 +42,19 @@ from typing import TYPE_CHECKING, cast
 
 import httptools
 
-from fnsession.gateway.http import (FORWARDED, HOP_BY_HOP, MAX_HEAD_BYTES, Exchange,
-                                    Request, ServerConnection, UpstreamConnection, cookie_repeats, target_of,
-                                    whole_answer)
 from fnsession.gateway import fc
+from fnsession.gateway.http import (
+    FORWARDED,
+    HOP_BY_HOP,
+    MAX_HEAD_BYTES,
+    Exchange,
+    Request,
+    ServerConnection,
+    UpstreamConnection,
+    cookie_repeats,
+    target_of,
+    whole_answer,
+)
 from fnsession.gateway.invoke import Invoker
 from fnsession.gateway.routes import Route
 
