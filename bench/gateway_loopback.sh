@@ -14,7 +14,6 @@ W=$(mktemp -d); trap 'kill $(jobs -p) 2>/dev/null; wait 2>/dev/null; rm -rf "$W"
 FN=${SAMPLE_FUNCTION:-$W/sample-function}
 [ -x "$FN" ] || (cd "$REPO/images/sample-function" && go build -o "$FN" .)
 PORT=$FN_PORT POD_NAME=echo-loopback "$FN" > "$W/fn.log" 2>&1 &
-FN_PID=$!
 taskset -c 0 "$REPO/.venv/bin/python" "$HERE/gateway_loopback.py" --port "$GW_PORT" --upstream "127.0.0.1:$FN_PORT" \
   > "$W/gateway.log" 2>&1 &
 GW_PID=$!
