@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from email.utils import formatdate
 from http import HTTPStatus
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 import httptools
 
@@ -188,6 +188,9 @@ def date_header() -> bytes:
     return _date[1]
 
 
+LOW_DIGITS = [b"%03x\r\n" % i for i in range(4096)]  # a request id's last three hex digits and the line's end
+
+
 class RequestIds:
     """FC-style request ids (UUID-shaped): a random prefix per process and a counter, so an id costs
     a string format rather than 16 random bytes."""
@@ -195,7 +198,8 @@ class RequestIds:
     def __init__(self) -> None:
         r = os.urandom(10).hex()
         self.prefix = f"{r[:8]}-{r[8:12]}-{r[12:16]}-{r[16:20]}-"
-        self.line = b"x-fc-request-id: " + self.prefix.encode() + b"%012x\r\n"
+        self.prefix_line = b"x-fc-request-id: " + self.prefix.encode()
+        self.high = b""  # the line up to the counter's last three hex digits (header)
         self.n = 0
 
     def next(self) -> str:
@@ -204,8 +208,11 @@ class RequestIds:
 
     def header(self) -> bytes:
         """The next id as a response header line, ``x-fc-request-id: <id>\\r\\n``."""
-        self.n += 1
-        return self.line % self.n
+        n = self.n = self.n + 1
+        low = n & 0xFFF
+        if not low or not self.high:  # the line's start, up to the counter's last three hex digits, once per 4096
+            self.high = self.prefix_line + b"%09x" % (n >> 12)
+        return self.high + LOW_DIGITS[low]
 
 
 class Headers(dict[str, str]):
@@ -329,7 +336,12 @@ class Request:
 
 
 Handler = Callable[[Request], None]
-Lane = Callable[["ServerConnection", bytes], bool]
+
+
+class Lane(Protocol):
+    """lane.Lane as a connection sees it: ``offer(conn, data)`` is True when it took the read."""
+
+    def offer(self, conn: ServerConnection, data: bytes) -> bool: ...
 
 
 class ReadPausing:
@@ -408,7 +420,7 @@ class ServerConnection(ReadPausing, asyncio.Protocol):
             return
         if self.refused:  # a request broke a rule: nothing after it is read (the connection closes)
             return
-        if not tried and self.idle_since and self.lane is not None and self.lane(self, data):
+        if not tried and self.idle_since and self.lane is not None and self.lane.offer(self, data):
             return  # between requests, and the lane took this one whole (lane.py)
         if self.parsing is not None:
             self.body_at = time.monotonic()  # (Listener.sweep: a body that stops coming)
@@ -622,16 +634,18 @@ class ServerConnection(ReadPausing, asyncio.Protocol):
         elif not self.in_message:  # (a next head that came in part is still being read: not idle)
             self.idle_since = time.monotonic()
 
-    def flight_done(self) -> None:
-        """The lane's request was answered: the next one, if the client pipelined it, else idle."""
+    def flight_done(self, now: float = 0.0) -> None:
+        """The lane's request was answered: the next one, if the client pipelined it, else idle (since
+        ``now``, the monotonic clock's time, when the caller has it)."""
         self.flight = None
         if self.closed:
             return
-        self.resume_reading()  # the instance's back-pressure may have paused it (UpstreamConnection.pause_writing)
+        if self.reading_paused:
+            self.resume_reading()  # the instance's back-pressure paused it (UpstreamConnection.pause_writing)
         if self.queue:
             self.start(self.queue.popleft())
         elif not self.in_message:  # a next head that came in part is llhttp's: the lane must not take the rest
-            self.idle_since = time.monotonic()
+            self.idle_since = now or time.monotonic()
 
     def become_tunnel(self, exchange: Exchange) -> list[bytes]:
         """After ``101``: the client's bytes go to the exchange as they arrive; returns those that came early."""
@@ -979,10 +993,12 @@ class Pool:
         self.opened += 1
         return conn
 
-    def give(self, conn: UpstreamConnection) -> None:
+    def give(self, conn: UpstreamConnection, now: float = 0.0) -> None:
+        """``conn`` back to the pool (``now``: the monotonic clock's time, when the caller has it)."""
         conn.exchange = None
-        conn.idle_since = time.monotonic()
-        conn.resume_reading()  # paused by a slow client, which has had its answer: else its next request hangs
+        conn.idle_since = now or time.monotonic()
+        if conn.reading_paused:
+            conn.resume_reading()  # paused by a slow client, which has had its answer: else its next request hangs
         conns = self.idle.get(conn.address)
         if conns is None:
             conns = self.idle[conn.address] = []
