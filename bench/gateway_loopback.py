@@ -20,14 +20,14 @@ from types import SimpleNamespace
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from gateway_python_path import TOKEN  # noqa: E402
+from gateway_python_path import TOKEN
 
-from fnsession.gateway.auth import Authenticator, Identity  # noqa: E402
-from fnsession.gateway.http import Listener, Pool, install_uvloop  # noqa: E402
-from fnsession.gateway.invoke import Invoker  # noqa: E402
-from fnsession.gateway.routes import Route, Routes  # noqa: E402
-from fnsession.gateway.server import Gateway  # noqa: E402
-from fnsession.gateway.session_api import SessionAPI  # noqa: E402
+from fnsession.gateway.auth import Authenticator, Identity
+from fnsession.gateway.http import Listener, Pool, install_uvloop
+from fnsession.gateway.invoke import Invoker
+from fnsession.gateway.routes import Route, Routes
+from fnsession.gateway.server import Gateway
+from fnsession.gateway.session_api import SessionAPI
 
 
 async def main(port: int, upstream: str) -> None:
