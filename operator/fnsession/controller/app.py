@@ -86,7 +86,8 @@ async def main(identity: str, liveness: str | None, elect: bool) -> int:
             await elector.acquire()
         stop = asyncio.Event()
         operator = asyncio.create_task(kopf.operator(clusterwide=True, liveness_endpoint=None, standalone=True,
-                                                     identity=identity, stop_flag=stop, memo=kopf.Memo(health=health)))
+                                                     identity=identity,  # type: ignore[arg-type]  # kopf's Identity: a NewType of str it does not export
+                                                     stop_flag=stop, memo=kopf.Memo(health=health)))
         keeper = asyncio.create_task(elector.keep()) if elector is not None else None
         done, _ = await asyncio.wait([t for t in (operator, keeper) if t is not None], return_when=asyncio.FIRST_COMPLETED)
         if keeper is not None and keeper in done:

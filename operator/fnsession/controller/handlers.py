@@ -72,8 +72,8 @@ async def function_changed(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
 
 
 @kopf.on.event(GROUP, FUNCTION.plural)
-async def function_deleted(type: str, name: str, namespace: str, memo: kopf.Memo, **_: Any) -> None:
-    if type == "DELETED":
+async def function_deleted(*, type: str, name: str, namespace: str | None, memo: kopf.Memo, **_: Any) -> None:
+    if type == "DELETED" and namespace is not None:  # (Functions are namespaced: it always has one)
         await memo.service.function_deleted(namespace, name)
 
 

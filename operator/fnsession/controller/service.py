@@ -97,9 +97,9 @@ class SessionService(Pauses):
         so that planning after a restart sees every existing binding."""
         for pod in await objects.list_pods(self.clients, LABEL_FUNCTION):
             await self.pod_changed("ADDED", pod)
-        for fn in await objects.list_all(self.clients, FUNCTION):
-            state = self.registry.function(fn["metadata"]["namespace"], fn["metadata"]["name"])
-            state.spec, state.uid = FunctionSpec.model_validate(fn["spec"]), fn["metadata"]["uid"]
+        for listed in await objects.list_all(self.clients, FUNCTION):
+            state = self.registry.function(listed["metadata"]["namespace"], listed["metadata"]["name"])
+            state.spec, state.uid = FunctionSpec.model_validate(listed["spec"]), listed["metadata"]["uid"]
         for body in await objects.list_all(self.clients, SESSION):
             if (body.get("status") or {}).get("sessionStatus"):
                 self.restore(body)
@@ -392,12 +392,13 @@ class SessionService(Pauses):
         """A session that was handled before this process started: take its binding back."""
         meta, status = body["metadata"], body.get("status") or {}
         spec = FunctionSessionSpec.model_validate(body["spec"])
+        last_status = dict(status)
+        last_status.pop("kopf", None)
         session = Session(meta["namespace"], meta["name"], meta["uid"], spec.function_name,
                           status.get("sessionId") or spec.session_id or meta["name"],
                           docs.parse_time(status.get("createdTime")) or now(), spec, state=status["sessionStatus"],
                           generation=status.get("observedGeneration"), conditions=list(status.get("conditions") or []),
-                          last_activity=docs.parse_time(status.get("lastActivityTime")), last_status=dict(status))
-        session.last_status.pop("kopf", None)
+                          last_activity=docs.parse_time(status.get("lastActivityTime")), last_status=last_status)
         self.hold(session)
         fn = self.fn_of(session)
         pod = (status.get("instance") or {}).get("podName")
@@ -464,7 +465,7 @@ class SessionService(Pauses):
     async def session_deleted(self, key: Key) -> None:
         session = self.forget(key)
         for kind in ("expire", "remove", "verify"):
-            self.deadlines.cancel((kind, *key))  # type: ignore[arg-type]
+            self.deadlines.cancel((kind, *key))
         if session is None:
             return
         fn = self.fn_of(session)

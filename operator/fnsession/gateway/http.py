@@ -42,6 +42,7 @@ except ImportError:  # pragma: no cover - where no compiler was at hand at insta
     native = None  # type: ignore[assignment]
 
 log = logging.getLogger(__name__)
+REPLAYS: set[asyncio.Future[None]] = set()  # requests sent again on a new connection, under way
 
 MAX_HEAD_BYTES = 64 << 10       # a request head larger than this gets 431
 BUFFER_PAUSE_BYTES = 1 << 20    # a body buffered with nowhere to go pauses reading past this
@@ -222,7 +223,7 @@ class Headers(dict[str, str]):
 
     repeated: frozenset[str] = frozenset()
 
-    def get(self, key: str, default: Any = None) -> Any:  # type: ignore[override]
+    def get(self, key: str, default: Any = None) -> Any:
         if key in self.repeated:
             raise errors.repeated_header(key)
         return dict.get(self, key, default)
@@ -355,12 +356,12 @@ class ReadPausing:
 
     def pause_reading(self) -> None:
         if not self.reading_paused and self.transport is not None and not self.closed:
-            self.reading_paused = True
+            self.reading_paused = True  # type: ignore[misc]  # a mixin: the classes that use it have it in their slots
             self.transport.pause_reading()
 
     def resume_reading(self) -> None:
         if self.reading_paused and self.transport is not None and not self.closed:
-            self.reading_paused = False
+            self.reading_paused = False  # type: ignore[misc]  # (as above)
             self.transport.resume_reading()
 
 
@@ -578,7 +579,7 @@ class ServerConnection(ReadPausing, asyncio.Protocol):
             self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         try:
             self.handler(req)
-        except Exception:
+        except Exception:  # the handler's own bug (logged whole): the client gets a 500, the connection lives on
             log.exception("handling %s %s", req.method, req.target)
             if not req.responded:
                 self.respond(req, 500, [], b"internal error")
@@ -1024,9 +1025,6 @@ class Pool:
         return sum(len(c) for c in self.idle.values())
 
 
-REPLAYS: set[asyncio.Future[None]] = set()  # requests replayed on a new connection (Exchange.upstream_lost)
-
-
 class Exchange:
     """One request proxied to one instance. ``extra``: response headers the gateway adds (pre-encoded
     ``Name: value\\r\\n`` lines). ``sdk``: an InvokeFunction call, whose function errors (status >= 400)
@@ -1079,8 +1077,8 @@ class Exchange:
         hop, upgrade = req.hop, req.upgrade
         for name, value in req.raw_headers:
             lname = name.lower()
-            if ((lname in REQUEST_DROP or lname.startswith(b"proxy-") or (lname in hop and lname != b"host"))
-                    and not (upgrade and lname in UPGRADE_KEEP)):
+            if (lname in REQUEST_DROP or lname.startswith(b"proxy-") or (lname in hop and lname != b"host")) \
+                    and not (upgrade and lname in UPGRADE_KEEP):
                 continue
             parts += (name, b": ", value, b"\r\n")
         parts.append(req.forwarded)
@@ -1106,7 +1104,7 @@ class Exchange:
     async def open_and_run(self) -> None:
         try:
             upstream = await self.pool.open(self.address)
-        except (TimeoutError, OSError) as exc:
+        except (OSError, TimeoutError) as exc:
             self.refuse(502, "FunctionNotReachable",
                         f"the session's instance {self.address[0]}:{self.address[1]} did not answer: {exc or 'timeout'}")
             return
@@ -1314,7 +1312,7 @@ class Exchange:
             self.replayable = False
             self.req.sink = None
             replay = asyncio.ensure_future(self.open_and_run())
-            REPLAYS.add(replay)  # (a reference, so that the loop's weak one is not the only one)
+            REPLAYS.add(replay)  # held until done: the event loop keeps only a weak reference to a task
             replay.add_done_callback(REPLAYS.discard)
         else:
             self.upstream_failed("the instance closed the connection")

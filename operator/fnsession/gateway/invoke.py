@@ -22,7 +22,7 @@ import asyncio
 import logging
 import time
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 from fnsession.api.names import SESSION
 from fnsession.core.status import stamp
@@ -38,6 +38,18 @@ from fnsession.kube.objects import ApiException
 log = logging.getLogger(__name__)
 INSTANCE_LIMIT = 200  # FC: every instance accepts at most 200 in-flight requests, shared by its sessions
 SessionName = tuple[str, str]  # (namespace, FunctionSession name)
+
+
+class Running(Protocol):
+    """A request in flight to an instance as the Invoker counts it: an Exchange, or the lane's Flight."""
+
+    @property
+    def address(self) -> tuple[str, int]: ...
+
+    @property
+    def key(self) -> SessionName: ...
+
+    def cut(self) -> None: ...
 FLUSH_CONCURRENCY = 8  # activity writes in flight at once
 API_TIMEOUT = 5.0  # seconds an activity write waits for the API server (then it is retried at the next flush)
 
@@ -56,7 +68,7 @@ class Invoker:
         self.flush_interval = flush_interval
         self.limit = limit  # this process's share of an instance's 200 (limit_share: all workers and replicas)
         self.activity: dict[SessionName, float] = {}  # last request per session, Unix time
-        self.running: dict[SessionName, set[Exchange]] = {}  # requests in flight per session
+        self.running: dict[SessionName, set[Running]] = {}  # requests in flight per session
         self.per_instance: dict[str, int] = {}  # requests in flight per instance (pod IP)
         self.opening: set[asyncio.Task[None]] = set()
         self.passive_creates = self.throttled = self.cuts = self.activity_writes = self.activity_retries = 0  # metrics
@@ -166,7 +178,7 @@ class Invoker:
             self.opening.add(task)
             task.add_done_callback(self.opening.discard)
 
-    def ended(self, ex: Exchange) -> None:
+    def ended(self, ex: Running) -> None:
         ip = ex.address[0]
         per_instance = self.per_instance
         left = per_instance.get(ip, 1) - 1

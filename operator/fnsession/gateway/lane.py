@@ -93,6 +93,15 @@ class _Head:
 
     __slots__ = ("url", "values", "out", "credential", "namespace", "declined", "messages", "complete", "parser",
                  "repeated")
+    url: bytes
+    values: dict[bytes, bytes]
+    out: list[bytes]
+    credential: bytes | None
+    namespace: bytes | None
+    declined: bool
+    messages: int
+    complete: bool
+    repeated: set[bytes]
 
     def __init__(self) -> None:
         self.parser = httptools.HttpRequestParser(self)
@@ -130,7 +139,8 @@ class _Request:
     """Callbacks that keep a request's target and headers as sent (a flight becoming an Exchange)."""
 
     def __init__(self) -> None:
-        self.url, self.headers = b"", []
+        self.url: bytes = b""
+        self.headers: list[tuple[bytes, bytes]] = []
 
     def on_url(self, url: bytes) -> None:
         self.url += url
@@ -149,6 +159,7 @@ class _Memo:
 
     __slots__ = ("credential", "namespace", "until", "ns", "generation", "name", "header", "session_id", "route",
                  "key", "address", "last")
+    session_id: bytes | None
 
     def __init__(self, credential: bytes | None, namespace: bytes | None, until: float, ns: str) -> None:
         self.credential, self.namespace, self.until, self.ns = credential, namespace, until, ns

@@ -389,8 +389,8 @@ def supervise(options: Options) -> int:
 
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
-    for index in range(options.workers):
-        start(index)
+    for first in range(options.workers):
+        start(first)
     failed = 0
     while workers:
         try:

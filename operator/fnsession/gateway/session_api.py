@@ -151,7 +151,7 @@ class SessionAPI:
 
     @staticmethod
     def pending_reason(status: Mapping[str, Any]) -> tuple[str | None, str]:
-        ready = next((c for c in status.get("conditions") or [] if c.get("type") == "Ready"), {})
+        ready: Mapping[str, Any] = next((c for c in status.get("conditions") or [] if c.get("type") == "Ready"), {})
         return ready.get("reason"), ready.get("message", "")
 
     async def get(self, ns: str, function: str, session_id: str) -> dict[str, Any]:
@@ -360,7 +360,7 @@ class SessionAPI:
     def refused_by_api(exc: ApiException) -> FCError:
         """The API server's refusal (CRD schema, CEL) as FC's 400, with its message."""
         try:
-            message = json.loads(exc.body).get("message", exc.reason)
+            message = json.loads(exc.body or b"").get("message", exc.reason)
         except (TypeError, ValueError):
             message = exc.reason
         if exc.status in (400, 422):

@@ -20,7 +20,7 @@ class Clients:
 
 async def connect() -> Clients:
     try:
-        config.load_incluster_config()
+        config.load_incluster_config()  # type: ignore[no-untyped-call]  # kubernetes_asyncio leaves it unannotated
     except ConfigException:
         await config.load_kube_config()
     api = client.ApiClient()

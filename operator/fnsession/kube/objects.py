@@ -47,7 +47,8 @@ async def create(clients: Clients, kind: Kind, ns: str, body: dict[str, Any]) ->
 async def patch(clients: Clients, kind: Kind, ns: str, name: str, body: dict[str, Any], **options: Any) -> dict[str, Any]:
     """A JSON merge patch of the object (spec, metadata)."""
     patched: dict[str, Any] = await clients.custom.patch_namespaced_custom_object(
-        GROUP, VERSION, ns, kind.plural, name, body, _content_type=MERGE_PATCH, **options)
+        GROUP, VERSION, ns, kind.plural, name, body,
+        _content_type=MERGE_PATCH, **options)  # type: ignore[call-arg]  # the client takes it; its annotations leave it out
     return patched
 
 
@@ -56,7 +57,8 @@ async def patch_status(clients: Clients, kind: Kind, ns: str, name: str, body: d
     """A JSON merge patch of the status subresource (``body``: ``{"status": ...}``, and
     ``{"metadata": {"resourceVersion": ...}}`` to write only over that version: else 409)."""
     patched: dict[str, Any] = await clients.custom.patch_namespaced_custom_object_status(
-        GROUP, VERSION, ns, kind.plural, name, body, _content_type=MERGE_PATCH, **options)
+        GROUP, VERSION, ns, kind.plural, name, body,
+        _content_type=MERGE_PATCH, **options)  # type: ignore[call-arg]  # the client takes it; its annotations leave it out
     return patched
 
 
