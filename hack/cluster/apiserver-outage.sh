@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Take the local cluster's kube-apiserver away for SECONDS, then start it again exactly as up.sh
+# started it (the same executable and arguments, read from the running process, logging to
+# $LOGS/apiserver.log with the previous log kept as apiserver.log.1, its pid in $STATE/apiserver.pid),
+# and wait until it answers /readyz and the node is Ready again.
+#
+# For outage tests (tests/integration/test_api_outage.py). The cluster is shared: run it under the
+# team's lock, e.g.  flock /tmp/fnsession-cluster.lock hack/cluster/apiserver-outage.sh 20
+# It also holds the cluster-up/down lock ($LOCK_FILE) while it runs, so it never races those.
+#
+# Output: "down <epoch s>", "started <epoch s>", "ready <epoch s>" (fractions of a second), one a line,
+# so that a caller can time what it sees against the outage. Exit 0 only when the cluster is healthy.
+set -euo pipefail
+HERE=$(cd "$(dirname "$0")" && pwd)
+. "$HERE/env.sh"; . "$HERE/procs.sh"
+secs=${1:-}
+[[ "$secs" =~ ^[0-9]+$ ]] || die "usage: $0 SECONDS (how long the API server stays down, a whole number)"
+[ "$(id -u)" = 0 ] || die "the local cluster runs as root; so must this"
+take_lock
+check_owner
+
+pid=$(pid_of apiserver) || die "kube-apiserver is not running (make cluster-status)"
+# the arguments exactly as up.sh gave them (NUL-separated in /proc), the executable from the pid file
+mapfile -d '' argv < "/proc/$pid/cmdline"
+[ "${#argv[@]}" -gt 1 ] || die "cannot read kube-apiserver's arguments from /proc/$pid/cmdline"
+read -r _ exe < "$STATE/apiserver.pid"
+now() { date +%s.%N | cut -c1-14; }
+
+stop apiserver
+echo "down $(now)"
+sleep "$secs"
+start apiserver "$exe" "${argv[@]:1}"
+echo "started $(now)"
+node_ready() {
+  [ "$(kc get node "$NODE_NAME" -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}' 2>/dev/null)" = True ]
+}
+wait_for kube-apiserver 120 kc get --raw /readyz || die "kube-apiserver is not ready; see $LOGS/apiserver.log"
+echo "ready $(now)"
+wait_for "node $NODE_NAME Ready" 120 node_ready || die "node $NODE_NAME is not Ready after the outage"
