@@ -35,8 +35,15 @@ class Server:
         self.calls: list[tuple[str, str | None]] = []
         self.custom = self
         self.done = asyncio.Event()  # set when the script is used up
+        self.probes: list[BaseException | None] = []  # answers to the one-object lists after an outage
 
     async def list_cluster_custom_object(self, group: str, version: str, plural: str, **kw: Any) -> Any:
+        if kw.get("limit") == 1:  # the probe after an outage: answered unless ``probes`` says otherwise
+            self.calls.append(("probe", None))
+            failure = self.probes.pop(0) if self.probes else None
+            if failure is not None:
+                raise failure
+            return {"metadata": {"resourceVersion": "0"}, "items": []}
         self.calls.append(("list", None))
         answer = self.lists.pop(0)
         if isinstance(answer, BaseException):
@@ -143,11 +150,16 @@ async def test_an_outage_resumes_from_the_last_version_with_a_growing_backoff(mo
         ([], cut),
         ([event("MODIFIED", obj("a", "13"))], cut),  # answered again: the backoff starts over
     ])
+    server.probes = [None, cut, None, None]  # the API server: back, away, back, back
     seen, reach, sleeps = await follow(server, monkeypatch, Backoff(first=1, most=3, factor=2))
     assert [c for c in server.calls if c[0] == "list"] == [("list", None)], "never relisted"
     assert [c[1] for c in server.calls if c[0] == "watch"] == ["10", "12", "12", "12", "13"]
-    assert sleeps == [1, 2, 3, 1]
-    assert reach.log == ["answered", "failed", "failed", "failed", "answered", "failed"]
+    assert [c[0] for c in server.calls] == ["list", "watch", "probe", "watch", "probe", "probe", "watch", "probe",
+                                            "watch", "probe", "watch"]
+    assert sleeps == [1, 2, 3, 3, 1]
+    # each probe that is answered tells it at once, before the watch brings anything
+    assert reach.log == ["answered", "failed", "answered", "failed", "failed", "answered", "failed", "answered",
+                         "answered", "failed", "answered"]
     assert seen == [("listed", []), ("MODIFIED", "a"), ("MODIFIED", "a")]
 
 

@@ -152,8 +152,10 @@ class Gateway:
             self.error(req, errors.internal())
 
     def api_needed(self) -> None:
-        """FC's 503 at once, rather than a wait, for what needs the API server while it is unreachable."""
-        if self.auth.reach.down:
+        """FC's 503 at once, rather than a wait, for what needs the API server while it is unreachable;
+        one such request a second goes ahead and tries it (so that its return is found by a request too,
+        not only by a watch or an authentication call)."""
+        if self.auth.reach.down and not self.auth.reach.may_try():
             raise unavailable("the API server is unreachable: sessions cannot be created or changed now; "
                               "known sessions keep working; retry later")
 

@@ -2,7 +2,9 @@
 then watch from the list's resourceVersion with bookmarks (so the version stays current on a quiet
 watch); a watch that ends or whose connection fails resumes from the last version seen; ``410 Gone``
 (the version is too old) relists at once; an error the API server answered (4xx) relists; no answer
-(no connection, a timeout, a 5xx) is retried after a backoff, from the last version, until it answers.
+(no connection, a timeout, a 5xx) is retried after a backoff, from the last version, until it answers;
+the first try after such failures lists one object before it watches, so that ``reach`` hears of the
+API server's return at once (a quiet watch may bring no event for minutes).
 
 The caller gets the list as a whole (``listed``: replace what you had) and each change after it
 (``changed``: ADDED, MODIFIED or DELETED with the object); bookmarks only move the version.
@@ -24,6 +26,7 @@ from fnsession.kube.client import Clients
 
 log = logging.getLogger(__name__)
 LIST_TIMEOUT = 60.0  # seconds a list may take
+PROBE_TIMEOUT = 3.0  # seconds the one-object list that tells the API server is back may take
 WATCH_SECONDS = 300  # the API server ends each watch after this (then it is resumed from its version)
 
 
@@ -69,6 +72,13 @@ async def list_watch(clients: Clients, kind: Kind, *,
                     GROUP, VERSION, kind.plural, _request_timeout=LIST_TIMEOUT)
                 listed(listing["items"])
                 version = listing["metadata"]["resourceVersion"]
+                if reach is not None:
+                    reach.answered()
+            elif failures:
+                # resuming after the API server could not be reached: ask it once (one object) before the
+                # watch, so that its return is known at once, not at the next event of a quiet watch
+                await clients.custom.list_cluster_custom_object(GROUP, VERSION, kind.plural, limit=1,
+                                                                _request_timeout=PROBE_TIMEOUT)
                 if reach is not None:
                     reach.answered()
             async with watch.Watch() as w:
