@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Take the local cluster's kube-apiserver away for SECONDS, then start it again exactly as up.sh
+# Kill the local cluster's kube-apiserver (SIGKILL) for SECONDS, then start it again exactly as up.sh
 # started it (the same executable and arguments, read from the running process, logging to
 # $LOGS/apiserver.log with the previous log kept as apiserver.log.1, its pid in $STATE/apiserver.pid),
 # and wait until it answers /readyz and the node is Ready again.
@@ -26,7 +26,13 @@ mapfile -d '' argv < "/proc/$pid/cmdline"
 read -r _ exe < "$STATE/apiserver.pid"
 now() { date +%s.%N | cut -c1-14; }
 
-stop apiserver
+# killed (SIGKILL), as a crash or an OOM kill would: a graceful stop (SIGTERM) would also take the
+# API server's address out of the kubernetes Service's endpoints, and after the return pods would then
+# wait for kube-proxy to put it back, which is kube-proxy's recovery, not the one under test
+kill -9 "$pid"
+for _ in $(seq 100); do running_pid "$pid" || break; sleep 0.1; done
+running_pid "$pid" && die "kube-apiserver (pid $pid) survived SIGKILL"
+rm -f "$STATE/apiserver.pid"
 echo "down $(now)"
 sleep "$secs"
 start apiserver "$exe" "${argv[@]:1}"
