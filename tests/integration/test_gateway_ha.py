@@ -5,8 +5,7 @@
 - one new session id sent through the Service twice at the same moment (each connection may land on
   either replica) makes one FunctionSession, and both requests reach its instance.
 
-The API server's outage (the data plane outliving the control plane) is not tried here: the cluster is
-shared, so it is covered at unit level (tests/unit/test_gateway_auth.py, test_gateway_routes.py).
+The API server's outage (the data plane outliving the control plane) is tried in test_api_outage.py.
 """
 
 from __future__ import annotations
