@@ -5,6 +5,7 @@ routes the gateway keeps by MCP id, and FC's Session JSON of a session named by 
 from __future__ import annotations
 
 import math
+import time
 from typing import Any
 
 import pytest
@@ -135,8 +136,8 @@ def test_routes_by_mcp_id_before_the_watch_has_it_then_from_the_table_and_never_
     table = m.routes
     table.sessions[("ns", "f", "gen-1")], table.keys[("ns", "f-1")] = route("f-1"), ("ns", "f", "gen-1")
     assert m.route("ns", "f", "mcp-1") is None
-    m.aliases[("ns", "f", "mcp-1")] = "f-1"  # named by its instance here: routed at once
-    assert m.route("ns", "f", "mcp-1") == table.sessions[("ns", "f", "gen-1")]
+    m.aliases[("ns", "f", "mcp-1")] = (route("f-1"), time.monotonic())  # named by its instance here: routed at once
+    assert m.route("ns", "f", "mcp-1") is table.sessions[("ns", "f", "gen-1")]
     del table.sessions[("ns", "f", "gen-1")]  # the watch re-keys it by its annotation
     table.sessions[("ns", "f", "mcp-1")], table.keys[("ns", "f-1")] = route("f-1"), ("ns", "f", "mcp-1")
     assert m.route("ns", "f", "mcp-1") is not None
@@ -145,6 +146,8 @@ def test_routes_by_mcp_id_before_the_watch_has_it_then_from_the_table_and_never_
     assert m.route("ns", "f", "mcp-1") is None
     del m.gone[("ns", "f-1")]
     del table.sessions[("ns", "f", "mcp-1")], table.keys[("ns", "f-1")]  # expired or deleted
+    assert m.route("ns", "f", "mcp-1") is not None, "a moment ago it was opened here: the watch may lag"
+    m.aliases[("ns", "f", "mcp-1")] = (route("f-1"), time.monotonic() - mcp.ALIAS_LAG)
     assert m.route("ns", "f", "mcp-1") is None and not m.aliases
     table.sessions[("ns", "f", "mcp-2")] = Route("f-2", "10.0.0.1", 9000, 0.0, math.inf, 0.0)  # past its TTL
     assert m.route("ns", "f", "mcp-2") is None

@@ -49,6 +49,7 @@ QUERY = "sessionId"
 MCP_ID_MAX = 256  # longer ids are refused (the MCP spec sets no bound; a label or annotation must hold it)
 SCAN_LIMIT = 4096  # bytes of an SSE stream searched for its endpoint event
 FIND_WAIT = 1.5    # seconds an unknown id is looked for through the API (another replica may have just opened it)
+ALIAS_LAG = 10.0   # seconds a session opened here routes by its opening route while the watch has not brought it
 GONE_KEEP = 300.0  # seconds an ended session's name is remembered (its route may linger until the watch says so)
 
 __all__ = ["MCP_AFFINITIES", "EndpointScan", "Mcp", "Watched", "answer_id", "check_mcp_id", "classify", "ends_session"]
@@ -164,11 +165,12 @@ class Watched(Exchange):
     status) and the start of an SSE stream (its endpoint event), and tells :class:`Mcp` when it ends.
     Answers are never forwarded as they came (the head must be parsed), which costs only these."""
 
-    __slots__ = ("mcp", "ns", "function", "opening", "sse", "session_id", "status", "scan")
+    __slots__ = ("mcp", "ns", "function", "route", "opening", "sse", "session_id", "status", "scan")
 
     mcp: Mcp
     ns: str
     function: str
+    route: Route
     opening: bool  # it opens the session (the id comes in its answer)
     sse: bool  # it opens an MCP_SSE session, which lives as long as this stream
     session_id: str | None  # the MCP id, once known
@@ -215,7 +217,8 @@ class Mcp:
     def __init__(self, invoker: Any) -> None:  # (an Invoker: invoke.py imports this module)
         self.invoker = invoker
         self.routes, self.api = invoker.routes, invoker.api
-        self.aliases: dict[tuple[str, str, str], str] = {}  # (namespace, function, MCP id) -> FunctionSession name
+        # (namespace, function, MCP id) -> the route this gateway sent its opening request by, and when
+        self.aliases: dict[tuple[str, str, str], tuple[Route, float]] = {}
         self.gone: dict[tuple[str, str], float] = {}  # FunctionSessions ended here (namespace, name) -> when
         self.tasks: set[asyncio.Future[Any]] = set()
         self.opened = self.ended_sessions = 0  # metrics
@@ -225,12 +228,16 @@ class Mcp:
     def route(self, ns: str, function: str, session_id: str) -> Route | None:
         """The live route of an MCP id, from this gateway's own record, else the routing table."""
         routes = self.routes
-        name = self.aliases.get((ns, function, session_id))
-        if name is not None:
-            key = routes.keys.get((ns, name))
+        alias = self.aliases.get((ns, function, session_id))
+        if alias is not None:
+            opened, at = alias
+            key = routes.keys.get((ns, opened.name))
             route = routes.sessions.get(key) if key is not None else None
             if route is None:
-                del self.aliases[(ns, function, session_id)]  # gone from the table: expired or deleted
+                if time.monotonic() - at < ALIAS_LAG:
+                    route = opened  # the watch has not brought the session yet: routed as it was opened
+                else:
+                    del self.aliases[(ns, function, session_id)]  # gone from the table: expired or deleted
         else:
             route = routes.sessions.get((ns, function, session_id))
         if route is None or not route.live(time.time()) or (ns, route.name) in self.gone:
@@ -301,7 +308,7 @@ class Mcp:
               sdk: bool) -> Watched:
         ex = self.invoker.start(req, ns, route, target, b"", sdk=sdk, cls=Watched)
         assert isinstance(ex, Watched)
-        ex.mcp, ex.ns, ex.function, ex.session_id = self, ns, function, session_id
+        ex.mcp, ex.ns, ex.function, ex.route, ex.session_id = self, ns, function, route, session_id
         ex.opening, ex.sse, ex.status, ex.scan = False, False, 0, None
         return ex
 
@@ -311,7 +318,7 @@ class Mcp:
         """The instance named the session it opened: routed by that id from now on, everywhere."""
         ex.session_id = session_id
         name = ex.key[1]
-        self.aliases[(ex.ns, ex.function, session_id)] = name
+        self.aliases[(ex.ns, ex.function, session_id)] = (ex.route, time.monotonic())
         patch = {"metadata": {"labels": {fc.LABEL_SESSION_ID_HASH: fc.session_id_hash(session_id)},
                               "annotations": {ANNOTATION: session_id}}}
         self.background(self.api.patch(ex.ns, name, patch), f"naming {ex.ns}/{name} by its MCP id")
