@@ -31,9 +31,8 @@ import uuid
 from typing import Any
 from urllib.parse import urlsplit
 
-from kubernetes import client, config, watch
-
 from create_to_routable import HEADER, PLURAL, bearer_token, function, gateway_url, summary, wait_warm_pod  # type: ignore[import-not-found]
+from kubernetes import client, config, watch
 
 GROUP, VERSION = "fnsession.dev", "v1alpha1"
 FN, EXCLUSIVE = "route", "solo"
@@ -126,7 +125,7 @@ def main() -> None:
         time.sleep(1)  # the RBAC change above reaches the gateway's decision cache
 
         resume_call, resume_routable = [], []
-        for i in range(args.sessions):
+        for _i in range(args.sessions):
             sid = f"r-{uuid.uuid4().hex}"
             gw.call("POST", gw.sessions(FN), {"sessionId": sid})
             gw.call("PUT", f"{gw.sessions(FN)}/{sid}/pause")
@@ -139,7 +138,7 @@ def main() -> None:
         print(f"resume: {args.sessions} done", file=sys.stderr, flush=True)
 
         held, known = [], []
-        for i in range(args.sessions):
+        for _i in range(args.sessions):
             sid = f"a-{uuid.uuid4().hex}"
             gw.call("POST", gw.sessions(FN), {"sessionId": sid, "enableAutoResume": True})
             gw.call("PUT", f"{gw.sessions(FN)}/{sid}/pause")
@@ -151,7 +150,7 @@ def main() -> None:
         deletions.start()
         deletions.ready.wait()
         pod_gone, pause_call = [], []
-        for i in range(args.exclusive):
+        for _i in range(args.exclusive):
             sid = f"x-{uuid.uuid4().hex}"
             gw.call("POST", gw.sessions(EXCLUSIVE), {"sessionId": sid})
             [obj] = [o for o in objects.list_namespaced_custom_object(GROUP, VERSION, ns, PLURAL)["items"]

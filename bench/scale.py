@@ -29,7 +29,6 @@ import argparse
 import json
 import math
 import os
-import statistics
 import threading
 import time
 import uuid
@@ -206,7 +205,7 @@ def main() -> None:
             names = [f"s{i:06d}" for i in range(live, step)]
             cpu0 = cpu_seconds(pid)
             taken = creator.paced(names, args.rate)
-            wait_for(f"{step} sessions Active", lambda: all(n in watcher.active for n in names), timeout=120)
+            wait_for(f"{step} sessions Active", lambda names=names: all(n in watcher.active for n in names), timeout=120)
             cpu = cpu_seconds(pid) - cpu0
             lat = [(watcher.active[n] - creator.created[n]) * 1000 for n in names if n in watcher.active and n in creator.created]
             calls = [creator.call_ms[n] for n in names if n in creator.call_ms]

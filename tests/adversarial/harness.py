@@ -516,7 +516,7 @@ class Client:
             return False
         try:
             chunk = await asyncio.wait_for(self.reader.read(1 << 16), timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return False
         except (ConnectionResetError, BrokenPipeError):
             chunk = b""

@@ -11,7 +11,7 @@ import asyncio
 
 import pytest
 
-from tests.adversarial.harness import (Client, InstanceConn, Message, World, expected_body, final, req, split)
+from tests.adversarial.harness import Client, InstanceConn, Message, World, expected_body, final, req, split
 from tests.adversarial.test_smuggling import warm
 
 pytestmark = [pytest.mark.filterwarnings("ignore::DeprecationWarning"), pytest.mark.parametrize("lane", ["full", "lane"])]
@@ -172,7 +172,7 @@ async def test_an_upgrade_the_client_asked_for_is_a_tunnel(world: World, lane: s
 
 @pytest.mark.parametrize("code", [b"000", b"099", b"600", b"999"])
 async def test_a_status_outside_100_to_599_is_a_502(world: World, lane: str, code: bytes) -> None:
-    c, answers, up = await ask(world, lane, req(b"/fn/echo/status/" + code))
+    c, answers, _up = await ask(world, lane, req(b"/fn/echo/status/" + code))
     assert [a.status for a in answers] == [502], c.got
     await others_get_their_own(world, c)
 

@@ -138,7 +138,7 @@ async def test_a_client_that_never_reads_holds_a_bounded_buffer(world: World) ->
     await loop.sock_sendall(s, req(b"/fn/echo/endless"))
     await asyncio.sleep(1.0)  # the instance writes as fast as the gateway takes it
     sent = world.a.endless_sent
-    [conn] = [c for c in world.listener.connections]
+    [conn] = list(world.listener.connections)
     buffered = conn.transport.get_write_buffer_size()
     assert buffered <= 4 << 20, f"{buffered} bytes held for a client that reads nothing"
     assert sent <= 16 << 20, f"the instance was let write {sent} bytes for a client that reads nothing"

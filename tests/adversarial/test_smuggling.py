@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.adversarial.harness import AUTH, Client, Message, World, expected_body, final, req, split
+from tests.adversarial.harness import AUTH, Message, World, expected_body, final, req, split
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -101,16 +101,16 @@ async def run_split(world: World, parts: tuple[bytes, ...], sent: list[bytes], w
     await c.send(*parts, gap=0.001)
     answers = final(await c.answers(len(sent)))
     assert len(answers) == len(sent), (parts, c.got)
-    for ans, s, inst in zip(answers, sent, where):
+    for ans, s, inst in zip(answers, sent, where, strict=True):
         assert_answer(ans, inst, s)
     assert await c.settle(0.0) == c.got
     extra = split(c.got, response=True)[1]
     assert extra == b"", f"bytes after the answers: {extra!r}"
     for inst in (world.a, world.b):
-        mine = [s for s, w in zip(sent, where) if w == inst.name]
+        mine = [s for s, w in zip(sent, where, strict=False) if w == inst.name]
         new = inst.requests[before[inst.name]:]
         assert len(new) == len(mine), (parts, [m.line for _, m in new])
-        for (_, got), s in zip(new, mine):
+        for (_, got), s in zip(new, mine, strict=True):
             assert_forwarded(got, s)
     c.close()
 

@@ -12,7 +12,6 @@ import sys
 from types import SimpleNamespace
 
 import atheris
-
 from common import fields, load_sanitized_lane
 
 native = load_sanitized_lane()
@@ -39,7 +38,7 @@ LANE = Lane(None, SimpleNamespace(routes=None, pool=SimpleNamespace(idle={})), N
 LANE.use_python()
 
 
-def TestOneInput(data: bytes) -> None:  # noqa: N802 - atheris's name
+def TestOneInput(data: bytes) -> None:  # atheris's name for the entry point
     if len(data) < 2:
         return
     want, answer, msg = WANTS[data[0] % len(WANTS)], data[1] & 1, data[2:]
@@ -49,6 +48,13 @@ def TestOneInput(data: bytes) -> None:  # noqa: N802 - atheris's name
             ref = LANE.parse(msg, want, XFF)
             if ref is None or got[:4] != ref[:4] or fields(got[4]) != fields(ref[4]):
                 raise AssertionError(f"_lane.scan took what llhttp reads otherwise: {msg!r}: {got!r} vs {ref!r}")
+            # with what a connection's last request named: the request for the instance alone when the
+            # four are the same, all five when one differs
+            if native.scan(msg, want, XFF, got[:4]) != got[4]:
+                raise AssertionError(f"_lane.scan with its own four as last did not return the request alone: {msg!r}")
+            other = (got[0] + b"x", *got[1:4])
+            if native.scan(msg, want, XFF, other) != got:
+                raise AssertionError(f"_lane.scan with another function as last did not return all five: {msg!r}")
     else:
         got = native.whole(msg, EXTRA)
         if got != whole_answer(msg, EXTRA):

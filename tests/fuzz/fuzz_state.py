@@ -22,12 +22,11 @@ import time
 from types import SimpleNamespace
 
 import atheris
-
 from common import load_sanitized_lane
 
 native = load_sanitized_lane()
 with atheris.instrument_imports(include=["fnsession"]):
-    from fnsession.gateway import errors, http
+    from fnsession.gateway import errors, http  # noqa: F401 - http imported here to be instrumented
     from fnsession.gateway.auth import Authenticator, Identity
     from fnsession.gateway.http import Listener, Pool, UpstreamConnection
     from fnsession.gateway.invoke import Invoker
@@ -142,10 +141,10 @@ def step() -> None:
     LOOP.run_until_complete(asyncio.sleep(0))
 
 
-def TestOneInput(data: bytes) -> None:  # noqa: N802 - atheris's name
+def TestOneInput(data: bytes) -> None:  # atheris's name for the entry point
     if not data:
         return
-    gateway, listener, ups = world(bool(data[0] & 1))
+    _gateway, listener, ups = world(bool(data[0] & 1))
     conn = listener()
     client = FakeTransport(("127.0.0.1", 40000))
     conn.connection_made(client)

@@ -10,9 +10,9 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
 
-from tests.adversarial import harness  # noqa: E402
-from tests.adversarial.test_headers import COOKIE_TWICE, HOP_BY_HOP, HOSTS, SESSION_TWICE  # noqa: E402
-from tests.adversarial.test_smuggling import FRAMING, ONE, PAIRS  # noqa: E402
+from tests.adversarial import harness
+from tests.adversarial.test_headers import COOKIE_TWICE, HOP_BY_HOP, HOSTS, SESSION_TWICE
+from tests.adversarial.test_smuggling import FRAMING, ONE, PAIRS
 
 FUZZ_TOKEN = b"tok-fuzz"  # the token fuzz_state.py's Authenticator knows
 

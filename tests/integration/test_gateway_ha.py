@@ -140,7 +140,7 @@ def test_one_new_session_id_sent_twice_at_once_makes_one_session(
     for sid in ("twice-1", "twice-2"):
         with ThreadPoolExecutor(2) as pool:
             answers: list[Any] = list(pool.map(
-                lambda _: curl("-H", auth, "-H", f"mySessionId: {sid}", f"{gateway_url}/fn/header-fn/"), range(2)))
+                lambda _, sid=sid: curl("-H", auth, "-H", f"mySessionId: {sid}", f"{gateway_url}/fn/header-fn/"), range(2)))
         assert [status for _, _, status in answers] == [200, 200], answers
         assert answers[0][1]["pod"] == answers[1][1]["pod"], "both requests reach the one session's instance"
         records = [o for o in objects.list_namespaced_custom_object(GROUP, VERSION, namespace, SESSIONS)["items"]

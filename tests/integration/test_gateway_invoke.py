@@ -89,7 +89,7 @@ def test_seed_003_generated_cookie_walkthrough_with_curl(gateway_url: str, creds
     assert h3["set-cookie"] != headers["set-cookie"] and second["pod"] == first["pod"]
     _, third, _ = curl("-H", ns, url)
     assert third["pod"] != first["pod"], "the third session must land on a new instance"
-    h5, fresh, _ = curl("-H", ns, "-b", "x-fc-cookie-session-id=chosen-by-client", url)
+    h5, _fresh, _ = curl("-H", ns, "-b", "x-fc-cookie-session-id=chosen-by-client", url)
     assert "chosen-by-client" not in h5["set-cookie"], "clients never choose a cookie id"
 
 

@@ -1,4 +1,4 @@
-"""MCP session affinity (SPEC §7): Functions declare MCP_STREAMABLE and MCP_SSE
+"""MCP session affinity: Functions declare MCP_STREAMABLE and MCP_SSE
 (examples/function-mcp.yaml, applied here), FC's CreateSession refuses them with FC's error and creates
 nothing, and the sample function's MCP servers answer on the real kubelet: Streamable HTTP keeps a
 session by its Mcp-Session-Id, refuses a made-up id with 404 and ends one on DELETE; HTTP+SSE announces
@@ -204,16 +204,19 @@ def test_the_official_mcp_client_keeps_its_session_through_the_gateway_and_its_e
 
     async def sse_session() -> None:
         ids: list[str] = []
-        async with sse_client(f"{gateway_url}/fn/mcp-sse/mcp/sse", headers=auth, on_session_created=ids.append) as (read, write):
-            async with ClientSession(read, write) as session:
-                await session.initialize()
-                pod = (await whoami(session))["pod"]
-                for n in range(2, 16):
-                    assert await whoami(session) == {"pod": pod, "calls": n}
-                record = named(objects, namespace, "mcp-sse", ids[0]) if ids else None
-                if record is None:  # (the client reports the id from the endpoint event it read)
-                    [record] = mcp_sessions(objects, namespace, "mcp-sse")
-                assert record["status"]["sessionStatus"] == "Active" and record["status"]["instance"]["podName"] == pod
+        async with AsyncExitStack() as stack:
+            read, write = await stack.enter_async_context(
+                sse_client(f"{gateway_url}/fn/mcp-sse/mcp/sse", headers=auth, on_session_created=ids.append))
+            session = await stack.enter_async_context(ClientSession(read, write))
+            await session.initialize()
+            pod = (await whoami(session))["pod"]
+            for n in range(2, 16):
+                assert await whoami(session) == {"pod": pod, "calls": n}
+            assert ids, "the client read the session id from the endpoint event"
+            record = named(objects, namespace, "mcp-sse", ids[0])
+            assert record is not None, "the FunctionSession is named by the MCP id"
+            assert record["status"]["sessionStatus"] == "Active" and record["status"]["instance"]["podName"] == pod
+            assert [s.session_id for s in FC(gateway_url, creds).list("mcp-sse").sessions] == [ids[0]]
         eventually("the SSE session's FunctionSession gone with its stream",
                    lambda: mcp_sessions(objects, namespace, "mcp-sse") == [], timeout=20)
 

@@ -16,6 +16,7 @@ from kubernetes import client
 from .cluster import eventually
 from .test_operator import GROUP, LEASE, SELECTOR, SESSIONS, SYSTEM, VERSION, create, function, leader_pod, on_kwok, session
 
+
 @pytest.fixture
 def two_replicas(api: client.ApiClient) -> None:
     dep = client.AppsV1Api(api).read_namespaced_deployment("fnsession-operator", SYSTEM)

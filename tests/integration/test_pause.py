@@ -1,4 +1,4 @@
-"""Pause and resume against the deployed operator and gateway (SPEC §7): FC's SDK drives create, pause,
+"""Pause and resume against the deployed operator and gateway: FC's SDK drives create, pause,
 get (Paused), invoke with auto-resume, resume, list and delete; ``kubectl patch`` of ``spec.paused`` gives
 the same results; a Paused exclusive session has no pod and gets its storage back on resume; the idle
 timeout pauses with enableAutoPause; bad input gets FC's errors and changes nothing."""
@@ -17,8 +17,7 @@ from kubernetes import client
 
 from .cluster import eventually, http, http_json, require_local_node
 from .test_gateway import FC, Credentials, creds, gateway_url  # noqa: F401 - fixtures
-from .test_operator import (CLAIM, GROUP, SESSIONS, VERSION, cond, create, events_of, function, session,  # noqa: F401
-                            shared_volume, status_of, ts, wait_status)
+from .test_operator import CLAIM, GROUP, SESSIONS, VERSION, cond, create, events_of, function, session, shared_volume, status_of, ts, wait_status  # noqa: F401
 
 
 @pytest.fixture

@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from datetime import UTC, datetime
 from typing import Any
 
+from fnsession.api.session import FunctionSessionSpec
 from fnsession.controller import metrics
 from fnsession.controller.service import Config, SessionService
 from fnsession.core.registry import Instance, Session
-from fnsession.api.session import FunctionSessionSpec
-from datetime import UTC, datetime
 
 
 def add(s: SessionService, i: int, state: str) -> None:

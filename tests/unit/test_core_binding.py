@@ -8,7 +8,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from fnsession.core.binding import (
-    Bind, CreateInstance, InstanceLoad, Wait, instance_for, instances_to_remove, next_scale_in, warm_deficit,
+    Bind,
+    CreateInstance,
+    InstanceLoad,
+    Wait,
+    instance_for,
+    instances_to_remove,
+    next_scale_in,
+    warm_deficit,
 )
 
 T0 = datetime(2026, 11, 22, tzinfo=UTC)

@@ -101,7 +101,7 @@ async def test_activity_moves_the_expire_time_in_the_same_write() -> None:
 
 
 async def test_a_session_changed_since_its_route_gets_the_activity_alone() -> None:
-    invoker, routes, api = world()
+    invoker, _routes, api = world()
     invoker.activity[("ns", "moved")] = (T0 + timedelta(seconds=5)).timestamp()
     await invoker.flush_activity()
     (_, first), (_, second) = api.bodies
@@ -131,8 +131,8 @@ async def test_activity_never_moves_backwards_over_a_later_write_of_another_repl
 async def test_two_replicas_writing_one_session_merge_to_the_latest() -> None:
     """Two gateways (replicas or workers), each with its own routing table, one API: whatever order
     their flushes run in, the object ends at the later activity and never went backwards."""
-    a, routes_a, api = world()
-    b, routes_b, _ = world()
+    a, _routes_a, api = world()
+    b, _routes_b, _ = world()
     b.clients = a.clients  # one API server
     written: list[datetime] = []
     patch = api.patch_namespaced_custom_object_status
@@ -155,7 +155,7 @@ async def test_two_replicas_writing_one_session_merge_to_the_latest() -> None:
 
 
 async def test_a_failed_flush_is_merged_back_and_retried_the_latest_time_winning() -> None:
-    invoker, routes, api = world()
+    invoker, _routes, api = world()
     key = ("ns", "busy")
     api.failing = [ApiException(status=500, reason="Internal Server Error")]
     invoker.activity[key] = (T0 + timedelta(seconds=10)).timestamp()
@@ -180,7 +180,7 @@ async def test_a_failed_flush_is_merged_back_and_retried_the_latest_time_winning
 
 
 async def test_gone_expired_or_refused_sessions_are_not_retried() -> None:
-    invoker, routes, api = world()
+    invoker, _routes, api = world()
     api.status["moved"]["sessionStatus"] = "Expired"  # (version 31: the route is older)
     del api.versions["busy"]                          # deleted
     api.versions["other"], api.status["other"] = "1", {"sessionStatus": "Active"}

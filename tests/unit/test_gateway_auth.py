@@ -114,14 +114,14 @@ async def test_a_decision_in_use_is_renewed_in_the_background_past_half_its_life
         world: tuple[Authenticator, Kubernetes]) -> None:
     auth, kube = world
     await grant(auth)
-    until, who = auth.cached_grant(BEARER, None)  # type: ignore[misc]
+    until, _ = auth.cached_grant(BEARER, None)  # type: ignore[misc]
     # young: good until the renewal is due, half its life from now, and nothing is asked
     assert until == pytest.approx(time.monotonic() + CACHE_SECONDS * auth_module.RENEW_AFTER, abs=0.5)
     assert not auth.calls
 
     age(auth, CACHE_SECONDS * 0.75)
     for _ in range(16):  # sixteen connections' memos running out together: one renewal
-        until, who = auth.cached_grant(BEARER, None)  # type: ignore[misc]
+        until, _who = auth.cached_grant(BEARER, None)  # type: ignore[misc]
     assert until == pytest.approx(time.monotonic() + CACHE_SECONDS * 0.25, abs=0.5), "still only until it expires"
     assert list(auth.calls) == [("renew", (TOKEN, None))]
     await settle(auth)

@@ -25,8 +25,8 @@ pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
 
 def small(**changes: float) -> Limits:
-    base = dict(head_timeout=60.0, body_timeout=60.0, answer_timeout=60.0, stream_idle_timeout=60.0,
-                client_idle=60.0, max_connections=1000)
+    base = {"head_timeout": 60.0, "body_timeout": 60.0, "answer_timeout": 60.0, "stream_idle_timeout": 60.0,
+                "client_idle": 60.0, "max_connections": 1000}
     base.update(changes)
     return Limits(**base)  # type: ignore[arg-type]
 
@@ -102,7 +102,7 @@ async def test_an_instance_that_does_not_answer_gets_a_504(world: World, through
     assert world.invoker.per_instance == {"127.0.0.1": 1}
     assert world.lane.requests == (1 if through == "lane" else 0)
     await swept_after(world, 0.3)
-    got, headers, body = await read_response(reader)
+    got, _headers, body = await read_response(reader)
     error = json.loads(body)
     assert got == 504 and error["Code"] == "FunctionTimeout" and "within 0.2 seconds" in error["Message"]
     await world.settle()
@@ -178,7 +178,7 @@ async def test_x_forwarded_headers_are_the_gateways_unless_the_peer_is_trusted(w
     reader, writer = await warm(world)
     writer.write(get("/fn/echo/echo", b"X-Forwarded-For: 203.0.113.9\r\nX-Forwarded-Proto: https\r\n"
                                       b"X-Forwarded-Host: example.com\r\n"))
-    status, _, body = await read_response(reader)
+    _, _, body = await read_response(reader)
     seen = json.loads(body)["headers"]
     if trusted:
         assert (seen["x-forwarded-for"], seen["x-forwarded-proto"], seen["x-forwarded-host"]) == (
@@ -188,7 +188,7 @@ async def test_x_forwarded_headers_are_the_gateways_unless_the_peer_is_trusted(w
             "127.0.0.1", "http", "gw")
     assert world.lane.requests == 0  # a client's X-Forwarded-* is the full path's, which merges or replaces them
     writer.write(get("/fn/echo/echo"))  # none sent: the lane sets them
-    status, _, body = await read_response(reader)
+    _status, _, body = await read_response(reader)
     seen = json.loads(body)["headers"]
     assert (seen["x-forwarded-for"], seen["x-forwarded-proto"], seen["x-forwarded-host"]) == ("127.0.0.1", "http", "gw")
     assert world.lane.requests == 1

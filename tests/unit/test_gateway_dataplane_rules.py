@@ -27,8 +27,7 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from fnsession.gateway.http import (REQUEST_DROP, Exchange, Pool, ServerConnection, UpstreamConnection,
-                                    connection_names, target_of)
+from fnsession.gateway.http import REQUEST_DROP, Exchange, Pool, ServerConnection, UpstreamConnection, connection_names, target_of
 from fnsession.gateway.lane import Lane, native
 from tests.unit.test_gateway_lane_scans import requests
 

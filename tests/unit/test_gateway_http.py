@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 import uvloop
@@ -178,7 +178,7 @@ async def test_keep_alive_reuses_one_upstream_connection_and_pipelined_requests_
     writer.write(b"".join(b"GET /echo/%d HTTP/1.1\r\nHost: gw\r\n\r\n" % i for i in range(5)))
     paths = [body_json((await read_response(reader))[2])["path"] for _ in range(5)]
     assert paths == [f"/echo/{i}" for i in range(5)]
-    for i in range(3):
+    for _i in range(3):
         writer.write(b"GET /local HTTP/1.1\r\nHost: gw\r\n\r\n")
         assert (await read_response(reader))[2] == b'{"local":true}'
     writer.close()
@@ -210,7 +210,7 @@ async def test_head_and_a_close_delimited_answer(setup: tuple[Proxy, int]) -> No
     writer.write(b"GET /local HTTP/1.1\r\nHost: gw\r\n\r\n")  # the connection is still in step
     assert (await read_response(reader))[2] == b'{"local":true}'
     writer.close()
-    status, headers, body = await request(port, b"GET /echo HTTP/1.0\r\nHost: gw\r\n\r\n")
+    status, _headers, body = await request(port, b"GET /echo HTTP/1.0\r\nHost: gw\r\n\r\n")
     assert status == 200 and body_json(body)["path"] == "/echo"
 
 
@@ -231,7 +231,7 @@ async def test_an_instance_that_drops_the_connection_gets_502(setup: tuple[Proxy
 
 async def test_a_client_that_goes_away_ends_the_exchange(setup: tuple[Proxy, int]) -> None:
     proxy, port = setup
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    _reader, writer = await asyncio.open_connection("127.0.0.1", port)
     writer.write(b"GET /hang HTTP/1.1\r\nHost: gw\r\n\r\n")
     await asyncio.sleep(0.2)
     assert proxy.ended == []
@@ -314,7 +314,7 @@ def test_request_ids_are_uuid_shaped_and_distinct() -> None:
 class RawInstance(asyncio.Protocol):
     """An instance that answers every request with fixed bytes, written in the pieces given."""
 
-    pieces: list[bytes] = []
+    pieces: ClassVar[list[bytes]] = []
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport

@@ -28,9 +28,9 @@ NAMES = [b"Host", b"host", b"X-Session-Id", b"x-session-id", b"Authorization", b
          b"X-Fnsession-Namespace", b"Cookie", b"X Bad", b"X:Bad", b"", b"X-\x01"]
 VALUES = [b"gw", b"s-1", b"Bearer tok", b"keep-alive", b"close", b"chunked", b"100-continue", b"5", b"0", b" 7 ",
           b"a\tb", b"caf\xc3\xa9", b"x\x00y", b"x\ry", b"", b"  padded  ", b"12345678901234567890"]
-# long values, whose bytes _lane.c reads eight at a time: a stray byte anywhere in a word, or at its edges
+# long values, whose bytes _lane.c reads sixteen and eight at a time: a stray byte anywhere in a word, or at its edges
 LONG = st.lists(st.sampled_from([b"a", b"a", b"a", b"Z", b" ", b"\t", b"\x80", b"\xff", b"\x7f", b"\x1f", b"\x00",
-                                 b"\r"]), min_size=7, max_size=30).map(b"".join)
+                                 b"\r"]), min_size=7, max_size=70).map(b"".join)
 header = st.tuples(st.sampled_from(NAMES), st.one_of(st.sampled_from(VALUES), LONG),
                    st.sampled_from([b"\r\n", b"\r\n", b"\n"]))
 
@@ -64,6 +64,22 @@ def test_both_scans_take_the_same_requests_and_read_them_alike(data: bytes, want
         assert got is expected
     else:  # C forwards header lines as they came, llhttp's callbacks rebuild them: the same fields
         assert got[:4] == expected[:4] and fields(got[4]) == fields(expected[4])
+        # given what a connection's last request named (``last``), both return the request for the
+        # instance alone when this one names the same four, and all five when any one differs
+        for scan, first in ((native.scan, got), (llhttp_lane().parse, expected)):
+            assert scan(data, want, xff, first[:4]) == first[4]
+            for i in range(4):
+                other = (*first[:i], b"other" if first[i] is None else None, *first[i + 1:4])
+                assert scan(data, want, xff, other) == first
+            assert scan(data, want, xff, None) == first
+
+
+def test_a_last_that_is_not_four_items_is_a_type_error() -> None:
+    ok = b"GET /fn/echo/ HTTP/1.1\r\nHost: gw\r\n\r\n"
+    for last in ((b"echo", None, None), [b"echo", None, None, None], b"echo"):
+        with pytest.raises(TypeError):
+            native.scan(ok, b"", b"", last)
+    assert native.scan(ok, b"", b"", (b"echo", None, None, None)) == native.scan(ok, b"", b"")[4]
 
 
 def fields(request: bytes) -> tuple[bytes, list[tuple[bytes, bytes]], bytes]:

@@ -19,6 +19,7 @@ from fnsession.core.status import stamp
 from fnsession.gateway import routes as routes_module
 from fnsession.gateway.auth import Reachability
 from fnsession.gateway.routes import Route, Routes, route_of
+from fnsession.kube import watching
 
 T0 = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 FUNCTION = {"sessionAffinity": "HEADER_FIELD",
@@ -202,7 +203,7 @@ async def test_a_watch_cut_by_an_outage_resumes_from_its_version_within_a_retry_
         def stream(self, func: Any, group: str, version: str, plural: str, **kw: Any) -> Any:
             return by_plural[plural]().stream(func, group, version, plural, **kw)
 
-    monkeypatch.setattr(routes_module.watch, "Watch", Watch)
+    monkeypatch.setattr(watching.watch, "Watch", Watch)
     routes = Routes(both, reach)  # type: ignore[arg-type]
     sessions.down = False
     task = asyncio.ensure_future(routes.run())
@@ -225,7 +226,7 @@ async def test_a_watch_cut_by_an_outage_resumes_from_its_version_within_a_retry_
             if not reach.down:
                 break
             await asyncio.sleep(0.01)
-        resumed = [c for c in sessions.calls if c[0] == "watch" and c[2] >= back][0]
+        resumed = next(c for c in sessions.calls if c[0] == "watch" and c[2] >= back)
         assert resumed[1] == "11", "resumed from the last version seen, not relisted"
         assert resumed[2] - back < 0.2 and not reach.down
         assert [c[0] for c in sessions.calls].count("list") == 1

@@ -1,6 +1,6 @@
 """FC's ACS3-HMAC-SHA256 signatures and the replay window. The vector is a request FC's official
 Python SDK (alibabacloud_fc20230330 4.8.3) signed with access key AKIDEXAMPLE / secret "secret",
-captured on the wire (../shared/reference/fc-sdk-wire.md §4)."""
+captured on the wire."""
 
 from __future__ import annotations
 
@@ -11,7 +11,13 @@ import pytest
 
 from fnsession.gateway import errors
 from fnsession.gateway.signing import (
-    EMPTY_SHA256, ReplayGuard, canonical_query, canonical_request, parse_authorization, sign, verify,
+    EMPTY_SHA256,
+    ReplayGuard,
+    canonical_query,
+    canonical_request,
+    parse_authorization,
+    sign,
+    verify,
 )
 
 SIGNED = ("accept;host;user-agent;x-acs-action;x-acs-content-sha256;x-acs-credentials-provider;x-acs-date;"

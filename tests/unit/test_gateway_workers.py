@@ -35,7 +35,8 @@ from fnsession.gateway.invoke import INSTANCE_LIMIT, Invoker, limit_share
 from fnsession.gateway.routes import Route, Routes
 from fnsession.gateway.server import Gateway, drain
 from fnsession.gateway.session_api import SessionAPI
-from tests.unit.test_gateway_http import event_loop_policy, read_response, request as send  # noqa: F401 - a fixture
+from tests.unit.test_gateway_http import event_loop_policy, read_response  # noqa: F401 - a fixture
+from tests.unit.test_gateway_http import request as send
 from tests.unit.test_gateway_lane import AUTH, TOKEN, WHO, World, get, warm, world  # noqa: F401 - a fixture
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
@@ -195,7 +196,7 @@ async def test_every_worker_and_replica_together_put_at_most_200_in_flight_on_an
                                                                time.time())
         spread = [130, 90, 60, 40]  # requests sent to each process
         tasks = [asyncio.ensure_future(send(port, get("/fn/echo/x")))
-                 for port, n in zip(ports, spread) for _ in range(n)]
+                 for port, n in zip(ports, spread, strict=False) for _ in range(n)]
         for _ in range(200):
             if sum(g.invoker.throttled for g in gws) >= sum(max(0, n - share) for n in spread) \
                     and counting.now >= sum(min(n, share) for n in spread):

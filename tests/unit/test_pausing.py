@@ -10,12 +10,12 @@ from typing import Any
 
 import pytest
 
+from fnsession.api.session import FunctionSessionSpec
 from fnsession.controller import service as svc
 from fnsession.controller.service import Config, SessionService
 from fnsession.core import pausing
 from fnsession.core import status as docs
 from fnsession.core.registry import Instance, Session
-from fnsession.api.session import FunctionSessionSpec
 from tests.cases import GOOD_EXCLUSIVE_FUNCTION, GOOD_SESSION
 from tests.unit.test_controller_service import Recorder, body, pod_event, shared
 
@@ -136,7 +136,8 @@ def test_pausing_an_exclusive_session_deletes_its_pod_and_resuming_mounts_the_sa
         await s.session_observed("MODIFIED", body(GOOD_SESSION, "t1", paused=False))
         pods = rec.of("create_pod")
         assert len(pods) == 2 and pods[1]["metadata"]["name"] != first["metadata"]["name"]
-        volumes = lambda p: [(m["mountPath"], m.get("subPath")) for m in p["spec"]["containers"][0].get("volumeMounts", [])]
+        def volumes(p):
+            return [(m["mountPath"], m.get("subPath")) for m in p["spec"]["containers"][0].get("volumeMounts", [])]
         assert volumes(pods[1]) == volumes(first) and volumes(first), "the resumed pod mounts other storage"
         assert pods[1]["spec"]["securityContext"] == first["spec"]["securityContext"]
         assert one.state == "Pending"
@@ -175,7 +176,7 @@ def test_the_idle_timeout_pauses_with_enable_auto_pause_and_a_request_resumes(re
     async def go() -> None:
         s = SessionService(None, Config())  # type: ignore[arg-type]
         await s.function_changed(shared())
-        spec = dict(functionName="f", sessionId="a", storage=None, enableAutoPause=True)
+        spec = {"functionName": "f", "sessionId": "a", "storage": None, "enableAutoPause": True}
         await s.create_session(body(GOOD_SESSION, "a", **spec))
         await s.pod_changed("MODIFIED", pod_event(rec.of("create_pod")[0], ready=True))
         one = s.sessions[("ns", "a")]
@@ -205,7 +206,7 @@ def test_fencing_a_paused_session_ends_it_and_nothing_brings_it_back(rec: Record
     async def go() -> None:
         s = SessionService(None, Config())  # type: ignore[arg-type]
         await s.function_changed(shared())
-        spec = dict(functionName="f", sessionId="a", storage=None)
+        spec = {"functionName": "f", "sessionId": "a", "storage": None}
         await s.create_session(body(GOOD_SESSION, "a", **spec))
         await s.session_observed("MODIFIED", body(GOOD_SESSION, "a", **spec, paused=True))
         await s.session_observed("MODIFIED", body(GOOD_SESSION, "a", **spec, paused=True, fenced=True))
@@ -221,7 +222,7 @@ def test_the_ttl_ends_a_paused_session(rec: Recorder) -> None:
     async def go() -> None:
         s = SessionService(None, Config())  # type: ignore[arg-type]
         await s.function_changed(shared())
-        spec = dict(functionName="f", sessionId="a", storage=None)
+        spec = {"functionName": "f", "sessionId": "a", "storage": None}
         await s.create_session(body(GOOD_SESSION, "a", **spec))
         await s.session_observed("MODIFIED", body(GOOD_SESSION, "a", **spec, paused=True))
         one = s.sessions[("ns", "a")]
@@ -237,7 +238,7 @@ def test_a_paused_session_survives_an_operator_restart_and_resumes(rec: Recorder
     async def go() -> None:
         s = SessionService(None, Config())  # type: ignore[arg-type]
         await s.function_changed(shared())
-        spec = dict(functionName="f", sessionId="a", storage=None)
+        spec = {"functionName": "f", "sessionId": "a", "storage": None}
         await s.create_session(body(GOOD_SESSION, "a", **spec))
         await s.session_observed("MODIFIED", body(GOOD_SESSION, "a", **spec, paused=True))
         status = s.sessions[("ns", "a")].last_status

@@ -1,4 +1,4 @@
-"""``Function``: the instances a session runs on, and the session policy (SPEC §2).
+"""``Function``: the instances a session runs on, and the session policy.
 
 Field names and ranges are FC's (``sessionAffinityConfig`` mirrors FC's ``SessionAffinityConfig``);
 what FC configures elsewhere (instance template, scaling, storage policy) is Kubernetes-shaped.

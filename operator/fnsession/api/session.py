@@ -1,4 +1,4 @@
-"""``FunctionSession``: one session, its binding to an instance and its lifecycle (SPEC §3).
+"""``FunctionSession``: one session, its binding to an instance and its lifecycle.
 
 Everything in ``spec`` but the two timeouts, ``fenced``, ``paused`` and the two auto-pause flags is
 immutable (CEL transition rules);

@@ -71,12 +71,10 @@ def lease_config(identity: str) -> LeaseConfig:
 
 
 async def main(identity: str, liveness: str | None, elect: bool) -> int:
-    from kubernetes_asyncio import client
-
-    from fnsession.kube.client import connect
+    from fnsession.kube.client import connect, coordination_api
 
     clients = await connect()
-    elector = LeaderElector(client.CoordinationV1Api(clients.api), lease_config(identity)) if elect else None
+    elector = LeaderElector(coordination_api(clients), lease_config(identity)) if elect else None
     health = Health(elector)
     runner = await serve_health(health, liveness) if liveness else None
     port = int(os.environ.get("FNSESSION_METRICS_PORT", "9090"))
@@ -88,7 +86,8 @@ async def main(identity: str, liveness: str | None, elect: bool) -> int:
             await elector.acquire()
         stop = asyncio.Event()
         operator = asyncio.create_task(kopf.operator(clusterwide=True, liveness_endpoint=None, standalone=True,
-                                                     identity=identity, stop_flag=stop, memo=kopf.Memo(health=health)))
+                                                     identity=identity,  # type: ignore[arg-type]  # kopf's Identity: a NewType of str it does not export
+                                                     stop_flag=stop, memo=kopf.Memo(health=health)))
         keeper = asyncio.create_task(elector.keep()) if elector is not None else None
         done, _ = await asyncio.wait([t for t in (operator, keeper) if t is not None], return_when=asyncio.FIRST_COMPLETED)
         if keeper is not None and keeper in done:

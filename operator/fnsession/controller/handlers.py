@@ -1,7 +1,7 @@
 """kopf handlers: each a few lines over the session service.
 
-Bookkeeping stays in ``status.kopf`` (one status PATCH per handled create, measured in
-``../shared/reference/kopf-measured.md``); sessions get no finalizer and no per-object timer. Only
+Bookkeeping stays in ``status.kopf`` (one status PATCH per handled create, the least kopf
+can do when it tracks a handler); sessions get no finalizer and no per-object timer. Only
 our own Events are posted, never kopf's per-handler ones.
 """
 
@@ -72,8 +72,8 @@ async def function_changed(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
 
 
 @kopf.on.event(GROUP, FUNCTION.plural)
-async def function_deleted(type: str, name: str, namespace: str, memo: kopf.Memo, **_: Any) -> None:
-    if type == "DELETED":
+async def function_deleted(*, type: str, name: str, namespace: str | None, memo: kopf.Memo, **_: Any) -> None:
+    if type == "DELETED" and namespace is not None:  # (Functions are namespaced: it always has one)
         await memo.service.function_deleted(namespace, name)
 
 

@@ -11,20 +11,18 @@ import asyncio
 import logging
 import secrets
 from collections import defaultdict
-from datetime import UTC, datetime, timedelta
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from fnsession.controller import metrics
+from fnsession.controller.config import Config, DeadlineKey
 from fnsession.core.binding import instances_to_remove, next_scale_in, warm_deficit
 from fnsession.core.deadlines import DeadlineQueue
 from fnsession.core.pods import LABEL_FUNCTION, LABEL_SESSION, instance_pod
 from fnsession.core.registry import FunctionState, Instance, Key, Registry, Session
 from fnsession.kube import writes
 from fnsession.kube.client import Clients
-
-if TYPE_CHECKING:
-    from fnsession.controller.service import Config, DeadlineKey
 
 log = logging.getLogger(__name__)
 WRITES_AT_ONCE = 32  # API writes one piece of work issues concurrently

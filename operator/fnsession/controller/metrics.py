@@ -12,17 +12,31 @@ import asyncio
 import concurrent.futures
 import logging
 from collections import Counter as Tally
-from collections.abc import Iterator
+from collections.abc import Iterator, Sized
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 from prometheus_client.core import REGISTRY, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
-    from fnsession.controller.service import SessionService
+    from fnsession.core.registry import Key, Registry, Session
     from fnsession.kube.leader import LeaderElector
+
+
+class Observed(Protocol):
+    """What the gauges read of the operator's state (the SessionService has it). A protocol, so that
+    this module, which the service imports to count, does not import the service back."""
+
+    @property
+    def registry(self) -> Registry: ...
+
+    @property
+    def sessions(self) -> dict[Key, Session]: ...
+
+    @property
+    def deadlines(self) -> Sized: ...
 
 log = logging.getLogger(__name__)
 BIND_SECONDS = Histogram(
@@ -48,7 +62,7 @@ class Snapshot:
     pending: dict[tuple[str, str, str], int] = field(default_factory=dict)  # (ns, function, Bound's reason)
 
 
-def snapshot(service: SessionService) -> Snapshot:
+def snapshot(service: Observed) -> Snapshot:
     """Counts of the service's state: call it on the event loop (it iterates the loop's dicts)."""
     sessions = Tally((s.namespace, s.function, s.state) for s in service.sessions.values())
     instances: dict[tuple[str, str, bool], int] = {}
@@ -73,7 +87,7 @@ def pending_reason(conditions: list[dict[str, Any]]) -> str:
 
 
 class StateCollector(Collector):
-    def __init__(self, service: SessionService, loop: asyncio.AbstractEventLoop, timeout: float = 5.0) -> None:
+    def __init__(self, service: Observed, loop: asyncio.AbstractEventLoop, timeout: float = 5.0) -> None:
         self.service, self.loop, self.timeout = service, loop, timeout
 
     def take(self) -> Snapshot | None:
@@ -126,6 +140,6 @@ def start(port: int, elector: LeaderElector | None = None) -> None:
     start_http_server(port)
 
 
-def register(service: SessionService) -> None:
+def register(service: Observed) -> None:
     """The state gauges of the service, read on its event loop."""
     REGISTRY.register(StateCollector(service, asyncio.get_running_loop()))

@@ -12,17 +12,15 @@ from __future__ import annotations
 
 import logging
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from fnsession.controller.config import DeadlineKey
+from fnsession.controller.instances import Instances, now
 from fnsession.core import pausing
 from fnsession.core import status as docs
 from fnsession.core.deadlines import expire_deadline
 from fnsession.core.registry import FunctionState, Instance, Key, Session
 from fnsession.kube import writes
-from fnsession.controller.instances import Instances, now
-
-if TYPE_CHECKING:
-    from fnsession.controller.service import DeadlineKey
 
 log = logging.getLogger(__name__)
 RETRY = timedelta(seconds=1)

@@ -15,15 +15,20 @@ one patch when a Pending session's pod becomes Ready, one at expiry. Events go t
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections import defaultdict
-from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Literal
+from typing import Any
 
 from fnsession.api.function import FunctionSpec
-from fnsession.api.names import FUNCTION, GROUP, SESSION, VERSION
+from fnsession.api.names import FUNCTION, SESSION
 from fnsession.api.session import FunctionSessionSpec
+from fnsession.controller import metrics
+from fnsession.controller.config import Config, DeadlineKey, DeadlineKind
+from fnsession.controller.instances import now
+from fnsession.controller.memory import Heap
+from fnsession.controller.pauses import Pauses
 from fnsession.core import status as docs
 from fnsession.core.binding import Bind, CreateInstance, Wait, instance_for
 from fnsession.core.deadlines import DeadlineQueue, expire_deadline, timeouts_in_force
@@ -31,29 +36,14 @@ from fnsession.core.pausing import idle_in_force, on_deadline
 from fnsession.core.pods import LABEL_FUNCTION
 from fnsession.core.registry import FunctionState, Instance, Key, Registry, Session
 from fnsession.core.storage import storage_violations
-from fnsession.kube import writes
-from fnsession.kube.events import EventRecorder
-from fnsession.controller import metrics
-from fnsession.controller.instances import now
-from fnsession.controller.memory import Heap
-from fnsession.controller.pauses import Pauses
+from fnsession.kube import objects, writes
 from fnsession.kube.client import Clients
+from fnsession.kube.events import EventRecorder
 
 log = logging.getLogger(__name__)
-DeadlineKind = Literal["expire", "remove", "scale-in", "verify", "sweep"]
-DeadlineKey = tuple[DeadlineKind, str, str]
 RESTORE_GRACE = timedelta(seconds=15)  # after start-up, how long a restored binding's pod has to show up
 ID_REUSE_REFUSAL = timedelta(days=3)   # FC: with disableSessionIdReuse an expired id is refused this long
 RETRY = timedelta(seconds=1)
-
-
-@dataclass(frozen=True)
-class Config:
-    tenant_init_image: str = "localhost/fnsession-tenant-init:dev"
-    expired_retention: timedelta = timedelta(hours=1)
-    events_per_second: float = 20.0  # Events posted at most this often (after a burst of events_burst)
-    events_burst: int = 200
-    deadline_writes: int = 32        # deadlines (expiries, removals) handled at once
 
 
 class SessionService(Pauses):
@@ -105,13 +95,12 @@ class SessionService(Pauses):
     async def initial_sync(self) -> None:
         """Seed the registry from one list of pods, Functions and sessions, before any handler runs,
         so that planning after a restart sees every existing binding."""
-        pods = await self.clients.core.list_pod_for_all_namespaces(label_selector=LABEL_FUNCTION)
-        for pod in pods.items:
-            await self.pod_changed("ADDED", self.clients.api.sanitize_for_serialization(pod))
-        for fn in (await self.clients.custom.list_cluster_custom_object(GROUP, VERSION, FUNCTION.plural))["items"]:
-            state = self.registry.function(fn["metadata"]["namespace"], fn["metadata"]["name"])
-            state.spec, state.uid = FunctionSpec.model_validate(fn["spec"]), fn["metadata"]["uid"]
-        for body in (await self.clients.custom.list_cluster_custom_object(GROUP, VERSION, SESSION.plural))["items"]:
+        for pod in await objects.list_pods(self.clients, LABEL_FUNCTION):
+            await self.pod_changed("ADDED", pod)
+        for listed in await objects.list_all(self.clients, FUNCTION):
+            state = self.registry.function(listed["metadata"]["namespace"], listed["metadata"]["name"])
+            state.spec, state.uid = FunctionSpec.model_validate(listed["spec"]), listed["metadata"]["uid"]
+        for body in await objects.list_all(self.clients, SESSION):
             if (body.get("status") or {}).get("sessionStatus"):
                 self.restore(body)
         for session in list(self.sessions.values()):  # pods that became Ready while we were away
@@ -403,12 +392,13 @@ class SessionService(Pauses):
         """A session that was handled before this process started: take its binding back."""
         meta, status = body["metadata"], body.get("status") or {}
         spec = FunctionSessionSpec.model_validate(body["spec"])
+        last_status = dict(status)
+        last_status.pop("kopf", None)
         session = Session(meta["namespace"], meta["name"], meta["uid"], spec.function_name,
                           status.get("sessionId") or spec.session_id or meta["name"],
                           docs.parse_time(status.get("createdTime")) or now(), spec, state=status["sessionStatus"],
                           generation=status.get("observedGeneration"), conditions=list(status.get("conditions") or []),
-                          last_activity=docs.parse_time(status.get("lastActivityTime")), last_status=dict(status))
-        session.last_status.pop("kopf", None)
+                          last_activity=docs.parse_time(status.get("lastActivityTime")), last_status=last_status)
         self.hold(session)
         fn = self.fn_of(session)
         pod = (status.get("instance") or {}).get("podName")
@@ -475,7 +465,7 @@ class SessionService(Pauses):
     async def session_deleted(self, key: Key) -> None:
         session = self.forget(key)
         for kind in ("expire", "remove", "verify"):
-            self.deadlines.cancel((kind, *key))  # type: ignore[arg-type]
+            self.deadlines.cancel((kind, *key))
         if session is None:
             return
         fn = self.fn_of(session)
@@ -527,9 +517,7 @@ class SessionService(Pauses):
             if fn is None or fn.spec is None or self.function_status.get(key) == counts:
                 continue
             try:
-                await self.clients.custom.patch_namespaced_custom_object_status(
-                    GROUP, VERSION, fn.namespace, FUNCTION.plural, fn.name, {"status": counts},
-                    _content_type=writes.MERGE_PATCH)
+                await objects.patch_status(self.clients, FUNCTION, fn.namespace, fn.name, {"status": counts})
                 self.function_status[key] = counts
             except Exception as exc:  # noqa: BLE001 - retried at the next flush
                 log.debug("Function %s/%s status: %s", fn.namespace, fn.name, exc)
@@ -558,10 +546,8 @@ class SessionService(Pauses):
         while True:
             upcoming = self.deadlines.next_at()
             timeout = 3600.0 if upcoming is None else max(0.0, (upcoming - now()).total_seconds())
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.wake.wait(), timeout=timeout)
-            except TimeoutError:
-                pass
             self.wake.clear()
             for key in self.deadlines.pop_due(now()):
                 if key in self.running:  # the same deadline still being handled: look again shortly

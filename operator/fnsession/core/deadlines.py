@@ -2,7 +2,7 @@
 
 The TTL is hard: counted from creation, whatever the activity. The idle timeout is reset by every
 request and never extends a session beyond its TTL; 0 disables it. An update of either takes effect
-at once and the TTL still counts from creation (SPEC §4).
+at once and the TTL still counts from creation.
 
 :class:`DeadlineQueue` serves all sessions with one heap (no timer or task per session): scheduling a
 new deadline for a key supersedes the old one lazily, so a reschedule is O(log n) and nothing is

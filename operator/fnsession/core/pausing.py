@@ -1,4 +1,4 @@
-"""Pause and resume of a session, as pure decisions (SPEC §7, FC's PauseSession / ResumeSession).
+"""Pause and resume of a session, as pure decisions (FC's PauseSession / ResumeSession).
 
 A Paused session has no compute: its exclusive pod is deleted, or its slot on a shared instance is
 released. What stays is the record, the id, the timeouts and the storage (the PVC subPaths and the

@@ -49,7 +49,7 @@ class FunctionState:
         session could go to: at scale most instances are full, and are not looked at twice)."""
         return [InstanceLoad(i.name, i.ready, len(i.sessions), i.deleting, i.empty_since)
                 for i in self.instances.values()
-                if i.exclusive_for is None and (below is None or len(i.sessions) < below and not i.deleting)]
+                if i.exclusive_for is None and (below is None or (len(i.sessions) < below and not i.deleting))]
 
     def instance_of(self, session: str) -> Instance | None:
         inst = self.instances.get(self.bound.get(session, ""))

@@ -1,4 +1,4 @@
-"""Who is calling, in which namespace, and may they: all decided by Kubernetes (SPEC §5).
+"""Who is calling, in which namespace, and may they: all decided by Kubernetes (the gateway keeps no users or roles of its own).
 
 - ``Authorization: Bearer <token>``: a TokenReview says who it is. A ServiceAccount acts in its own
   namespace; other users in the ``x-fnsession-namespace`` header's, else the gateway's default.
@@ -31,7 +31,6 @@ request replayed to another process is refused too.
 from __future__ import annotations
 
 import asyncio
-import base64
 import hashlib
 import logging
 import math
@@ -42,12 +41,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 import aiohttp
-from kubernetes_asyncio import client
-from kubernetes_asyncio.client.exceptions import ApiException
 
 from fnsession.api.names import GROUP, SESSION
 from fnsession.gateway import errors, signing
+from fnsession.kube import reviews
 from fnsession.kube.client import Clients
+from fnsession.kube.objects import ApiException
 
 log = logging.getLogger(__name__)
 LABEL_ACCESS_KEY = "fnsession.dev/access-key-id"
@@ -199,7 +198,7 @@ class SharedNonces:
     it reaches). :meth:`sweep` deletes those older than twice the replay window."""
 
     def __init__(self, clients: Clients, namespace: str, window: float) -> None:
-        self.api = client.CoordinationV1Api(clients.api)
+        self.api = reviews.coordination_api(clients)
         self.namespace, self.window = namespace, window
 
     @staticmethod
@@ -207,25 +206,13 @@ class SharedNonces:
         return "fnsession-nonce-" + hashlib.sha256(f"{access_key_id}/{nonce}".encode()).hexdigest()[:40]
 
     async def claim(self, access_key_id: str, nonce: str) -> None:
-        lease = client.V1Lease(metadata=client.V1ObjectMeta(name=self.name(access_key_id, nonce),
-                                                            labels={LABEL_NONCE: "true"}))
-        try:
-            await self.api.create_namespaced_lease(self.namespace, lease, _request_timeout=API_TIMEOUT)
-        except ApiException as exc:
-            if exc.status == 409:
-                raise errors.unauthenticated("x-acs-signature-nonce was already used: a replayed request") from None
-            raise
+        if not await reviews.create_lease(self.api, self.namespace, self.name(access_key_id, nonce),
+                                          {LABEL_NONCE: "true"}, _request_timeout=API_TIMEOUT):
+            raise errors.unauthenticated("x-acs-signature-nonce was already used: a replayed request")
 
     async def sweep(self) -> None:
-        leases = await self.api.list_namespaced_lease(self.namespace, label_selector=f"{LABEL_NONCE}=true")
         cutoff = datetime.now(UTC).timestamp() - 2 * self.window
-        for lease in leases.items:
-            if lease.metadata.creation_timestamp.timestamp() < cutoff:
-                try:
-                    await self.api.delete_namespaced_lease(lease.metadata.name, self.namespace)
-                except ApiException as exc:
-                    if exc.status != 404:
-                        raise
+        await reviews.delete_leases_older(self.api, self.namespace, f"{LABEL_NONCE}=true", cutoff)
 
     async def run_sweeper(self, every: float = 60.0) -> None:
         while True:
@@ -243,8 +230,8 @@ class Authenticator:
                  reachability: Reachability | None = None, shared_nonces: bool = False) -> None:
         self.clients, self.mode = clients, mode
         self.default_namespace, self.keys_namespace = default_namespace, keys_namespace
-        self.auth_api = client.AuthenticationV1Api(clients.api)
-        self.authz_api = client.AuthorizationV1Api(clients.api)
+        self.auth_api = reviews.authentication_api(clients)
+        self.authz_api = reviews.authorization_api(clients)
         self.tokens, self.keys, self.reviews = TTLCache(), TTLCache(), TTLCache()
         self.grace_tokens, self.grace_keys, self.grace_reviews = Grace(), Grace(), Grace()
         self.reach = reachability or Reachability()
@@ -332,7 +319,7 @@ class Authenticator:
                 self.tokens.items.pop(key, None)
         except Unreachable:  # the entries expire as they would have; the grace stands in meanwhile
             pass
-        except Exception as exc:  # the API server did not answer: the entries expire as they would have
+        except Exception as exc:  # noqa: BLE001 - a background renewal: whatever failed, the entries expire as they would have
             log.warning("renewing a bearer token's identity and RBAC decision failed: %s", exc)
 
     async def once(self, key: Any, call: Callable[[], Awaitable[Any]]) -> Any:
@@ -375,11 +362,11 @@ class Authenticator:
         return cache.put(key, hit[1], until=hit[0])
 
     async def token_review(self, token: str, header_ns: str | None) -> Identity:
-        review = await self.auth_api.create_token_review(client.V1TokenReview(spec=client.V1TokenReviewSpec(token=token)))
-        if not review.status.authenticated:
+        review = await reviews.token_review(self.auth_api, token)
+        if not review.authenticated:
             self.grace_tokens.forget((token, header_ns))
             raise errors.unauthenticated("the bearer token is not valid")
-        user = review.status.user
+        user = review.user
         name = user.username
         if name.startswith("system:serviceaccount:"):
             namespace = name.split(":")[2]
@@ -411,15 +398,15 @@ class Authenticator:
         if found is not None:
             return found
         try:
-            secrets = await self.reach.call(lambda: self.clients.core.list_namespaced_secret(
-                self.keys_namespace, label_selector=f"{LABEL_ACCESS_KEY}={key_id}"))
+            secrets = await self.reach.call(lambda: reviews.secrets_data(
+                self.clients, self.keys_namespace, f"{LABEL_ACCESS_KEY}={key_id}"))
         except Unreachable:
             found = self.from_grace(self.grace_keys, self.keys, key_id, f"access key {key_id}")
             return dict(found)
-        if len(secrets.items) != 1:
+        if len(secrets) != 1:
             self.grace_keys.forget(key_id)
             raise errors.unauthenticated(f"access key {key_id} does not exist")
-        data = {k: base64.b64decode(v).decode() for k, v in (secrets.items[0].data or {}).items()}
+        data = secrets[0]
         if not {"accessKeySecret", "namespace", "serviceAccount"} <= set(data):
             raise errors.unauthenticated(f"access key {key_id} is incomplete (its Secret lacks fields)")
         key = {"secret": data["accessKeySecret"], "namespace": data["namespace"], "serviceAccount": data["serviceAccount"]}
@@ -444,13 +431,10 @@ class Authenticator:
         return bool(allowed)
 
     async def access_review(self, who: Identity, verb: str) -> bool:
-        review = await self.authz_api.create_subject_access_review(client.V1SubjectAccessReview(
-            spec=client.V1SubjectAccessReviewSpec(
-                user=who.user, groups=list(who.groups), uid=who.uid,
-                extra={k: list(v) for k, v in who.extra} or None,
-                resource_attributes=client.V1ResourceAttributes(
-                    group=GROUP, resource=SESSION.plural, verb=verb, namespace=who.namespace))))
-        allowed: bool = self.reviews.put((who, verb), bool(review.status.allowed))
+        answer = await reviews.access_review(self.authz_api, user=who.user, groups=list(who.groups), uid=who.uid,
+                                             extra={k: list(v) for k, v in who.extra} or None,
+                                             group=GROUP, resource=SESSION.plural, verb=verb, namespace=who.namespace)
+        allowed: bool = self.reviews.put((who, verb), answer)
         if allowed:
             self.grace_reviews.keep((who, verb), True)
         else:

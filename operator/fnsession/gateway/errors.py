@@ -1,14 +1,15 @@
-"""FC's errors: HTTP status, ``Code`` and the message FC sends (``seeds/001``, the session API's error
-table), as the JSON object FC's SDK reads: ``{"Code", "Message", "RequestId"}``.
+"""FC's errors: HTTP status, ``Code`` and the message FC sends for each error of its session API, as
+the JSON object FC's SDK reads: ``{"Code", "Message", "RequestId"}``.
 
 The SDK raises ClientException for 4xx and ServerException for 5xx and keeps ``Code`` as
-``e.code``; a body that is not a JSON object loses the status code (fc-sdk-wire.md §5), so every
+``e.code``; a body that is not a JSON object loses the status code (the SDK raises without it), so every
 error leaves the gateway through :meth:`FCError.body`.
 """
 
 from __future__ import annotations
 
 import json
+
 from fnsession.api.rules import SESSION_ID_MAX, SESSION_ID_PATTERN
 
 
@@ -30,7 +31,7 @@ class FCError(Exception):
         return json.dumps({"Code": self.code, "Message": self.message, "RequestId": request_id}).encode()
 
 
-# --- the session API's error table (seeds/001), messages as FC words them ---------------------------
+# --- the session API's errors, messages as FC words them ----------------------------------------
 
 def no_session_affinity() -> FCError:
     return FCError(400, "InvalidArgument", "function has no session affinity config")

@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from email.utils import formatdate
 from http import HTTPStatus
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 import httptools
 
@@ -42,6 +42,7 @@ except ImportError:  # pragma: no cover - where no compiler was at hand at insta
     native = None  # type: ignore[assignment]
 
 log = logging.getLogger(__name__)
+REPLAYS: set[asyncio.Future[None]] = set()  # requests sent again on a new connection, under way
 
 MAX_HEAD_BYTES = 64 << 10       # a request head larger than this gets 431
 BUFFER_PAUSE_BYTES = 1 << 20    # a body buffered with nowhere to go pauses reading past this
@@ -188,6 +189,9 @@ def date_header() -> bytes:
     return _date[1]
 
 
+LOW_DIGITS = [b"%03x\r\n" % i for i in range(4096)]  # a request id's last three hex digits and the line's end
+
+
 class RequestIds:
     """FC-style request ids (UUID-shaped): a random prefix per process and a counter, so an id costs
     a string format rather than 16 random bytes."""
@@ -195,7 +199,8 @@ class RequestIds:
     def __init__(self) -> None:
         r = os.urandom(10).hex()
         self.prefix = f"{r[:8]}-{r[8:12]}-{r[12:16]}-{r[16:20]}-"
-        self.line = b"x-fc-request-id: " + self.prefix.encode() + b"%012x\r\n"
+        self.prefix_line = b"x-fc-request-id: " + self.prefix.encode()
+        self.high = b""  # the line up to the counter's last three hex digits (header)
         self.n = 0
 
     def next(self) -> str:
@@ -204,8 +209,11 @@ class RequestIds:
 
     def header(self) -> bytes:
         """The next id as a response header line, ``x-fc-request-id: <id>\\r\\n``."""
-        self.n += 1
-        return self.line % self.n
+        n = self.n = self.n + 1
+        low = n & 0xFFF
+        if not low or not self.high:  # the line's start, up to the counter's last three hex digits, once per 4096
+            self.high = self.prefix_line + b"%09x" % (n >> 12)
+        return self.high + LOW_DIGITS[low]
 
 
 class Headers(dict[str, str]):
@@ -215,7 +223,7 @@ class Headers(dict[str, str]):
 
     repeated: frozenset[str] = frozenset()
 
-    def get(self, key: str, default: Any = None) -> Any:  # type: ignore[override]
+    def get(self, key: str, default: Any = None) -> Any:
         if key in self.repeated:
             raise errors.repeated_header(key)
         return dict.get(self, key, default)
@@ -329,7 +337,12 @@ class Request:
 
 
 Handler = Callable[[Request], None]
-Lane = Callable[["ServerConnection", bytes], bool]
+
+
+class Lane(Protocol):
+    """lane.Lane as a connection sees it: ``offer(conn, data)`` is True when it took the read."""
+
+    def offer(self, conn: ServerConnection, data: bytes) -> bool: ...
 
 
 class ReadPausing:
@@ -343,12 +356,12 @@ class ReadPausing:
 
     def pause_reading(self) -> None:
         if not self.reading_paused and self.transport is not None and not self.closed:
-            self.reading_paused = True
+            self.reading_paused = True  # type: ignore[misc]  # a mixin: the classes that use it have it in their slots
             self.transport.pause_reading()
 
     def resume_reading(self) -> None:
         if self.reading_paused and self.transport is not None and not self.closed:
-            self.reading_paused = False
+            self.reading_paused = False  # type: ignore[misc]  # (as above)
             self.transport.resume_reading()
 
 
@@ -408,7 +421,7 @@ class ServerConnection(ReadPausing, asyncio.Protocol):
             return
         if self.refused:  # a request broke a rule: nothing after it is read (the connection closes)
             return
-        if not tried and self.idle_since and self.lane is not None and self.lane(self, data):
+        if not tried and self.idle_since and self.lane is not None and self.lane.offer(self, data):
             return  # between requests, and the lane took this one whole (lane.py)
         if self.parsing is not None:
             self.body_at = time.monotonic()  # (Listener.sweep: a body that stops coming)
@@ -566,7 +579,7 @@ class ServerConnection(ReadPausing, asyncio.Protocol):
             self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         try:
             self.handler(req)
-        except Exception:  # noqa: BLE001 - the handler's own bug: the client gets a 500, the connection lives on
+        except Exception:  # the handler's own bug (logged whole): the client gets a 500, the connection lives on
             log.exception("handling %s %s", req.method, req.target)
             if not req.responded:
                 self.respond(req, 500, [], b"internal error")
@@ -622,16 +635,18 @@ class ServerConnection(ReadPausing, asyncio.Protocol):
         elif not self.in_message:  # (a next head that came in part is still being read: not idle)
             self.idle_since = time.monotonic()
 
-    def flight_done(self) -> None:
-        """The lane's request was answered: the next one, if the client pipelined it, else idle."""
+    def flight_done(self, now: float = 0.0) -> None:
+        """The lane's request was answered: the next one, if the client pipelined it, else idle (since
+        ``now``, the monotonic clock's time, when the caller has it)."""
         self.flight = None
         if self.closed:
             return
-        self.resume_reading()  # the instance's back-pressure may have paused it (UpstreamConnection.pause_writing)
+        if self.reading_paused:
+            self.resume_reading()  # the instance's back-pressure paused it (UpstreamConnection.pause_writing)
         if self.queue:
             self.start(self.queue.popleft())
         elif not self.in_message:  # a next head that came in part is llhttp's: the lane must not take the rest
-            self.idle_since = time.monotonic()
+            self.idle_since = now or time.monotonic()
 
     def become_tunnel(self, exchange: Exchange) -> list[bytes]:
         """After ``101``: the client's bytes go to the exchange as they arrive; returns those that came early."""
@@ -979,10 +994,12 @@ class Pool:
         self.opened += 1
         return conn
 
-    def give(self, conn: UpstreamConnection) -> None:
+    def give(self, conn: UpstreamConnection, now: float = 0.0) -> None:
+        """``conn`` back to the pool (``now``: the monotonic clock's time, when the caller has it)."""
         conn.exchange = None
-        conn.idle_since = time.monotonic()
-        conn.resume_reading()  # paused by a slow client, which has had its answer: else its next request hangs
+        conn.idle_since = now or time.monotonic()
+        if conn.reading_paused:
+            conn.resume_reading()  # paused by a slow client, which has had its answer: else its next request hangs
         conns = self.idle.get(conn.address)
         if conns is None:
             conns = self.idle[conn.address] = []
@@ -1060,9 +1077,9 @@ class Exchange:
         hop, upgrade = req.hop, req.upgrade
         for name, value in req.raw_headers:
             lname = name.lower()
-            if lname in REQUEST_DROP or lname.startswith(b"proxy-") or (lname in hop and lname != b"host"):
-                if not (upgrade and lname in UPGRADE_KEEP):
-                    continue
+            if (lname in REQUEST_DROP or lname.startswith(b"proxy-") or (lname in hop and lname != b"host")) \
+                    and not (upgrade and lname in UPGRADE_KEEP):
+                continue
             parts += (name, b": ", value, b"\r\n")
         parts.append(req.forwarded)
         if upgrade:
@@ -1087,7 +1104,7 @@ class Exchange:
     async def open_and_run(self) -> None:
         try:
             upstream = await self.pool.open(self.address)
-        except (OSError, asyncio.TimeoutError) as exc:
+        except (OSError, TimeoutError) as exc:
             self.refuse(502, "FunctionNotReachable",
                         f"the session's instance {self.address[0]}:{self.address[1]} did not answer: {exc or 'timeout'}")
             return
@@ -1294,7 +1311,9 @@ class Exchange:
             # a kept-alive connection the instance had closed as we reused it: once more, on a new one
             self.replayable = False
             self.req.sink = None
-            asyncio.ensure_future(self.open_and_run())
+            replay = asyncio.ensure_future(self.open_and_run())
+            REPLAYS.add(replay)  # held until done: the event loop keeps only a weak reference to a task
+            replay.add_done_callback(REPLAYS.discard)
         else:
             self.upstream_failed("the instance closed the connection")
 

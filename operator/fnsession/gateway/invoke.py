@@ -22,11 +22,9 @@ import asyncio
 import logging
 import time
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
-from kubernetes_asyncio.client.exceptions import ApiException
-
-from fnsession.api.names import GROUP, SESSION, VERSION
+from fnsession.api.names import SESSION
 from fnsession.core.status import stamp
 from fnsession.gateway import errors, fc
 from fnsession.gateway.errors import FCError
@@ -34,11 +32,25 @@ from fnsession.gateway.http import Exchange, Pool, Request
 from fnsession.gateway.mcp import MCP_AFFINITIES, Mcp
 from fnsession.gateway.routes import Route, Routes, activity_of, route_of
 from fnsession.gateway.session_api import SessionAPI
+from fnsession.kube import objects
 from fnsession.kube.client import Clients
+from fnsession.kube.objects import ApiException
 
 log = logging.getLogger(__name__)
 INSTANCE_LIMIT = 200  # FC: every instance accepts at most 200 in-flight requests, shared by its sessions
 SessionName = tuple[str, str]  # (namespace, FunctionSession name)
+
+
+class Running(Protocol):
+    """A request in flight to an instance as the Invoker counts it: an Exchange, or the lane's Flight."""
+
+    @property
+    def address(self) -> tuple[str, int]: ...
+
+    @property
+    def key(self) -> SessionName: ...
+
+    def cut(self) -> None: ...
 FLUSH_CONCURRENCY = 8  # activity writes in flight at once
 API_TIMEOUT = 5.0  # seconds an activity write waits for the API server (then it is retried at the next flush)
 
@@ -57,7 +69,7 @@ class Invoker:
         self.flush_interval = flush_interval
         self.limit = limit  # this process's share of an instance's 200 (limit_share: all workers and replicas)
         self.activity: dict[SessionName, float] = {}  # last request per session, Unix time
-        self.running: dict[SessionName, set[Exchange]] = {}  # requests in flight per session
+        self.running: dict[SessionName, set[Running]] = {}  # requests in flight per session
         self.per_instance: dict[str, int] = {}  # requests in flight per instance (pod IP)
         self.opening: set[asyncio.Task[None]] = set()
         self.passive_creates = self.throttled = self.cuts = self.activity_writes = self.activity_retries = 0  # metrics
@@ -105,7 +117,7 @@ class Invoker:
         route = self.routes.route(ns, function, session_id) if session_id else None
         if route is None:
             await authorize_create()
-            if session_id is None or affinity == "GENERATED_COOKIE" and not await self.api.paused(ns, function, session_id):
+            if session_id is None or (affinity == "GENERATED_COOKIE" and not await self.api.paused(ns, function, session_id)):
                 session_id = fc.new_session_id()  # the client never chooses a cookie id (a Paused one's resumes)
             qualifier = fc.query_param(req.query, "qualifier")
             # a passive create, or a Paused session resumed and this request held until it routes (enableAutoResume)
@@ -175,18 +187,20 @@ class Invoker:
             task.add_done_callback(self.opening.discard)
         return ex
 
-    def ended(self, ex: Exchange) -> None:
+    def ended(self, ex: Running) -> None:
         ip = ex.address[0]
-        left = self.per_instance.get(ip, 1) - 1
+        per_instance = self.per_instance
+        left = per_instance.get(ip, 1) - 1
         if left:
-            self.per_instance[ip] = left
+            per_instance[ip] = left
         else:
-            self.per_instance.pop(ip, None)
-        running = self.running.get(ex.key)
+            per_instance.pop(ip, None)
+        key = ex.key
+        running = self.running.get(key)
         if running is not None:
             running.discard(ex)
             if not running:
-                del self.running[ex.key]
+                del self.running[key]
 
     def in_flight(self) -> int:
         return sum(self.per_instance.values())
@@ -243,8 +257,7 @@ class Invoker:
         for _ in range(3):
             if version is None:  # what is on the object now
                 try:
-                    obj = await self.clients.custom.get_namespaced_custom_object(
-                        GROUP, VERSION, ns, SESSION.plural, name, _request_timeout=API_TIMEOUT)
+                    obj = await objects.get(self.clients, SESSION, ns, name, _request_timeout=API_TIMEOUT)
                 except ApiException as exc:
                     if exc.status == 404:
                         return  # deleted: nothing to record
@@ -273,10 +286,7 @@ class Invoker:
         raise ApiException(status=409, reason="Conflict (the session kept changing)")
 
     async def patch_status(self, ns: str, name: str, body: dict[str, Any]) -> dict[str, Any]:
-        written: dict[str, Any] = await self.clients.custom.patch_namespaced_custom_object_status(
-            GROUP, VERSION, ns, SESSION.plural, name, body, _content_type="application/merge-patch+json",
-            _request_timeout=API_TIMEOUT)
-        return written
+        return await objects.patch_status(self.clients, SESSION, ns, name, body, _request_timeout=API_TIMEOUT)
 
     async def run_flusher(self) -> None:
         while True:

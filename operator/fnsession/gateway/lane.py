@@ -42,10 +42,19 @@ from typing import TYPE_CHECKING, cast
 
 import httptools
 
-from fnsession.gateway.http import (FORWARDED, HOP_BY_HOP, MAX_HEAD_BYTES, Exchange,
-                                    Request, ServerConnection, UpstreamConnection, cookie_repeats, target_of,
-                                    whole_answer)
 from fnsession.gateway import fc
+from fnsession.gateway.http import (
+    FORWARDED,
+    HOP_BY_HOP,
+    MAX_HEAD_BYTES,
+    Exchange,
+    Request,
+    ServerConnection,
+    UpstreamConnection,
+    cookie_repeats,
+    target_of,
+    whole_answer,
+)
 from fnsession.gateway.invoke import Invoker
 from fnsession.gateway.routes import Route
 
@@ -58,6 +67,7 @@ except ImportError:  # pragma: no cover - the tests run the llhttp scans too, by
 Parsed = tuple[bytes, bytes | None, bytes | None, bytes | None, bytes]
 
 log = logging.getLogger(__name__)
+_time, _monotonic = time.time, time.monotonic  # (module globals: one lookup each per request)
 
 if TYPE_CHECKING:
     from fnsession.gateway.auth import Authenticator
@@ -83,6 +93,15 @@ class _Head:
 
     __slots__ = ("url", "values", "out", "credential", "namespace", "declined", "messages", "complete", "parser",
                  "repeated")
+    url: bytes
+    values: dict[bytes, bytes]
+    out: list[bytes]
+    credential: bytes | None
+    namespace: bytes | None
+    declined: bool
+    messages: int
+    complete: bool
+    repeated: set[bytes]
 
     def __init__(self) -> None:
         self.parser = httptools.HttpRequestParser(self)
@@ -120,7 +139,8 @@ class _Request:
     """Callbacks that keep a request's target and headers as sent (a flight becoming an Exchange)."""
 
     def __init__(self) -> None:
-        self.url, self.headers = b"", []
+        self.url: bytes = b""
+        self.headers: list[tuple[bytes, bytes]] = []
 
     def on_url(self, url: bytes) -> None:
         self.url += url
@@ -138,7 +158,8 @@ class _Memo:
     routing table's generation holds, the function, its session header and the session's route."""
 
     __slots__ = ("credential", "namespace", "until", "ns", "generation", "name", "header", "session_id", "route",
-                 "key", "address")
+                 "key", "address", "last")
+    session_id: bytes | None
 
     def __init__(self, credential: bytes | None, namespace: bytes | None, until: float, ns: str) -> None:
         self.credential, self.namespace, self.until, self.ns = credential, namespace, until, ns
@@ -146,6 +167,7 @@ class _Memo:
         self.route = NO_ROUTE
         self.key: tuple[str, str] = ("", "")
         self.address: tuple[str, int] = ("", 0)
+        self.last: tuple[bytes, bytes | None, bytes | None, bytes | None] | None = None  # scan's, when resolved
 
 
 class Lane:
@@ -157,7 +179,7 @@ class Lane:
         self.head = _Head()
         # the scans: C's when built, else llhttp's with Python callbacks for requests and http.py's
         # whole_answer for answers (the same answers: the differential test holds them so)
-        self.scan: Callable[[bytes, bytes, bytes], Parsed | None] = native.scan if native is not None else self.parse
+        self.scan: Callable[..., Parsed | bytes | None] = native.scan if native is not None else self.parse
         self.whole: Callable[[bytes, bytes], bytes | None] = native.whole if native is not None else whole_answer
         self.taken = self.promoted = 0  # for metrics
 
@@ -171,74 +193,90 @@ class Lane:
         self.scan, self.whole = self.parse, whole_answer
 
     def __call__(self, conn: ServerConnection, data: bytes) -> bool:
-        if len(data) > MAX_HEAD_BYTES:
-            return False
         m = conn.memo  # what this connection's last request was found to be
-        parsed = self.scan(data, m.header if m is not None else b"", conn.forwarded_for)
-        if parsed is None or not self.refresh(conn, data, parsed):
+        if m is None or len(data) > MAX_HEAD_BYTES:
+            return m is None and len(data) <= MAX_HEAD_BYTES and self.first(conn, data)
+        # the scan returns the request for the instance alone when it names what the memo's last one
+        # did (the same function, credential, namespace header and session): then the memo holds while
+        # the caches vouch for the identity and the routing table is unchanged; else refresh makes it hold
+        upstream = self.scan(data, m.header, conn.forwarded_for, m.last)
+        if upstream is None:
             return False
-        m = conn.memo
-        wall = time.time()
+        wall = _time()
+        if upstream.__class__ is not bytes or wall >= m.until or m.generation != self.routes.generation:
+            parsed = cast(Parsed, upstream if upstream.__class__ is tuple else (*m.last, upstream))
+            if not self.refresh(conn, data, parsed, wall):
+                return False
+            m, upstream = conn.memo, parsed[4]
         route = m.route
         if not (wall < route.hard and wall < route.last + route.idle):
             return False
         invoker = self.invoker
+        per_instance = invoker.per_instance
         ip = route.pod_ip
-        in_flight = invoker.per_instance.get(ip, 0)
+        in_flight = per_instance.get(ip, 0)
         if in_flight >= invoker.limit:
             return False  # the full path refuses it with FC's 429
-        address = m.address
-        up = self.pool.take(address)
+        up = self.pool.take(m.address)
         if up is None or up.transport is None:
             return False  # the full path opens a connection, in a task
 
-        # taken: from here on the request is the lane's, all or nothing (a failure undoes it, _lane.c's too)
+        # taken: from here on the request is the lane's, all or nothing (a failure undoes it)
         key = m.key
         flight = up.spare  # one Flight per upstream connection, reused: it serves one request at a time
         if flight is None:
             flight = up.spare = Flight(self, up)
         flight.conn, flight.key, flight.data, flight.extra = conn, key, data, self.ids.header()
-        invoker.per_instance[ip] = in_flight + 1
-        running = invoker.running.get(key)
-        if running is None:
-            invoker.running[key] = {flight}
+        per_instance[ip] = in_flight + 1
+        running = invoker.running
+        flights = running.get(key)
+        if flights is None:
+            running[key] = {flight}
         else:
-            running.add(flight)
+            flights.add(flight)
         invoker.activity[key] = route.last = wall
         up.flight = flight
         up.used += 1
-        up.idle_since = time.monotonic()  # (busy: when the request went; Listener.sweep)
+        up.idle_since = _monotonic()  # (busy: when the request went; Listener.sweep)
         conn.flight = flight
         conn.idle_since = 0.0
         try:
-            up.transport.write(parsed[4])
+            up.transport.write(upstream)
         except Exception:  # not on its way: undone, and the full path takes the request
             log.exception("the lane could not send a request to %s:%d; the full path takes it", *up.address)
             up.flight = conn.flight = None
             up.used -= 1
             if in_flight:
-                invoker.per_instance[ip] = in_flight
+                per_instance[ip] = in_flight
             else:
-                invoker.per_instance.pop(ip, None)
-            flights = invoker.running.get(key)
+                per_instance.pop(ip, None)
+            flights = running.get(key)
             if flights is not None:
                 flights.discard(flight)
                 if not flights:
-                    del invoker.running[key]
-            conn.idle_since = time.monotonic()
+                    del running[key]
+            conn.idle_since = _monotonic()
             up.close()
             return False
         self.taken += 1
         return True
 
-    def refresh(self, conn: ServerConnection, data: bytes, parsed: Parsed) -> bool:
+    offer = __call__  # (what a connection calls: a method call costs less than an object's __call__)
+
+    def first(self, conn: ServerConnection, data: bytes) -> bool:
+        """A connection's first request for the lane: its memo made, then the lane's way as any other."""
+        parsed = cast(Parsed | None, self.scan(data, b"", conn.forwarded_for))
+        if parsed is None or not self.refresh(conn, data, parsed, _time()):
+            return False
+        return self(conn, data)
+
+    def refresh(self, conn: ServerConnection, data: bytes, parsed: Parsed, wall: float) -> bool:
         """Make ``conn.memo`` hold for the request ``parsed`` (scanned with the memo's header): the
         identity from the caches, then the session's route; False when either is not to be had (the
         full path takes the request). Cheap when the memo already holds."""
         name, credential, namespace, session_id, _ = parsed
         m = conn.memo
         want = m.header if m is not None else b""
-        wall = time.time()
         if m is None or m.credential != credential or m.namespace != namespace or m.until <= wall:
             grant = self.auth.cached_grant(credential, namespace)
             if grant is None:
@@ -249,15 +287,17 @@ class Lane:
             if header is None:
                 return False
             if header != want:
-                again = self.scan(data, header, conn.forwarded_for)
+                again = cast(Parsed | None, self.scan(data, header, conn.forwarded_for))
                 if again is None:  # (it repeats that header)
                     return False
                 session_id = again[3]
             if not self.resolve(m, name, header, session_id):
                 return False
+            m.last = (name, credential, namespace, session_id)  # (what the next scan is compared with)
         return True
 
-    def parse(self, data: bytes, want: bytes, forwarded: bytes) -> Parsed | None:
+    def parse(self, data: bytes, want: bytes, forwarded: bytes, last: tuple[object, ...] | None = None
+              ) -> Parsed | bytes | None:
         """What :func:`_lane.scan` returns, from llhttp and Python callbacks (when the C module is not built)."""
         h = self.head
         h.url, h.values, h.out, h.credential, h.namespace, h.declined, h.messages, h.complete, h.repeated = (
@@ -284,9 +324,10 @@ class Lane:
         if not name or b"%" in name:
             return None
         host = values[HOST]
-        return (name, h.credential, h.namespace, values.get(want),
-                b"".join((method, b" ", target, b" HTTP/1.1\r\n", *h.out, forwarded,
-                          b"X-Forwarded-Host: " + host + b"\r\n" if host else b"", b"\r\n", body)))
+        upstream = b"".join((method, b" ", target, b" HTTP/1.1\r\n", *h.out, forwarded,
+                             b"X-Forwarded-Host: " + host + b"\r\n" if host else b"", b"\r\n", body))
+        parsed = (name, h.credential, h.namespace, values.get(want), upstream)
+        return upstream if last is not None and parsed[:4] == last else parsed
 
     def session_header(self, ns: str, name: bytes) -> bytes | None:
         """The lower-case header that names a session of the Function: its affinity header, or
@@ -310,12 +351,12 @@ class Lane:
         key = None if session_id is None else session_id.decode("latin-1")
         if key is not None and header == COOKIE:
             if session_id is not None and cookie_repeats(session_id):
-                m.generation = -1
+                m.generation, m.last = -1, None
                 return False  # the full path refuses it
             key = fc.cookie_session_id(key)
         route = routes.sessions.get((m.ns, function, key)) if key is not None else None
         if route is None:
-            m.generation = -1
+            m.generation, m.last = -1, None
             return False
         m.generation, m.name, m.header, m.session_id, m.route = routes.generation, name, header, session_id, route
         m.key, m.address = (m.ns, route.name), (route.pod_ip, route.port)
@@ -330,10 +371,12 @@ class Flight:
     """A request the lane wrote to ``up``, until its answer has gone back to ``conn``. It stands in for
     an Exchange where the Invoker counts requests (``address``, ``key``, :meth:`cut`)."""
 
-    __slots__ = ("lane", "up", "address", "conn", "key", "data", "extra")
+    __slots__ = ("lane", "up", "address", "conn", "key", "data", "extra", "give", "ended")
 
     def __init__(self, lane: Lane, up: UpstreamConnection) -> None:
         self.lane, self.up, self.address = lane, up, up.address
+        # what an answer calls, looked up once per upstream connection rather than once per answer
+        self.give, self.ended = lane.pool.give, lane.invoker.ended
         self.conn: ServerConnection = cast(ServerConnection, None)  # set for each request
         self.key: tuple[str, str] = ("", "")
         self.data = self.extra = b""
@@ -344,11 +387,12 @@ class Flight:
         if answer is not None:
             up, conn = self.up, self.conn
             up.flight = None
-            conn.write(answer)
-            lane = self.lane
-            lane.pool.give(up)
-            lane.invoker.ended(self)
-            conn.flight_done()
+            if not conn.closed and conn.transport is not None:  # (ServerConnection.write)
+                conn.transport.write(answer)
+            now = _monotonic()
+            self.give(up, now)
+            self.ended(self)
+            conn.flight_done(now)
             return
         self.promote()
         self.up.data_received(data)

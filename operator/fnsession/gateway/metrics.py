@@ -7,7 +7,7 @@ when scraped, from a thread of prometheus_client's own.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from prometheus_client import start_http_server
 from prometheus_client.core import REGISTRY, CounterMetricFamily, GaugeMetricFamily
@@ -16,14 +16,32 @@ from prometheus_client.registry import Collector
 from fnsession.gateway.http import ERROR_ANSWERS
 
 if TYPE_CHECKING:
+    from fnsession.gateway.auth import Authenticator
     from fnsession.gateway.http import Listener, Pool
     from fnsession.gateway.invoke import Invoker
+    from fnsession.gateway.lane import Lane
     from fnsession.gateway.routes import Routes
-    from fnsession.gateway.server import Gateway
+
+
+class Counted(Protocol):
+    """What the collector reads of the gateway's front (server.Gateway has it). A protocol, so that
+    this module, which the server imports, does not import the server back."""
+
+    @property
+    def lane(self) -> Lane: ...
+
+    @property
+    def auth(self) -> Authenticator: ...
+
+    @property
+    def fast_requests(self) -> int: ...
+
+    @property
+    def slow_requests(self) -> int: ...
 
 
 class GatewayCollector(Collector):
-    def __init__(self, gateway: Gateway, invoker: Invoker, routes: Routes, pool: Pool, listener: Listener) -> None:
+    def __init__(self, gateway: Counted, invoker: Invoker, routes: Routes, pool: Pool, listener: Listener) -> None:
         self.gateway, self.invoker, self.routes, self.pool, self.listener = gateway, invoker, routes, pool, listener
 
     def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:

@@ -10,24 +10,21 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from kubernetes_asyncio import watch
-from kubernetes_asyncio.client.exceptions import ApiException
-
-from fnsession.api.names import FUNCTION, GROUP, SESSION, VERSION
 from fnsession.api.function import SessionAffinityConfig
+from fnsession.api.names import FUNCTION, SESSION, Kind
 from fnsession.core.deadlines import timeouts_in_force
 from fnsession.core.status import parse_time
 from fnsession.gateway.fc import session_json
 from fnsession.kube.client import Clients
+from fnsession.kube.watching import Backoff, Reach, list_watch
 
 log = logging.getLogger(__name__)
 SessionKey = tuple[str, str, str]  # (namespace, function, session id)
 RETRY_SECONDS = 0.5  # between tries of a list or watch that could not reach the API server
-LIST_TIMEOUT = 60.0  # seconds a list may take
 
 
 _DEFAULTS = SessionAffinityConfig.model_fields  # a Function's timeouts where its spec leaves them out
@@ -111,7 +108,7 @@ def deadlines(origin: Origin, function_spec: dict[str, Any]) -> tuple[float, flo
 class Routes:
     """``reach``: told when a list or watch cannot reach the API server, and when one answers again."""
 
-    def __init__(self, clients: Clients, reach: Any = None) -> None:
+    def __init__(self, clients: Clients, reach: Reach | None = None) -> None:
         self.clients, self.reach = clients, reach
         self.sessions: dict[SessionKey, Route] = {}
         self.keys: dict[tuple[str, str], SessionKey] = {}  # (namespace, object name) -> key
@@ -191,8 +188,9 @@ class Routes:
                 route.hard, route.idle = deadlines(origin, obj["spec"])
 
     async def run(self) -> None:
-        await asyncio.gather(self.follow(SESSION.plural, self.apply_session, self.reset_sessions),
-                             self.follow(FUNCTION.plural, self.apply_function, self.reset_functions))
+        await asyncio.gather(
+            self.follow(SESSION, self.apply_session, self.reset_sessions, self.ready, self.functions_ready.wait),
+            self.follow(FUNCTION, self.apply_function, self.reset_functions, self.functions_ready))
 
     def reset_sessions(self) -> None:
         self.generation += 1
@@ -205,67 +203,19 @@ class Routes:
         self.generation += 1
         self.functions.clear()
 
-    async def follow(self, plural: str, apply: Callable[[str, dict[str, Any]], None], reset: Callable[[], None]) -> None:
-        """List, then watch from the list's resourceVersion. A watch that ends, or whose connection
-        fails (the API server restarting, unreachable), is resumed from the last version seen
-        (bookmarks keep it current), as client-go's reflector does; ``410 Gone`` or an error the API
-        server answered relists. While it cannot be reached, it is tried again every
-        :data:`RETRY_SECONDS`, so the table is current again within about that of its return."""
-        version: str | None = None
-        failures = 0
-        while True:
-            try:
-                if version is None:
-                    if plural == SESSION.plural:
-                        await self.functions_ready.wait()
-                    listing = await self.clients.custom.list_cluster_custom_object(
-                        GROUP, VERSION, plural, _request_timeout=LIST_TIMEOUT)
-                    reset()
-                    for obj in listing["items"]:
-                        apply("ADDED", obj)
-                    self.carried.clear()
-                    (self.ready if plural == SESSION.plural else self.functions_ready).set()
-                    version = listing["metadata"]["resourceVersion"]
-                    self.reached()
-                async with watch.Watch() as w:
-                    async for event in w.stream(self.clients.custom.list_cluster_custom_object, GROUP, VERSION, plural,
-                                                resource_version=version, allow_watch_bookmarks=True, timeout_seconds=300):
-                        if failures:
-                            failures = 0
-                            self.reached()
-                        if event["type"] == "ERROR":
-                            raise ApiException(status=(event["raw_object"] or {}).get("code", 500))
-                        obj = event.get("raw_object") or event.get("object")
-                        if not isinstance(obj, dict):
-                            obj = {}
-                        version = (obj.get("metadata") or {}).get("resourceVersion") or version
-                        if event["type"] != "BOOKMARK":
-                            apply(event["type"], event["object"])
-                failures = 0
-            except asyncio.CancelledError:
-                raise
-            except ApiException as exc:
-                if exc.status == 410:
-                    version = None  # too old: relist at once
-                    continue
-                failures += 1
-                if exc.status is None or exc.status >= 500:
-                    self.unreached()
-                else:
-                    version = None
-                log.warning("watching %s: %s; again in %.1f s", plural, exc.reason or exc.status, RETRY_SECONDS)
-                await asyncio.sleep(RETRY_SECONDS)
-            except Exception as exc:  # no connection, a timeout, a stream cut: resumed from the last version
-                failures += 1
-                self.unreached()
-                if failures == 1:
-                    log.warning("watching %s: %s; again every %.1f s", plural, exc or type(exc).__name__, RETRY_SECONDS)
-                await asyncio.sleep(RETRY_SECONDS)
+    async def follow(self, kind: Kind, apply: Callable[[str, dict[str, Any]], None], reset: Callable[[], None],
+                     ready: asyncio.Event, before_list: Callable[[], Awaitable[Any]] | None = None) -> None:
+        """List, then watch (:func:`fnsession.kube.watching.list_watch`: resumed from the last version
+        seen, relisted on ``410 Gone``). While the API server cannot be reached it is tried again every
+        :data:`RETRY_SECONDS`, so the table is current again within about that of its return; the
+        table stays as it was meanwhile."""
 
-    def reached(self) -> None:
-        if self.reach is not None:
-            self.reach.answered()
+        def listed(items: list[dict[str, Any]]) -> None:
+            reset()
+            for obj in items:
+                apply("ADDED", obj)
+            self.carried.clear()
+            ready.set()
 
-    def unreached(self) -> None:
-        if self.reach is not None:
-            self.reach.failed()
+        await list_watch(self.clients, kind, listed=listed, changed=apply, reach=self.reach, before_list=before_list,
+                         backoff=Backoff(first=RETRY_SECONDS, most=RETRY_SECONDS))

@@ -25,6 +25,7 @@ are closed, activity is flushed, and the process exits.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import math
@@ -44,8 +45,8 @@ from fnsession.gateway.http import Limits, Listener, Pool, Request, RequestIds, 
 from fnsession.gateway.invoke import Invoker, limit_share
 from fnsession.gateway.lane import Lane
 from fnsession.gateway.routes import Routes
-from fnsession.gateway.signing import ALGORITHM
 from fnsession.gateway.session_api import SessionAPI
+from fnsession.gateway.signing import ALGORITHM
 from fnsession.kube.client import connect
 
 log = logging.getLogger(__name__)
@@ -371,7 +372,7 @@ def supervise(options: Options) -> int:
                 for handler in logging.getLogger().handlers:
                     handler.setFormatter(logging.Formatter(f"%(asctime)s %(levelname)s worker {index} %(name)s: %(message)s"))
                 run_worker(options, index)
-            except BaseException:  # noqa: BLE001 - reported, and the supervisor starts it again
+            except BaseException:  # reported, and the supervisor starts it again
                 log.exception("worker %d failed", index)
                 code = 1
             finally:
@@ -383,15 +384,13 @@ def supervise(options: Options) -> int:
         nonlocal stopping
         stopping = True
         for pid in list(workers):
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, sig)
-            except ProcessLookupError:
-                pass
 
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
-    for index in range(options.workers):
-        start(index)
+    for first in range(options.workers):
+        start(first)
     failed = 0
     while workers:
         try:

@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import time
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any, Protocol
-
-from kubernetes_asyncio.client.exceptions import ApiException
 
 from fnsession.api.function import MCP_AFFINITIES
 from fnsession.api.names import FUNCTION, GROUP, SESSION, VERSION
@@ -26,7 +25,9 @@ from fnsession.core.pods import LABEL_FUNCTION
 from fnsession.core.status import stamp
 from fnsession.gateway import errors, fc
 from fnsession.gateway.errors import FCError
+from fnsession.kube import objects
 from fnsession.kube.client import Clients
+from fnsession.kube.objects import ApiException
 
 CREATE_WAIT_SECONDS = 30.0
 LIVE = ("Active", "Paused")  # what GetSession, UpdateSession and the pause API find
@@ -59,7 +60,7 @@ class SessionAPI:
 
     async def function(self, ns: str, name: str) -> dict[str, Any]:
         try:
-            return await self.clients.custom.get_namespaced_custom_object(GROUP, VERSION, ns, FUNCTION.plural, name)
+            return await objects.get(self.clients, FUNCTION, ns, name)
         except ApiException as exc:
             if exc.status == 404:
                 raise function_not_found(name) from None
@@ -75,8 +76,7 @@ class SessionAPI:
         selector = f"{LABEL_FUNCTION}={function}"
         if session_id is not None:
             selector += f",{fc.LABEL_SESSION_ID_HASH}={fc.session_id_hash(session_id)}"
-        items = (await self.clients.custom.list_namespaced_custom_object(
-            GROUP, VERSION, ns, SESSION.plural, label_selector=selector))["items"]
+        items = await objects.list_in(self.clients, SESSION, ns, label_selector=selector)
         if session_id is not None:
             items = [i for i in items if fc.session_json(i)["sessionId"] == session_id]
         # creation order: the operator's createdTime has sub-second precision, creationTimestamp only seconds
@@ -113,7 +113,7 @@ class SessionAPI:
             "labels": {LABEL_FUNCTION: function, fc.LABEL_SESSION_ID_HASH: fc.session_id_hash(spec["sessionId"])},
             "annotations": {"fnsession.dev/created-by": "gateway"}}}
         try:
-            made = await self.clients.custom.create_namespaced_custom_object(GROUP, VERSION, ns, SESSION.plural, obj)
+            made = await objects.create(self.clients, SESSION, ns, obj)
         except ApiException as exc:
             if exc.status == 409:  # created meanwhile by someone else, under the same name
                 raise errors.session_exists(spec["sessionId"]) from None
@@ -133,7 +133,7 @@ class SessionAPI:
         seen: dict[str, Any] | None = first
         while True:
             change = self.changes.next_change(ns, name) if self.changes is not None else None
-            obj = seen or await self.clients.custom.get_namespaced_custom_object(GROUP, VERSION, ns, SESSION.plural, name)
+            obj = seen or await objects.get(self.clients, SESSION, ns, name)
             seen = None
             status = obj.get("status") or {}
             if status.get("sessionStatus") == "Active":
@@ -150,15 +150,13 @@ class SessionAPI:
             if change is None:
                 await asyncio.sleep(pause)
             else:  # the watch event, or a read again after a while if it is slow
-                try:
+                with contextlib.suppress(TimeoutError):
                     seen = await asyncio.wait_for(change, 0.25)
-                except asyncio.TimeoutError:
-                    pass
             pause = min(pause * 2, 0.2)
 
     @staticmethod
     def pending_reason(status: Mapping[str, Any]) -> tuple[str | None, str]:
-        ready = next((c for c in status.get("conditions") or [] if c.get("type") == "Ready"), {})
+        ready: Mapping[str, Any] = next((c for c in status.get("conditions") or [] if c.get("type") == "Ready"), {})
         return ready.get("reason"), ready.get("message", "")
 
     async def get(self, ns: str, function: str, session_id: str) -> dict[str, Any]:
@@ -231,8 +229,7 @@ class SessionAPI:
         name = obj["metadata"]["name"]
         if patch:
             try:
-                obj = await self.clients.custom.patch_namespaced_custom_object(
-                    GROUP, VERSION, ns, SESSION.plural, name, {"spec": patch}, _content_type="application/merge-patch+json")
+                obj = await objects.patch(self.clients, SESSION, ns, name, {"spec": patch})
             except ApiException as exc:
                 raise self.refused_by_api(exc) from None
             obj = await self.until_observed(ns, name, obj["metadata"]["generation"])
@@ -309,8 +306,7 @@ class SessionAPI:
 
     async def patch(self, ns: str, name: str, body: dict[str, Any]) -> dict[str, Any]:
         try:
-            patched: dict[str, Any] = await self.clients.custom.patch_namespaced_custom_object(
-                GROUP, VERSION, ns, SESSION.plural, name, body, _content_type="application/merge-patch+json")
+            patched: dict[str, Any] = await objects.patch(self.clients, SESSION, ns, name, body)
         except ApiException as exc:
             if exc.status == 404:
                 raise errors.session_not_found(name) from None
@@ -325,7 +321,7 @@ class SessionAPI:
         seen: dict[str, Any] | None = first
         while True:
             change = self.changes.next_change(ns, name) if self.changes is not None else None
-            obj = seen or await self.clients.custom.get_namespaced_custom_object(GROUP, VERSION, ns, SESSION.plural, name)
+            obj = seen or await objects.get(self.clients, SESSION, ns, name)
             seen = None
             if done(obj):
                 if change is not None:
@@ -336,16 +332,14 @@ class SessionAPI:
             if change is None:
                 await asyncio.sleep(0.02)
             else:
-                try:
+                with contextlib.suppress(TimeoutError):
                     seen = await asyncio.wait_for(change, 0.25)
-                except asyncio.TimeoutError:
-                    pass
 
     async def until_observed(self, ns: str, name: str, generation: int, wait: float = 2.0) -> dict[str, Any]:
         """The object once the operator has taken the update in (new deadline, lastModifiedTime)."""
         deadline = time.monotonic() + wait
         while True:
-            obj = await self.clients.custom.get_namespaced_custom_object(GROUP, VERSION, ns, SESSION.plural, name)
+            obj = await objects.get(self.clients, SESSION, ns, name)
             if (obj.get("status") or {}).get("observedGeneration") == generation or time.monotonic() > deadline:
                 return obj
             await asyncio.sleep(0.02)
@@ -362,7 +356,7 @@ class SessionAPI:
 
     async def delete_object(self, ns: str, name: str) -> None:
         try:
-            await self.clients.custom.delete_namespaced_custom_object(GROUP, VERSION, ns, SESSION.plural, name)
+            await objects.delete(self.clients, SESSION, ns, name)
         except ApiException as exc:
             if exc.status != 404:
                 raise
@@ -371,7 +365,7 @@ class SessionAPI:
     def refused_by_api(exc: ApiException) -> FCError:
         """The API server's refusal (CRD schema, CEL) as FC's 400, with its message."""
         try:
-            message = json.loads(exc.body).get("message", exc.reason)
+            message = json.loads(exc.body or b"").get("message", exc.reason)
         except (TypeError, ValueError):
             message = exc.reason
         if exc.status in (400, 422):

@@ -1,5 +1,5 @@
 """Verification of FC's ``ACS3-HMAC-SHA256`` request signatures, as FC's official Python SDK makes them
-(``../shared/reference/fc-sdk-wire.md`` §4), plus a replay window (date skew, nonce reuse).
+(tests/unit/test_gateway_signing.py checks requests captured from that SDK), plus a replay window (date skew, nonce reuse).
 
 Everything is computed from the request as it arrived: the raw, still percent-encoded path (a
 session id may contain ``%2F``), the wire query, and exactly the headers the client says it signed.

@@ -20,8 +20,13 @@ class Clients:
 
 async def connect() -> Clients:
     try:
-        config.load_incluster_config()
+        config.load_incluster_config()  # type: ignore[no-untyped-call]  # kubernetes_asyncio leaves it unannotated
     except ConfigException:
         await config.load_kube_config()
     api = client.ApiClient()
     return Clients(api=api, core=client.CoreV1Api(api), custom=client.CustomObjectsApi(api))
+
+
+def coordination_api(clients: Clients) -> client.CoordinationV1Api:
+    """Leases (leader election, the gateway's nonce claims)."""
+    return client.CoordinationV1Api(clients.api)

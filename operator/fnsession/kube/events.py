@@ -127,7 +127,7 @@ class EventRecorder:
             self.busy += 1
             try:
                 await self.deliver(*item)
-            except Exception:  # noqa: BLE001 - an Event is a courtesy, never a reason to stop
+            except Exception:  # an Event is a courtesy, never a reason to stop (logged whole)
                 log.exception("posting an Event failed")
             finally:
                 self.busy -= 1

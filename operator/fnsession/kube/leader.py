@@ -15,7 +15,7 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -28,9 +28,10 @@ log = logging.getLogger(__name__)
 class LeaseApi(Protocol):
     """What this module needs of kubernetes_asyncio's ``CoordinationV1Api`` (a fake in unit tests)."""
 
-    async def read_namespaced_lease(self, name: str, namespace: str, **kw: Any) -> Any: ...
-    async def create_namespaced_lease(self, namespace: str, body: Any, **kw: Any) -> Any: ...
-    async def replace_namespaced_lease(self, name: str, namespace: str, body: Any, **kw: Any) -> Any: ...
+    def read_namespaced_lease(self, name: str, namespace: str, *, _request_timeout: float = ...) -> Awaitable[Any]: ...
+    def create_namespaced_lease(self, namespace: str, body: Any, *, _request_timeout: float = ...) -> Awaitable[Any]: ...
+    def replace_namespaced_lease(self, name: str, namespace: str, body: Any, *,
+                                 _request_timeout: float = ...) -> Awaitable[Any]: ...
 
 
 @dataclass(frozen=True)
@@ -78,7 +79,8 @@ def _record(lease: Any) -> dict[str, Any]:
 
 def _resource_version(lease: Any) -> str | None:
     meta = _field(lease, "metadata", "metadata") or {}
-    return _field(meta, "resource_version", "resourceVersion")
+    version = _field(meta, "resource_version", "resourceVersion")
+    return None if version is None else str(version)
 
 
 class LeaderElector:

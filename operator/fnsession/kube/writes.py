@@ -24,7 +24,8 @@ async def patch_session_status(clients: Clients, namespace: str, name: str, stat
     """Merge ``status`` into the session's status; False when the session is gone."""
     try:
         await clients.custom.patch_namespaced_custom_object_status(
-            GROUP, VERSION, namespace, SESSION.plural, name, {"status": status}, _content_type=MERGE_PATCH)
+            GROUP, VERSION, namespace, SESSION.plural, name, {"status": status},
+            _content_type=MERGE_PATCH)  # type: ignore[call-arg]  # the client takes it; its annotations leave it out
         return True
     except ApiException as exc:
         if exc.status == 404:
@@ -43,7 +44,7 @@ async def delete_session(clients: Clients, namespace: str, name: str) -> bool:
 
 
 async def create_pod(clients: Clients, pod: dict[str, Any]) -> None:
-    await clients.core.create_namespaced_pod(pod["metadata"]["namespace"], pod)
+    await clients.core.create_namespaced_pod(pod["metadata"]["namespace"], pod)  # type: ignore[arg-type]  # a dict serialises as the model
 
 
 def namespace_terminating(exc: BaseException) -> bool:
@@ -54,7 +55,10 @@ def namespace_terminating(exc: BaseException) -> bool:
 async def delete_pod(clients: Clients, namespace: str, name: str, *, grace_seconds: int | None = None) -> bool:
     """Delete a pod (``grace_seconds=0``: kill at once, the fencing path); False when already gone."""
     try:
-        await clients.core.delete_namespaced_pod(name, namespace, grace_period_seconds=grace_seconds)
+        if grace_seconds is None:
+            await clients.core.delete_namespaced_pod(name, namespace)
+        else:
+            await clients.core.delete_namespaced_pod(name, namespace, grace_period_seconds=grace_seconds)
         return True
     except ApiException as exc:
         if exc.status == 404:
@@ -68,8 +72,9 @@ async def post_event(clients: Clients, obj: dict[str, Any], *, reason: str, mess
     work it describes. The operator posts through :class:`fnsession.kube.events.EventRecorder`."""
     meta = obj["metadata"]
     now = datetime.now(UTC).isoformat().replace("+00:00", "Z")
+    event_name = f"{meta['name']}.{uuid.uuid4().hex[:12]}"
     body = {
-        "metadata": {"name": f"{meta['name']}.{uuid.uuid4().hex[:12]}", "namespace": meta["namespace"]},
+        "metadata": {"name": event_name, "namespace": meta["namespace"]},
         "involvedObject": {"apiVersion": obj.get("apiVersion"), "kind": obj.get("kind"), "name": meta["name"],
                            "namespace": meta["namespace"], "uid": meta.get("uid")},
         "reason": reason, "message": message[:1024], "type": type_,
@@ -77,11 +82,13 @@ async def post_event(clients: Clients, obj: dict[str, Any], *, reason: str, mess
         "firstTimestamp": now, "lastTimestamp": now, "count": 1,
     }
     try:
-        answer = await clients.core.create_namespaced_event(meta["namespace"], body, _preload_content=False)
+        # _preload_content=False: the raw response (its annotations say the model it would have made)
+        answer: Any = await clients.core.create_namespaced_event(meta["namespace"], body,  # type: ignore[arg-type]
+                                                                 _preload_content=False)
         text = await answer.read()  # not parsed into a model: nothing reads the echo of an Event
         if not 200 <= answer.status < 300:
             raise RuntimeError(f"{answer.status} {text[:200]!r}")
-        return str(body["metadata"]["name"])
+        return event_name
     except Exception as exc:  # noqa: BLE001 - RBAC, API server health, timeouts: never fail the work
         log.warning("could not post Event %s on %s/%s: %s", reason, meta["namespace"], meta["name"], getattr(exc, "reason", exc))
         return None
@@ -92,8 +99,8 @@ async def bump_event(clients: Clients, namespace: str, name: str, count: int) ->
     when it is gone or the patch failed (then a new one is posted)."""
     now = datetime.now(UTC).isoformat().replace("+00:00", "Z")
     try:
-        answer = await clients.core.patch_namespaced_event(name, namespace, {"count": count, "lastTimestamp": now},
-                                                           _preload_content=False)
+        answer: Any = await clients.core.patch_namespaced_event(name, namespace, {"count": count, "lastTimestamp": now},
+                                                                _preload_content=False)
         text = await answer.read()
         if not 200 <= answer.status < 300:
             raise RuntimeError(f"{answer.status} {text[:200]!r}")
