@@ -66,7 +66,8 @@ def test_fcs_sdk_pauses_gets_invokes_with_auto_resume_resumes_lists_and_deletes(
     st = obj["status"]
     assert obj["spec"]["paused"] is True and st["sessionStatus"] == "Paused" and not st["instance"].get("podName")
     assert (cond(st, "Paused")["status"], cond(st, "Paused")["reason"]) == ("True", "Paused")
-    assert any(e.startswith("Paused:") for e in events_of(core, namespace, obj["metadata"]["name"]))
+    # Events are posted from the operator's queue, a moment after the status it reports
+    eventually("a Paused Event", lambda: any(e.startswith("Paused:") for e in events_of(core, namespace, obj["metadata"]["name"])), timeout=15)
     assert core.read_namespaced_pod(pod, namespace), "a shared instance stays (it scales in as usual)"
     assert fc.get("echo", "p1").session_status == "Paused"
     assert [x.session_id for x in fc.list("echo", session_status="Paused").sessions] == ["p1"]

@@ -25,6 +25,7 @@ from fnsession.gateway import errors
 from fnsession.gateway.errors import FCError
 
 COOKIE = "x-fc-cookie-session-id"
+MCP_ANNOTATION = "fnsession.dev/mcp-session-id"  # the MCP id of a FunctionSession the gateway opened (mcp.py)
 LABEL_SESSION_ID_HASH = "fnsession.dev/session-id-hash"
 _ID = re.compile(SESSION_ID_PATTERN)
 
@@ -158,7 +159,9 @@ def session_json(obj: Mapping[str, Any], function_defaults: Mapping[str, Any] | 
     defaults = function_defaults or {}
     state = status.get("sessionStatus")
     out: dict[str, Any] = {
-        "sessionId": status.get("sessionId") or spec.get("sessionId") or obj["metadata"]["name"],
+        # an MCP session: the id its instance named (mcp.py), else FC's own
+        "sessionId": ((obj["metadata"].get("annotations") or {}).get(MCP_ANNOTATION) or status.get("sessionId")
+                      or spec.get("sessionId") or obj["metadata"]["name"]),
         "functionName": spec.get("functionName"),
         "qualifier": spec.get("qualifier", "LATEST"),
         "sessionAffinityType": status.get("sessionAffinityType"),

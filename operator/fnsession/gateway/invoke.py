@@ -29,6 +29,7 @@ from fnsession.core.status import stamp
 from fnsession.gateway import errors, fc
 from fnsession.gateway.errors import FCError
 from fnsession.gateway.http import Exchange, Pool, Request
+from fnsession.gateway.mcp import MCP_AFFINITIES, Mcp
 from fnsession.gateway.routes import Route, Routes, activity_of, route_of
 from fnsession.gateway.session_api import SessionAPI
 from fnsession.kube import objects
@@ -73,6 +74,7 @@ class Invoker:
         self.opening: set[asyncio.Task[None]] = set()
         self.passive_creates = self.throttled = self.cuts = self.activity_writes = self.activity_retries = 0  # metrics
         routes.on_fenced = self.cut
+        self.mcp = Mcp(self)  # MCP_STREAMABLE and MCP_SSE Functions' sessions
 
     # --- routing ------------------------------------------------------------------------------------
 
@@ -92,6 +94,8 @@ class Invoker:
             value = req.headers.get(header.lower())
             route = self.routes.route(ns, function, value) if value else None
         if route is None:
+            if affinity in MCP_AFFINITIES:  # the instance names the session (mcp.py)
+                return self.mcp.fast(req, ns, function, target, spec, sdk=sdk)
             session_id = fc.request_session_id(affinity, header, req.headers)
             route = self.routes.route(ns, function, session_id) if session_id else None
             if route is None:
@@ -105,6 +109,9 @@ class Invoker:
         ``authorize_create()`` must allow it). Returns once the request is on its way."""
         spec = await self.api.function_spec(ns, function)
         affinity, header = self.affinity(spec)
+        if affinity in MCP_AFFINITIES:
+            await self.mcp.invoke(req, ns, function, target, spec, sdk=sdk, authorize_create=authorize_create)
+            return
         session_id = fc.request_session_id(affinity, header, req.headers)
         extra = b""
         route = self.routes.route(ns, function, session_id) if session_id else None
@@ -154,7 +161,8 @@ class Invoker:
 
     # --- in flight ----------------------------------------------------------------------------------
 
-    def start(self, req: Request, ns: str, route: Route, target: str, extra: bytes, *, sdk: bool) -> None:
+    def start(self, req: Request, ns: str, route: Route, target: str, extra: bytes, *, sdk: bool,
+              cls: type[Exchange] = Exchange) -> Exchange:
         ip = route.pod_ip
         n = self.per_instance.get(ip, 0)
         if n >= self.limit:
@@ -166,7 +174,7 @@ class Invoker:
         if req.query:
             target = f"{target}?{req.query}"
         address = (ip, route.port)
-        ex = Exchange(req, self.pool, address, target.encode("latin-1"),
+        ex = cls(req, self.pool, address, target.encode("latin-1"),
                       b"x-fc-request-id: " + req.request_id.encode() + b"\r\n" + extra, sdk=sdk, done=self.ended, key=key)
         running = self.running.get(key)
         if running is None:
@@ -177,6 +185,7 @@ class Invoker:
         if task is not None:
             self.opening.add(task)
             task.add_done_callback(self.opening.discard)
+        return ex
 
     def ended(self, ex: Running) -> None:
         ip = ex.address[0]

@@ -69,6 +69,10 @@ class GatewayCollector(Collector):
         yield errors
         yield CounterMetricFamily("fnsession_gateway_passive_creates", "Sessions created by an invocation",
                                   value=self.invoker.passive_creates)
+        yield CounterMetricFamily("fnsession_gateway_mcp_sessions_opened", "MCP sessions this gateway opened on an "
+                                  "instance (an initialize, an SSE stream)", value=self.invoker.mcp.opened)
+        yield CounterMetricFamily("fnsession_gateway_mcp_sessions_ended", "MCP sessions this gateway ended (a DELETE, "
+                                  "an SSE stream closed, no id named)", value=self.invoker.mcp.ended_sessions)
         yield CounterMetricFamily("fnsession_gateway_throttled", "Invocations refused because their instance had 200 "
                                   "in flight (429 ResourceThrottled)", value=self.invoker.throttled)
         yield CounterMetricFamily("fnsession_gateway_fenced_cuts", "Running requests cut because their session was fenced",

@@ -18,6 +18,7 @@ from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
+from fnsession.api.function import MCP_AFFINITIES
 from fnsession.api.names import FUNCTION, GROUP, SESSION, VERSION
 from fnsession.core.pausing import RESUME_ANNOTATION
 from fnsession.core.pods import LABEL_FUNCTION
@@ -91,9 +92,13 @@ class SessionAPI:
 
     # --- operations ------------------------------------------------------------------------------
 
-    async def create(self, ns: str, function: str, qualifier: str | None, body: Mapping[str, Any] | None) -> dict[str, Any]:
+    async def create(self, ns: str, function: str, qualifier: str | None, body: Mapping[str, Any] | None,
+                     opened_by_instance: bool = False) -> dict[str, Any]:
+        """CreateSession (HEADER_FIELD and GENERATED_COOKIE only, as FC); ``opened_by_instance``: the
+        gateway's own create for an MCP session, whose id the instance names afterwards (mcp.py)."""
         fspec = await self.function_spec(ns, function)
-        if fspec.get("sessionAffinity") not in ("HEADER_FIELD", "GENERATED_COOKIE"):
+        affinity = fspec.get("sessionAffinity")
+        if affinity not in ("HEADER_FIELD", "GENERATED_COOKIE") and not (opened_by_instance and affinity in MCP_AFFINITIES):
             raise errors.unsupported_affinity()
         spec = fc.create_input_to_spec(function, qualifier, body)
         if "storage" in spec and fspec.get("instanceIsolation") != "SESSION_EXCLUSIVE":
