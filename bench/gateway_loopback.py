@@ -11,42 +11,21 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import math
 import os
 import signal
 import sys
-import time
-from types import SimpleNamespace
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from gateway_python_path import TOKEN
+from gateway_python_path import wire
 
-from fnsession.gateway.auth import Authenticator, Identity
-from fnsession.gateway.http import Listener, Pool, install_uvloop
-from fnsession.gateway.invoke import Invoker
-from fnsession.gateway.routes import Route, Routes
-from fnsession.gateway.server import Gateway
-from fnsession.gateway.session_api import SessionAPI
+from fnsession.gateway.http import Listener, install_uvloop
 
 
 async def main(port: int, upstream: str) -> None:
     host, up_port = upstream.rsplit(":", 1)
     loop = asyncio.get_running_loop()
-    clients = SimpleNamespace(api=None)
-    routes = Routes(clients)  # type: ignore[arg-type]
-    routes.functions[("bench", "echo")] = {"sessionAffinity": "HEADER_FIELD",
-                                           "sessionAffinityConfig": {"affinityHeaderFieldName": "x-session-id"}}
-    routes.sessions[("bench", "echo", "bench-1")] = Route("echo-abc", host, int(up_port), math.inf, math.inf,
-                                                         time.time())
-    auth = Authenticator(clients, "kubernetes", "default", "fnsession-system")  # type: ignore[arg-type]
-    who = Identity("system:serviceaccount:bench:bench", ("system:serviceaccounts",), "uid-1", "bench")
-    auth.tokens.seconds = auth.reviews.seconds = 1e9
-    auth.tokens.put((TOKEN, None), who)
-    auth.reviews.put((who, "get"), True)
-    pool = Pool(loop)
-    invoker = Invoker(clients, SessionAPI(clients, changes=routes), routes, pool)  # type: ignore[arg-type]
-    gateway = Gateway(None, auth, invoker)  # type: ignore[arg-type]
+    gateway, _ = wire(loop, host, int(up_port))
     listener = Listener(gateway.handle, loop, None if os.environ.get("NO_LANE") else gateway.lane)
     server = await loop.create_server(listener, "127.0.0.1", port, backlog=2048, reuse_address=True)
     stop = asyncio.Event()

@@ -60,13 +60,14 @@ class Transport:
     def abort(self) -> None: ...
 
 
-async def build() -> tuple[object, UpstreamConnection, Transport, Transport, Lane]:
-    loop = asyncio.get_running_loop()
+def wire(loop: asyncio.AbstractEventLoop, host: str, port: int) -> tuple[Gateway, Pool]:
+    """The gateway with session bench-1 of Function bench/echo routed to ``host:port`` and TOKEN's
+    identity and RBAC answer cached, as a client that has already been seen (no API server)."""
     clients = SimpleNamespace(api=None)
     routes = Routes(clients)  # type: ignore[arg-type]
     routes.functions[("bench", "echo")] = {"sessionAffinity": "HEADER_FIELD",
                                            "sessionAffinityConfig": {"affinityHeaderFieldName": "x-session-id"}}
-    routes.sessions[("bench", "echo", "bench-1")] = Route("echo-abc", "10.0.0.9", 9000, math.inf, math.inf, time.time())
+    routes.sessions[("bench", "echo", "bench-1")] = Route("echo-abc", host, port, math.inf, math.inf, time.time())
     auth = Authenticator(clients, "kubernetes", "default", "fnsession-system")  # type: ignore[arg-type]
     who = Identity("system:serviceaccount:bench:bench", ("system:serviceaccounts",), "uid-1", "bench")
     auth.tokens.seconds = auth.reviews.seconds = 1e9
@@ -74,7 +75,12 @@ async def build() -> tuple[object, UpstreamConnection, Transport, Transport, Lan
     auth.reviews.put((who, "get"), True)
     pool = Pool(loop)
     invoker = Invoker(clients, SessionAPI(clients, changes=routes), routes, pool)  # type: ignore[arg-type]
-    gateway = Gateway(None, auth, invoker)  # type: ignore[arg-type]
+    return Gateway(None, auth, invoker), pool  # type: ignore[arg-type]
+
+
+async def build() -> tuple[object, UpstreamConnection, Transport, Transport, Lane]:
+    loop = asyncio.get_running_loop()
+    gateway, pool = wire(loop, "10.0.0.9", 9000)
     if os.environ.get("PY_LANE"):
         gateway.lane.use_python()
     up = UpstreamConnection(pool, ("10.0.0.9", 9000))
