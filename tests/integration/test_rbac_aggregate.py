@@ -16,7 +16,8 @@ import pytest
 import yaml
 from kubernetes import client
 
-from .cluster import CACHE, REPO, eventually, require_local_node
+from .cluster import CACHE, eventually
+from .test_gateway import gateway_url  # noqa: F401 - fixture
 from .test_operator import GROUP, SESSIONS, VERSION, create, function, session
 
 KUBECTL = CACHE / "bin" / "kubectl"
@@ -65,14 +66,6 @@ def gateway(url: str, method: str, path: str, token: str, body: dict[str, Any] |
     except urllib.error.HTTPError as err:
         raw = err.read()
         return err.code, json.loads(raw) if raw else {}
-
-
-@pytest.fixture(scope="module")
-def gateway_url() -> str:
-    require_local_node("the gateway's Service address is reached from this host")
-    url = subprocess.run(["make", "-s", "-C", str(REPO), "gateway-url"], capture_output=True, text=True).stdout.strip()
-    assert url.startswith("http://"), "no gateway deployed: make deploy"
-    return url
 
 
 @pytest.fixture
