@@ -2,7 +2,7 @@
 # Kill the local cluster's kube-apiserver (SIGKILL) for SECONDS, then start it again exactly as up.sh
 # started it (the same executable and arguments, read from the running process, logging to
 # $LOGS/apiserver.log with the previous log kept as apiserver.log.1, its pid in $STATE/apiserver.pid),
-# and wait until it answers /readyz and the node is Ready again.
+# and wait until it answers /readyz, the kubelet has renewed its node Lease, and the node is Ready.
 #
 # For outage tests (tests/integration/test_api_outage.py). The cluster is shared: run it under the
 # team's lock, e.g.  flock /tmp/fnsession-cluster.lock hack/cluster/apiserver-outage.sh 20
@@ -36,10 +36,18 @@ rm -f "$STATE/apiserver.pid"
 echo "down $(now)"
 sleep "$secs"
 start apiserver "$exe" "${argv[@]:1}"
+started_at=$(date -u +%Y-%m-%dT%H:%M:%S)
 echo "started $(now)"
 node_ready() {
   [ "$(kc get node "$NODE_NAME" -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}' 2>/dev/null)" = True ]
 }
 wait_for kube-apiserver 120 kc get --raw /readyz || die "kube-apiserver is not ready; see $LOGS/apiserver.log"
 echo "ready $(now)"
+# the kubelet's next heartbeat (its node Lease renewed after the start; every 10 s), then Ready: the
+# Ready condition alone may still be the one from before the outage
+heartbeat() {
+  local renewed; renewed=$(kc -n kube-node-lease get lease "$NODE_NAME" -o jsonpath='{.spec.renewTime}' 2>/dev/null) || return 1
+  [[ "${renewed%%.*}" > "$started_at" ]]
+}
+wait_for "the kubelet's heartbeat" 60 heartbeat || die "the kubelet did not renew its node Lease after the outage; see $LOGS/kubelet.log"
 wait_for "node $NODE_NAME Ready" 120 node_ready || die "node $NODE_NAME is not Ready after the outage"

@@ -9,7 +9,14 @@ start() {
   local n=$1; shift
   mkdir -p "$LOGS" "$STATE"
   [ -f "$LOGS/$n.log" ] && mv -f "$LOGS/$n.log" "$LOGS/$n.log.1"
-  nohup "$@" > "$LOGS/$n.log" 2>&1 9>&- &   # 9: the cluster lock stays with the script
+  # every descriptor above 2 closed: a daemon must not keep a lock (ours on 9, or a caller's, e.g.
+  # `flock FILE make cluster-up` passes FILE on 3) nor a pipe of whoever started it
+  (
+    for fd in "/proc/$BASHPID/fd"/*; do
+      fd=${fd##*/}; [ "$fd" -gt 2 ] && eval "exec $fd>&-"
+    done
+    exec nohup "$@"
+  ) > "$LOGS/$n.log" 2>&1 &
   echo "$! $1" > "$STATE/$n.pid"
 }
 

@@ -1,11 +1,13 @@
 """Leader election over a Lease (fnsession.kube.leader), against an in-memory Lease API with the
 API server's optimistic concurrency (a write at a stale resourceVersion is a 409) and fake clocks:
 one holder at a time, a standby takes over only after the lease duration of silence (or at once
-after a release), a holder that cannot renew gives up before the lease could be taken from it."""
+after a release), a holder that cannot renew stops acting before the lease could be taken from it
+and acts again only on a Lease nobody wrote meanwhile."""
 
 from __future__ import annotations
 
 import copy
+import itertools
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -145,28 +147,110 @@ async def test_a_released_lease_is_taken_at_once() -> None:
     assert api.writes == ["op-a", None, "op-b"]
 
 
-async def test_a_holder_that_cannot_renew_gives_up_within_the_renew_deadline() -> None:
-    api, clock = FakeLeases(), Clock()
-    cfg = LeaseConfig(identity="op-a", lease_duration=15, renew_deadline=10, retry_period=2)
-    a = LeaderElector(api, cfg, clock=clock, wall=clock.wall)
-    await a.acquire()
-    api.down = True
-    renewed_at = clock.t
+class Stop(Exception):
+    pass
+
+
+def drive(clock: Clock, script: Any) -> Any:
+    """A fake asyncio.sleep for leader.py: advances the clock, then lets ``script(t)`` change the
+    world (or raise Stop to end keep()); returns the original to put back."""
     import fnsession.kube.leader as leader
 
     async def advance(seconds: float) -> None:
         clock.t += seconds
+        script(clock.t)
 
     original = leader.asyncio.sleep
     leader.asyncio.sleep = advance  # type: ignore[assignment]
+    return original
+
+
+def undrive(original: Any) -> None:
+    import fnsession.kube.leader as leader
+    leader.asyncio.sleep = original  # type: ignore[assignment]
+
+
+async def test_a_holder_that_cannot_renew_stops_acting_within_the_renew_deadline_and_acts_again_after() -> None:
+    api, clock = FakeLeases(), Clock()
+    a, b = elector(api, clock, "op-a"), elector(api, clock, "op-b")
+    await a.acquire()
+    assert a.acting.is_set() and not a.paused
+    assert not await b.try_acquire_or_renew()  # b stands by, having seen the record
+    down_at, back_at = clock.t + 1, clock.t + 1 + 30  # the API server away for 30 s, twice the lease duration
+    seen: list[tuple[float, bool]] = []
+
+    def world(t: float) -> None:
+        api.down = down_at <= t < back_at
+        seen.append((t, a.acting.is_set()))
+        if t > back_at + 5:
+            raise Stop
+
+    original = drive(clock, world)
     try:
-        with pytest.raises(LostLease, match="could not renew"):
+        with pytest.raises(Stop):
+            await a.keep()  # never LostLease: nobody could write the Lease meanwhile
+    finally:
+        undrive(original)
+    # seen[i] is the state before the attempt at seen[i][0]; seen[i + 1], the state after it
+    after = [(t, acting) for (t, _), (_, acting) in itertools.pairwise(seen)]
+    stopped = next(t for t, acting in after if not acting)
+    assert 10 <= stopped - (down_at - 1) < 15, "stops acting past the renew deadline, before the lease duration"
+    again = next(t for t, acting in after if t > stopped and acting)
+    assert back_at <= again <= back_at + a.config.outage_retry + 0.01, "acts again within a retry of the return"
+    assert a.leading and not a.paused and api.lease["spec"]["holderIdentity"] == "op-a"  # type: ignore[index]
+    # the standby, blind for the outage, gives the holder a full lease duration from its return
+    clock.t = back_at + 0.1
+    api.down = False
+    assert not await b.try_acquire_or_renew()
+
+
+async def test_a_paused_holder_whose_lease_was_written_meanwhile_exits_even_if_it_looks_free() -> None:
+    api, clock = FakeLeases(), Clock()
+    a, b = elector(api, clock, "op-a"), elector(api, clock, "op-b")
+    await a.acquire()
+    assert not await b.try_acquire_or_renew()
+    cut = clock.t + 1  # a alone is cut off (a partition): b can still write
+
+    def world(t: float) -> None:
+        if t >= cut and api.lease["spec"]["holderIdentity"] == "op-a":  # type: ignore[index]
+            api.down = True
+        if t >= cut + 16 and api.down:  # b took it after the lease duration, then released it
+            api.down = False
+            assert b.observed is not None
+            lease = copy.deepcopy(api.lease)
+            spec = {**b._new_record(b.observed, clock.wall()), "holderIdentity": None}
+            api._store({**lease, "spec": spec})  # type: ignore[dict-item]
+        if t > cut + 60:
+            raise Stop
+
+    original = drive(clock, world)
+    try:
+        with pytest.raises(LostLease, match="written by another replica"):
             await a.keep()
     finally:
-        leader.asyncio.sleep = original  # type: ignore[assignment]
-    gave_up = clock.t - renewed_at
-    assert 10 <= gave_up < 15, gave_up  # before anyone could take the lease from it
-    assert not a.leading
+        undrive(original)
+    assert not a.leading and not a.acting.is_set()
+    assert api.writes[-1] is None, "a never wrote again: the Lease is free for a standby"
+
+
+async def test_a_paused_holder_never_runs_what_waits_on_may_act() -> None:
+    import asyncio
+    api, clock = FakeLeases(), Clock()
+    a = elector(api, clock, "op-a")
+    await a.acquire()
+    ran: list[str] = []
+
+    async def handler() -> None:
+        await a.may_act()
+        ran.append("ran")
+
+    a.acting.clear()  # what keep() does past the renew deadline
+    task = asyncio.create_task(handler())
+    await asyncio.sleep(0.01)
+    assert ran == [] and a.paused
+    a.acting.set()
+    await asyncio.wait_for(task, 1)
+    assert ran == ["ran"]
 
 
 async def test_a_holder_rides_out_failed_renewals_shorter_than_the_deadline() -> None:
@@ -184,6 +268,8 @@ async def test_a_holder_rides_out_failed_renewals_shorter_than_the_deadline() ->
 def test_the_timings_must_be_ordered_and_the_identity_set() -> None:
     with pytest.raises(ValueError, match="retry_period < renew_deadline < lease_duration"):
         LeaseConfig(identity="x", lease_duration=10, renew_deadline=10, retry_period=2)
+    with pytest.raises(ValueError, match="0 < outage_retry"):
+        LeaseConfig(identity="x", outage_retry=0)
     with pytest.raises(ValueError, match="identity"):
         LeaseConfig(identity="")
 

@@ -2,9 +2,12 @@
 
 Several replicas may run; one acts. Each first stands by for the Lease (:mod:`fnsession.kube.leader`);
 only the holder starts kopf, whose start-up handler rebuilds the state from the API
-(``initial_sync``) before any handler runs. A holder that cannot renew in time exits at once (as
-controller-runtime does) and comes back as a standby; one stopped cleanly (SIGTERM) stops kopf first,
-then releases the Lease so that a standby takes over without waiting for the lease duration.
+(``initial_sync``) before any handler runs. A holder that cannot renew within the renew deadline
+stops acting (its handlers and writes wait) and keeps trying: when the Lease turns out untouched (an
+API server outage: nobody could write it) it acts again with no restart; when another replica wrote
+it, the holder exits at once (as controller-runtime does) and comes back as a standby. One stopped
+cleanly (SIGTERM) stops kopf first, then releases the Lease so that a standby takes over without
+waiting for the lease duration.
 
 Health on ``:8080``: ``/healthz`` answers while the process is serving; ``/readyz`` answers 200 for a
 standby that reaches the API server and for a leader whose state is synced, 503 otherwise.
@@ -49,7 +52,12 @@ async def serve_health(health: Health, url: str) -> Any:
 
     async def readyz(_: web.Request) -> web.Response:
         elector = health.elector
-        role = "leader" if elector is None or elector.leading else f"standby (leader: {elector.holder or 'none'})"
+        if elector is None or (elector.leading and not elector.paused):
+            role = "leader"
+        elif elector.leading:
+            role = "leader, not acting until the Lease is renewed"
+        else:
+            role = f"standby (leader: {elector.holder or 'none'})"
         return web.Response(text=f"{role}\n", status=200 if health.ready() else 503)
 
     where = urlparse(url)

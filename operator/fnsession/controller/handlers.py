@@ -33,6 +33,16 @@ def config_from_env() -> Config:
     )
 
 
+async def may_act(memo: kopf.Memo) -> None:
+    """Wait while this replica holds the Lease but could not renew it (an API server outage): a
+    handler acts only on a Lease known to be ours. Our own writes wait on the same gate
+    (:func:`fnsession.kube.client.connect`); this one also covers the patches kopf makes from a
+    handler's result."""
+    elector = getattr(getattr(memo, "health", None), "elector", None)
+    if elector is not None:
+        await elector.may_act()
+
+
 @kopf.on.startup()
 async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     settings.persistence.diffbase_storage = kopf.StatusDiffBaseStorage()
@@ -47,12 +57,13 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     # stream, which kopf opens again after reconnect_backoff) find it again within a second.
     settings.networking.error_backoffs = [0.1, 0.25, 0.5, 1, 1, 1, 1, 1, 1, 1]
     settings.watching.reconnect_backoff = 0.1
-    clients = await connect()
+    health = getattr(memo, "health", None)
+    elector = getattr(health, "elector", None)
+    clients = await connect(elector.may_act if elector is not None else None)  # writes only while leading
     memo.service = SessionService(clients, config_from_env())
     await memo.service.initial_sync()  # before any handler: planning after a restart sees every binding
     if int(os.environ.get("FNSESSION_METRICS_PORT", "9090")):
         metrics.register(memo.service)
-    health = getattr(memo, "health", None)
     if health is not None:
         health.synced.set()
     memo.tasks = [asyncio.create_task(memo.service.run_deadlines(), name="fnsession-deadlines"),
@@ -71,22 +82,26 @@ async def cleanup(memo: kopf.Memo, **_: Any) -> None:
 @kopf.on.create(GROUP, FUNCTION.plural)
 @kopf.on.update(GROUP, FUNCTION.plural, field="spec")
 async def function_changed(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    await may_act(memo)
     await memo.service.function_changed(dict(body))
 
 
 @kopf.on.event(GROUP, FUNCTION.plural)
 async def function_deleted(*, type: str, name: str, namespace: str | None, memo: kopf.Memo, **_: Any) -> None:
     if type == "DELETED" and namespace is not None:  # (Functions are namespaced: it always has one)
+        await may_act(memo)
         await memo.service.function_deleted(namespace, name)
 
 
 @kopf.on.event("", "v1", "pods", labels={LABEL_FUNCTION: kopf.PRESENT})
 async def instance_pod(type: str, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    await may_act(memo)
     await memo.service.pod_changed(type or "ADDED", dict(body))
 
 
 @kopf.on.create(GROUP, SESSION.plural)
 async def session_created(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
+    await may_act(memo)  # what it returns kopf writes itself: the gate on our client does not cover it
     doc = await memo.service.create_session(dict(body))
     if doc is not None:  # None: deleted while it was being placed
         patch.status.update(doc)
@@ -94,4 +109,5 @@ async def session_created(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, *
 
 @kopf.on.event(GROUP, SESSION.plural)
 async def session_observed(type: str, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    await may_act(memo)
     await memo.service.session_observed(type or "ADDED", dict(body))

@@ -51,7 +51,8 @@ INSTANCES_REMOVED = Counter("fnsession_instances_removed_total", "Instance pods 
 REFUSED = Counter("fnsession_sessions_refused_total", "Sessions refused a slot, by reason", ["reason"])
 EVENTS = Counter("fnsession_events_total", "Kubernetes Events: posted (new), aggregated into a count (patched), "
                  "or dropped by the rate limit", ["outcome"])
-LEADER = Gauge("fnsession_leader", "1 while this replica holds the operator's Lease and acts, 0 while it stands by")
+LEADER = Gauge("fnsession_leader", "1 while this replica holds the operator's Lease and acts; 0 while it stands by, "
+               "or holds the Lease but could not renew it and does not act")
 
 
 @dataclass(frozen=True)
@@ -134,7 +135,7 @@ class StateCollector(Collector):
 def start(port: int, elector: LeaderElector | None = None) -> None:
     """Serve /metrics (a standby too: it says it is one); the state gauges come once leading."""
     if elector is not None:
-        LEADER.set_function(lambda: 1.0 if elector.leading else 0.0)
+        LEADER.set_function(lambda: 1.0 if elector.leading and not elector.paused else 0.0)
     else:
         LEADER.set(1)
     start_http_server(port)
