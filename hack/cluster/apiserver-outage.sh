@@ -2,13 +2,15 @@
 # Kill the local cluster's kube-apiserver (SIGKILL) for SECONDS, then start it again exactly as up.sh
 # started it (the same executable and arguments, read from the running process, logging to
 # $LOGS/apiserver.log with the previous log kept as apiserver.log.1, its pid in $STATE/apiserver.pid),
-# and wait until it answers /readyz, the kubelet has renewed its node Lease, and the node is Ready.
+# and wait until it answers /readyz, the kubelet has renewed its node Lease, the node is Ready and the
+# controller-manager's informers work again.
 #
 # For outage tests (tests/integration/test_api_outage.py). The cluster is shared: run it under the
 # team's lock, e.g.  flock /tmp/fnsession-cluster.lock hack/cluster/apiserver-outage.sh 20
 # It also holds the cluster-up/down lock ($LOCK_FILE) while it runs, so it never races those.
 #
-# Output: "down <epoch s>", "started <epoch s>", "ready <epoch s>" (fractions of a second), one a line,
+# Output: "down <epoch s>", "started <epoch s>", "ready <epoch s>" (fractions of a second), then
+# "settled <epoch s>" once the node and the controller-manager have caught up, one a line,
 # so that a caller can time what it sees against the outage. Exit 0 only when the cluster is healthy.
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -51,3 +53,13 @@ heartbeat() {
 }
 wait_for "the kubelet's heartbeat" 60 heartbeat || die "the kubelet did not renew its node Lease after the outage; see $LOGS/kubelet.log"
 wait_for "node $NODE_NAME Ready" 120 node_ready || die "node $NODE_NAME is not Ready after the outage"
+# the controller-manager's informers resume after their own watch back-off (up to 30 s, jittered):
+# until then a new namespace gets no `default` ServiceAccount and no pod can be created in it. A
+# probe namespace shows when they are back, so whatever runs next finds a working cluster.
+probe=fnsession-outage-probe-$$
+kc create namespace "$probe" >/dev/null
+has_sa() { kc -n "$probe" get serviceaccount default >/dev/null 2>&1; }
+wait_for "the controller-manager (a new namespace's default ServiceAccount)" 120 has_sa \
+  || { kc delete namespace "$probe" --wait=false >/dev/null 2>&1; die "the controller-manager did not catch up after the outage; see $LOGS/controller-manager.log"; }
+kc delete namespace "$probe" --wait=false >/dev/null
+echo "settled $(now)"
