@@ -57,9 +57,9 @@ wait_for "node $NODE_NAME Ready" 120 node_ready || die "node $NODE_NAME is not R
 # until then a new namespace gets no `default` ServiceAccount and no pod can be created in it. A
 # probe namespace shows when they are back, so whatever runs next finds a working cluster.
 probe=fnsession-outage-probe-$$
-kc create namespace "$probe" >/dev/null
+trap 'kc delete namespace "$probe" --wait=false >/dev/null 2>&1 || true' EXIT
+kc create namespace "$probe" >/dev/null || die "could not create the probe namespace $probe"
 has_sa() { kc -n "$probe" get serviceaccount default >/dev/null 2>&1; }
 wait_for "the controller-manager (a new namespace's default ServiceAccount)" 120 has_sa \
-  || { kc delete namespace "$probe" --wait=false >/dev/null 2>&1; die "the controller-manager did not catch up after the outage; see $LOGS/controller-manager.log"; }
-kc delete namespace "$probe" --wait=false >/dev/null
+  || die "the controller-manager did not catch up after the outage; see $LOGS/controller-manager.log"
 echo "settled $(now)"

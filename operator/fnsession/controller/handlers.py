@@ -101,8 +101,11 @@ async def instance_pod(type: str, body: kopf.Body, memo: kopf.Memo, **_: Any) ->
 
 @kopf.on.create(GROUP, SESSION.plural)
 async def session_created(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
-    await may_act(memo)  # what it returns kopf writes itself: the gate on our client does not cover it
+    await may_act(memo)
     doc = await memo.service.create_session(dict(body))
+    # what it returns kopf writes itself, outside our client's gate: look again, since placing may
+    # have waited (on a Function's lock) across the renew deadline
+    await may_act(memo)
     if doc is not None:  # None: deleted while it was being placed
         patch.status.update(doc)
 

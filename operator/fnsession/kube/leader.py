@@ -19,10 +19,19 @@ keeps trying (every ``outage_retry``); what the next answer says decides:
   :class:`LostLease` is raised; the caller exits, as controller-runtime does, and comes back as a
   standby that rebuilds its state from the API.
 
-A candidate that could not read the Lease at all counts the lease duration again from when it next
-reads it: not hearing from the API server is no evidence that the holder is gone (during an outage
-the holder cannot renew either), so a standby never takes the Lease from a holder that was only
-waiting for the same API server.
+A candidate whose reads failed (no answer, or any error but 404) does not count the time it was blind
+against the holder: not hearing from the API server is no evidence that the holder is gone (during an
+outage the holder cannot renew either), so a standby does not take the Lease from a holder that was
+only waiting for the same API server; sporadic failed reads only delay a takeover by their length.
+
+The deadline is kept by the clock, not by the answers: while acting, every request's timeout is cut
+to what is left before the renew deadline, and the keeper wakes at the deadline. A standby counts
+the lease duration from when its read returned, the holder its renewal from before it was sent. A
+renewal whose answer was lost is recognised by its record (ours, our renewTime) and adopted.
+
+What the gate cannot recall: a write already sent when the deadline passes (as with client-go), and
+kopf's own bookkeeping patches (``status.kopf`` progress and diff-base), which bind nothing; the
+session handler looks at the gate again before kopf writes the status it returns.
 """
 
 from __future__ import annotations
@@ -104,19 +113,23 @@ def _resource_version(lease: Any) -> str | None:
 
 class LeaderElector:
     def __init__(self, api: LeaseApi, config: LeaseConfig, *, clock: Callable[[], float] = time.monotonic,
-                 wall: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
+                 wall: Callable[[], datetime] = lambda: datetime.now(UTC),
+                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
         self.api = api
         self.config = config
         self.clock = clock
         self.wall = wall
+        self.sleep = sleep
         self.observed: dict[str, Any] | None = None  # the record last read
         self.observed_at = 0.0                        # when it last changed, on our clock
-        self.last_renew: float | None = None          # our last successful write as holder
+        self.last_renew: float | None = None          # when our last successful write as holder was sent
         self.last_contact: float | None = None        # the API last answered us (readiness of a standby)
-        self.blind = False                            # the last read failed: we know nothing of the Lease now
+        self.blind_since: float | None = None         # reads failing since then: we know nothing of the Lease
         self.failing_since: float | None = None       # the first of the current run of failed attempts
         self.own_version: str | None = None           # the resourceVersion our last write made
-        self.lost = False                             # someone wrote the Lease since we last did
+        self.sent: dict[str, Any] | None = None       # the record our last write sent (its answer may be lost)
+        self.lost = False                             # someone else wrote (or deleted) the Lease since we last did
+        self.attempt_failed = False                   # the last attempt met an error (not a refusal)
         self.leading = False                          # we hold the Lease, as far as we know
         self.acting = asyncio.Event()                 # ... and renewed it within the renew deadline
 
@@ -133,33 +146,68 @@ class LeaderElector:
     def holder(self) -> str | None:
         return (self.observed or {}).get("holderIdentity") or None
 
+    def _left(self) -> float | None:
+        """Seconds until the renew deadline while acting (None when not acting as the holder)."""
+        if not self.acting.is_set() or self.last_renew is None:
+            return None
+        return self.last_renew + self.config.renew_deadline - self.clock()
+
+    def _timeout(self) -> float:
+        """A request's timeout: never past the renew deadline while acting, so that an attempt that
+        hangs cannot keep us acting beyond it (the check follows every attempt)."""
+        left = self._left()
+        limit = self.config.retry_period * 2
+        return limit if left is None else max(0.05, min(limit, left))
+
+    def _check_deadline(self) -> None:
+        left = self._left()
+        if left is not None and left <= 0:
+            # before anyone could take it (lease duration > renew deadline): nothing written from now
+            self.acting.clear()
+            cfg = self.config
+            log.warning("leader election: could not renew Lease %s/%s for %g s: not acting (no handler, "
+                        "no write) until it is renewed; exiting if another replica takes it",
+                        cfg.namespace, cfg.name, cfg.renew_deadline)
+
     async def try_acquire_or_renew(self) -> bool:
         """One attempt: True when we hold the Lease afterwards. Never raises for API trouble."""
         cfg = self.config
-        now, wall = self.clock(), self.wall()
+        self.attempt_failed = False
+        sent_at, wall = self.clock(), self.wall()  # a renewal counts from before it was sent
         try:
-            lease = await self.api.read_namespaced_lease(cfg.name, cfg.namespace, _request_timeout=cfg.retry_period * 2)
+            lease = await self.api.read_namespaced_lease(cfg.name, cfg.namespace, _request_timeout=self._timeout())
         except ApiException as exc:
             if exc.status != 404:
-                self._failed(now, "reading", exc.reason)
+                self._blind(sent_at, "reading", exc.reason)
                 return False
-            return await self._write(None, self._new_record(None, wall), now)
+            if self.leading:  # deleted under us: someone else wrote it
+                self.lost = True
+                return False
+            return await self._write(None, self._new_record(None, wall), sent_at)
         except Exception as exc:  # noqa: BLE001 - timeouts, connection errors: retried
-            self.blind = True
-            self._failed(now, "reading", exc)
+            self._blind(sent_at, "reading", exc)
             return False
-        self.last_contact = now
-        if self.leading and self.own_version is not None and _resource_version(lease) != self.own_version:
-            self.lost = True  # a write since ours: the Lease changed hands, whatever it says now
-            return False
+        seen = self.clock()  # a standby counts the lease duration from when it saw the record
+        self.last_contact = seen
         record = _record(lease)
-        if record != self.observed or self.blind:
-            # a change; or the first look after we could not look at all, which restarts the count
-            self.observed, self.observed_at, self.blind = record, now, False
+        if self.leading and self.own_version is not None and _resource_version(lease) != self.own_version:
+            if self.sent is not None and record == self.sent:
+                self.own_version = _resource_version(lease)  # our own write, whose answer we never got
+            else:
+                self.observed = record
+                self.lost = True  # a write since ours: the Lease changed hands, whatever it says now
+                return False
+        if record != self.observed:
+            self.observed, self.observed_at = record, seen
+        elif self.blind_since is not None:
+            # unchanged, but for a while we could not look: the holder may have been just as cut off
+            # (an API server outage), so the time we were blind does not count against it
+            self.observed_at += seen - self.blind_since
+        self.blind_since = None
         holder = record.get("holderIdentity")
-        if holder and holder != cfg.identity and now < self.observed_at + cfg.lease_duration:
+        if holder and holder != cfg.identity and seen < self.observed_at + cfg.lease_duration:
             return False  # held by someone else, and renewed (or first seen) within the lease duration
-        return await self._write(lease, self._new_record(record, wall), now)
+        return await self._write(lease, self._new_record(record, wall), sent_at)
 
     def _new_record(self, old: dict[str, Any] | None, wall: datetime) -> dict[str, Any]:
         cfg = self.config
@@ -169,25 +217,27 @@ class LeaderElector:
                 "renewTime": _stamp(wall),
                 "leaseTransitions": ((old or {}).get("leaseTransitions") or 0) + (0 if ours or old is None else 1)}
 
-    async def _write(self, lease: Any, record: dict[str, Any], now: float) -> bool:
+    async def _write(self, lease: Any, record: dict[str, Any], sent_at: float) -> bool:
         cfg = self.config
         body: dict[str, Any] = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
                                 "metadata": {"name": cfg.name, "namespace": cfg.namespace}, "spec": record}
+        self.sent = record
         try:
             if lease is None:
-                written = await self.api.create_namespaced_lease(cfg.namespace, body, _request_timeout=cfg.retry_period * 2)
+                written = await self.api.create_namespaced_lease(cfg.namespace, body, _request_timeout=self._timeout())
             else:
                 body["metadata"]["resourceVersion"] = _resource_version(lease)  # a conflict if anyone wrote since
                 written = await self.api.replace_namespaced_lease(cfg.name, cfg.namespace, body,
-                                                                  _request_timeout=cfg.retry_period * 2)
+                                                                  _request_timeout=self._timeout())
         except ApiException as exc:
-            if exc.status not in (409, 422):
-                self._failed(now, "writing", exc.reason)
+            if exc.status != 409:  # 409: someone wrote it since our read; the next read says who
+                self._failed(sent_at, "writing", exc.reason)
             return False
         except Exception as exc:  # noqa: BLE001
-            self._failed(now, "writing", exc)
+            self._failed(sent_at, "writing", exc)
             return False
-        self.observed, self.observed_at, self.last_renew, self.last_contact = record, now, now, now
+        now = self.clock()
+        self.observed, self.observed_at, self.last_renew, self.last_contact = record, now, sent_at, now
         self.own_version = _resource_version(written)
         if self.failing_since is not None:
             log.info("leader election: Lease %s/%s written again after %.1f s of failures",
@@ -195,9 +245,16 @@ class LeaderElector:
             self.failing_since = None
         return True
 
+    def _blind(self, now: float, doing: str, why: Any) -> None:
+        """A failed read (any answer but 404, or none): we know nothing of the Lease from now."""
+        if self.blind_since is None:
+            self.blind_since = now
+        self._failed(now, doing, why)
+
     def _failed(self, now: float, doing: str, why: Any) -> None:
         """Log the first failure of a run (a warning) and the rest quietly: an outage is one story."""
         cfg = self.config
+        self.attempt_failed = True
         if self.failing_since is None:
             self.failing_since = now
             log.warning("leader election: %s Lease %s/%s: %s (retrying)", doing, cfg.namespace, cfg.name, why)
@@ -211,24 +268,27 @@ class LeaderElector:
         """Wait until we hold the Lease (a standby waits here, retrying every retry period)."""
         while not await self.try_acquire_or_renew():
             pause = self._pause()
-            if self.holder and self.holder != self.config.identity:
+            if self.holder and self.holder != self.config.identity and not self.attempt_failed:
                 # look again every retry period, and once more just as the lease runs out, not up to a
                 # retry period after it (the takeover comes that much sooner)
                 expires_in = self.observed_at + self.config.lease_duration - self.clock()
                 pause = min(pause, max(0.05, expires_in + 0.05))
-            await asyncio.sleep(pause)
+            await self.sleep(pause)
         self.leading = True
         self.acting.set()
         log.info("leader election: %s acquired Lease %s/%s", self.config.identity, self.config.namespace, self.config.name)
 
     async def keep(self) -> None:
-        """Renew every retry period (every ``outage_retry`` once a renewal failed). Past the renew
+        """Renew every retry period (every ``outage_retry`` once a renewal failed). At the renew
         deadline without a renewal, stop acting until one succeeds; raise :class:`LostLease` once
-        another identity holds the Lease. Returns only by cancellation."""
+        another identity wrote the Lease. Returns only by cancellation."""
         cfg = self.config
         renewed = True
         while True:
-            await asyncio.sleep(cfg.retry_period if renewed else min(cfg.outage_retry, cfg.retry_period))
+            pause = cfg.retry_period if renewed else min(cfg.outage_retry, cfg.retry_period)
+            left = self._left()
+            await self.sleep(pause if left is None else max(0.0, min(pause, left)))  # wake at the deadline
+            self._check_deadline()
             renewed = await self.try_acquire_or_renew()
             if renewed:
                 if not self.acting.is_set():
@@ -242,12 +302,7 @@ class LeaderElector:
                 raise LostLease(f"Lease {cfg.namespace}/{cfg.name} was written by another replica since our last "
                                 f"renewal (holder now: {self.holder or 'none'})" if self.lost else
                                 f"Lease {cfg.namespace}/{cfg.name} is held by {self.holder}")
-            if self.acting.is_set() and (self.last_renew is None or self.clock() - self.last_renew >= cfg.renew_deadline):
-                # before anyone could take it (lease duration > renew deadline): nothing written from now
-                self.acting.clear()
-                log.warning("leader election: could not renew Lease %s/%s for %g s: not acting (no handler, "
-                            "no write) until it is renewed; exiting if another replica takes it",
-                            cfg.namespace, cfg.name, cfg.renew_deadline)
+            self._check_deadline()
 
     async def release(self) -> bool:
         """Give the Lease up on a clean stop (client-go's ReleaseOnCancel), so a standby takes over at
