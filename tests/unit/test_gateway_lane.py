@@ -160,6 +160,23 @@ async def test_a_known_sessions_request_takes_the_lane_without_the_callers_crede
     writer.close()
 
 
+async def test_the_lanes_unix_time_follows_a_step_of_the_wall_clock_at_its_next_tick(world: World) -> None:
+    """The lane reads the monotonic clock and adds the wall clock's offset from it, read again each
+    second (Lane.tick): a request's activity (and the routes' expiry) is by the wall clock's time."""
+    reader, writer = await warm(world)
+    world.lane.offset += 3600.0  # the wall clock as it was before an hour's step back
+    writer.write(get())
+    status, _, _ = await read_response(reader)
+    assert status == 200 and world.lane.requests == 1
+    assert world.invoker.activity[("team", "echo-s1")] == pytest.approx(time.time() + 3600.0, abs=5.0)
+    world.lane.tick()
+    writer.write(get())
+    status, _, _ = await read_response(reader)
+    assert status == 200 and world.lane.requests == 2
+    assert world.invoker.activity[("team", "echo-s1")] == pytest.approx(time.time(), abs=5.0)
+    writer.close()
+
+
 async def test_a_body_in_the_same_read_goes_up_whole(world: World) -> None:
     reader, writer = await warm(world)
     head = get("/fn/echo/echo").replace(b"GET", b"POST")[:-2]
