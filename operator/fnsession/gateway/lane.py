@@ -239,10 +239,9 @@ class Lane:
         per_instance[ip] = in_flight + 1
         running = invoker.running
         flights = running.get(key)
-        if flights is None:
-            running[key] = {flight}
-        else:
-            flights.add(flight)
+        if flights is None:  # (kept when it empties: Invoker.sweep)
+            flights = running[key] = set()
+        flights.add(flight)
         invoker.activity[key] = route.last = wall
         up.flight = flight
         up.used += 1
@@ -259,11 +258,7 @@ class Lane:
                 per_instance[ip] = in_flight
             else:
                 per_instance.pop(ip, None)
-            flights = running.get(key)
-            if flights is not None:
-                flights.discard(flight)
-                if not flights:
-                    del running[key]
+            flights.discard(flight)
             conn.idle_since = _monotonic()
             up.close()
             return False
