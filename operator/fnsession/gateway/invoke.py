@@ -72,7 +72,7 @@ class Invoker:
         # requests in flight per session; a session's set is kept when it empties (its next request
         # adds to it rather than making one) until the sweep, every 10 s, drops the empty ones
         self.running: dict[SessionName, set[Running]] = {}
-        self.per_instance: dict[str, int] = {}  # requests in flight per instance (pod IP)
+        self.per_instance: dict[str, int] = {}  # requests in flight per instance (pod IP); a 0 kept until the sweep
         self.opening: set[asyncio.Task[None]] = set()
         self.passive_creates = self.throttled = self.cuts = self.activity_writes = self.activity_retries = 0  # metrics
         routes.on_fenced = self.cut
@@ -191,21 +191,20 @@ class Invoker:
     def ended(self, ex: Running) -> None:
         ip = ex.address[0]
         per_instance = self.per_instance
-        left = per_instance.get(ip, 1) - 1
-        if left:
-            per_instance[ip] = left
-        else:
-            per_instance.pop(ip, None)
+        per_instance[ip] = per_instance.get(ip, 1) - 1  # (a 0 is kept for the next request: sweep)
         key = ex.key
         running = self.running.get(key)
         if running is not None:
             running.discard(ex)
 
     def sweep(self) -> None:
-        """Drop the sessions' empty sets of requests in flight (every 10 s: see ``running``)."""
-        running = self.running
+        """Drop the sessions' empty sets of requests in flight and the instances' counts of 0 (every
+        10 s: both are kept when they empty, for the next request, which then makes nothing)."""
+        running, per_instance = self.running, self.per_instance
         for key in [key for key, flights in running.items() if not flights]:
             del running[key]
+        for ip in [ip for ip, n in per_instance.items() if not n]:
+            del per_instance[ip]
 
     def in_flight(self) -> int:
         return sum(self.per_instance.values())

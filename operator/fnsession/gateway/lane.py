@@ -254,10 +254,7 @@ class Lane:
             log.exception("the lane could not send a request to %s:%d; the full path takes it", *up.address)
             up.flight = conn.flight = None
             up.used -= 1
-            if in_flight:
-                per_instance[ip] = in_flight
-            else:
-                per_instance.pop(ip, None)
+            per_instance[ip] = in_flight
             flights.discard(flight)
             conn.idle_since = _monotonic()
             up.close()
