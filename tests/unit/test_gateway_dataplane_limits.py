@@ -74,7 +74,7 @@ async def test_a_body_that_stops_coming_gets_a_408_and_nothing_stays_in_flight(w
     await swept_after(world, 0.25)
     assert "request body did not arrive within 0.2 seconds" in await fc_error(reader, 408, "RequestTimeout")
     await world.settle()
-    assert world.invoker.per_instance == {} and world.invoker.running == {}
+    assert not any(world.invoker.per_instance.values()) and not any(world.invoker.running.values())
     writer.close()
 
 
@@ -106,7 +106,7 @@ async def test_an_instance_that_does_not_answer_gets_a_504(world: World, through
     error = json.loads(body)
     assert got == 504 and error["Code"] == "FunctionTimeout" and "within 0.2 seconds" in error["Message"]
     await world.settle()
-    assert world.invoker.per_instance == {} and world.invoker.running == {}
+    assert not any(world.invoker.per_instance.values()) and not any(world.invoker.running.values())
     writer.write(get("/fn/echo/echo/after"))  # the client connection carries on
     status, _, body = await read_response(reader)
     assert status == 200 and json.loads(body)["path"] == "/echo/after"
@@ -141,7 +141,7 @@ async def test_a_stream_that_stops_sending_is_cut(world: World) -> None:
     rest = await asyncio.wait_for(reader.read(), 2)  # the connection ends without the last chunk
     assert not rest.endswith(b"0\r\n\r\n") and world.listener.timeouts == 1
     await world.settle()
-    assert world.invoker.per_instance == {} and world.invoker.running == {}
+    assert not any(world.invoker.per_instance.values()) and not any(world.invoker.running.values())
     writer.close()
 
 
@@ -237,5 +237,5 @@ async def test_a_failure_after_the_lane_took_a_request_leaves_nothing_counted(wo
     assert status == 200 and json.loads(body)["path"] == "/echo/again"
     assert world.lane.requests == 0 and world.pool.opened == 2 and up.closed
     await asyncio.sleep(0.05)
-    assert world.invoker.per_instance == {"127.0.0.1": 3} and world.invoker.running == {}
+    assert world.invoker.per_instance == {"127.0.0.1": 3} and not any(world.invoker.running.values())
     writer.close()

@@ -311,6 +311,14 @@ def test_request_ids_are_uuid_shaped_and_distinct() -> None:
     assert a != b and [len(p) for p in a.split("-")] == [8, 4, 4, 4, 12]
 
 
+def test_request_id_lines_count_on_from_one_across_the_blocks_of_4096() -> None:
+    ids = http.RequestIds()
+    lines = [ids.header() for _ in range(8200)]
+    assert all(line.startswith(b"x-fc-request-id: " + ids.prefix.encode()) and line.endswith(b"\r\n") for line in lines)
+    assert [int(line[17:-2].decode().split("-")[-1], 16) for line in lines] == list(range(1, 8201))
+    assert ids.next() == f"{ids.prefix}{8201:012x}", "the full path's ids go on with the same counter"
+
+
 class RawInstance(asyncio.Protocol):
     """An instance that answers every request with fixed bytes, written in the pieces given."""
 

@@ -68,13 +68,13 @@ class World:
         """A request that the instance does not answer, once it is in flight."""
         writer.write(get("/fn/echo/hang"))
         for _ in range(50):
-            if self.invoker.per_instance:
+            if any(self.invoker.per_instance.values()):
                 return
             await asyncio.sleep(0.01)
 
     async def settle(self) -> None:
         for _ in range(50):
-            if not self.invoker.per_instance:
+            if not any(self.invoker.per_instance.values()):
                 return
             await asyncio.sleep(0.02)
 
@@ -155,8 +155,27 @@ async def test_a_known_sessions_request_takes_the_lane_without_the_callers_crede
         assert len(headers["x-fc-request-id"].split("-")) == 5
     assert len(ids) == 4 and world.pool.opened == 1 and world.lane.promoted == 0
     await world.settle()
+    assert world.invoker.per_instance == {"127.0.0.1": 0} and world.invoker.running == {("team", "echo-s1"): set()}
+    world.invoker.sweep()  # (an instance's 0 and a session's empty set are kept for the next request until the sweep)
     assert world.invoker.per_instance == {} and world.invoker.running == {}
     assert ("team", "echo-s1") in world.invoker.activity
+    writer.close()
+
+
+async def test_the_lanes_unix_time_follows_a_step_of_the_wall_clock_at_its_next_tick(world: World) -> None:
+    """The lane reads the monotonic clock and adds the wall clock's offset from it, read again each
+    second (Lane.tick): a request's activity (and the routes' expiry) is by the wall clock's time."""
+    reader, writer = await warm(world)
+    world.lane.offset += 3600.0  # the wall clock as it was before an hour's step back
+    writer.write(get())
+    status, _, _ = await read_response(reader)
+    assert status == 200 and world.lane.requests == 1
+    assert world.invoker.activity[("team", "echo-s1")] == pytest.approx(time.time() + 3600.0, abs=5.0)
+    world.lane.tick()
+    writer.write(get())
+    status, _, _ = await read_response(reader)
+    assert status == 200 and world.lane.requests == 2
+    assert world.invoker.activity[("team", "echo-s1")] == pytest.approx(time.time(), abs=5.0)
     writer.close()
 
 
@@ -251,7 +270,7 @@ async def test_an_answer_that_is_not_whole_makes_the_flight_an_exchange(world: W
     status, _, body = await read_response(reader)
     assert status == 200 and json.loads(body)["path"] == "/echo/next" and world.lane.requests == 2
     await world.settle()
-    assert world.invoker.per_instance == {} and world.invoker.running == {}
+    assert not any(world.invoker.per_instance.values()) and not any(world.invoker.running.values())
     writer.close()
 
 
@@ -303,7 +322,7 @@ async def test_a_client_that_goes_away_mid_flight_leaves_nothing_in_flight(world
     assert world.lane.requests == 1 and world.invoker.in_flight() == 1
     writer.close()
     await world.settle()
-    assert world.invoker.per_instance == {} and world.invoker.running == {}
+    assert not any(world.invoker.per_instance.values()) and not any(world.invoker.running.values())
     assert world.pool.size() == 0, "a connection mid-answer went back to the pool"
 
 
@@ -312,7 +331,7 @@ async def test_fencing_cuts_a_flight(world: World) -> None:
     await world.hanging(writer)
     world.invoker.cut("team", "echo-s1")
     assert await asyncio.wait_for(reader.read(), 2) == b""  # closed, no answer
-    assert world.invoker.cuts == 1 and world.invoker.per_instance == {} and world.invoker.running == {}
+    assert world.invoker.cuts == 1 and not any(world.invoker.per_instance.values()) and not any(world.invoker.running.values())
     writer.close()
 
 

@@ -69,8 +69,10 @@ class Invoker:
         self.flush_interval = flush_interval
         self.limit = limit  # this process's share of an instance's 200 (limit_share: all workers and replicas)
         self.activity: dict[SessionName, float] = {}  # last request per session, Unix time
-        self.running: dict[SessionName, set[Running]] = {}  # requests in flight per session
-        self.per_instance: dict[str, int] = {}  # requests in flight per instance (pod IP)
+        # requests in flight per session; a session's set is kept when it empties (its next request
+        # adds to it rather than making one) until the sweep, every 10 s, drops the empty ones
+        self.running: dict[SessionName, set[Running]] = {}
+        self.per_instance: dict[str, int] = {}  # requests in flight per instance (pod IP); a 0 kept until the sweep
         self.opening: set[asyncio.Task[None]] = set()
         self.passive_creates = self.throttled = self.cuts = self.activity_writes = self.activity_retries = 0  # metrics
         routes.on_fenced = self.cut
@@ -178,9 +180,8 @@ class Invoker:
                       b"x-fc-request-id: " + req.request_id.encode() + b"\r\n" + extra, sdk=sdk, done=self.ended, key=key)
         running = self.running.get(key)
         if running is None:
-            self.running[key] = {ex}
-        else:
-            running.add(ex)
+            running = self.running[key] = set()
+        running.add(ex)
         task = ex.start()
         if task is not None:
             self.opening.add(task)
@@ -190,17 +191,20 @@ class Invoker:
     def ended(self, ex: Running) -> None:
         ip = ex.address[0]
         per_instance = self.per_instance
-        left = per_instance.get(ip, 1) - 1
-        if left:
-            per_instance[ip] = left
-        else:
-            per_instance.pop(ip, None)
+        per_instance[ip] = per_instance.get(ip, 1) - 1  # (a 0 is kept for the next request: sweep)
         key = ex.key
         running = self.running.get(key)
         if running is not None:
             running.discard(ex)
-            if not running:
-                del self.running[key]
+
+    def sweep(self) -> None:
+        """Drop the sessions' empty sets of requests in flight and the instances' counts of 0 (every
+        10 s: both are kept when they empty, for the next request, which then makes nothing)."""
+        running, per_instance = self.running, self.per_instance
+        for key in [key for key, flights in running.items() if not flights]:
+            del running[key]
+        for ip in [ip for ip, n in per_instance.items() if not n]:
+            del per_instance[ip]
 
     def in_flight(self) -> int:
         return sum(self.per_instance.values())

@@ -182,6 +182,14 @@ class Lane:
         self.scan: Callable[..., Parsed | bytes | None] = native.scan if native is not None else self.parse
         self.whole: Callable[[bytes, bytes], bytes | None] = native.whole if native is not None else whole_answer
         self.taken = self.promoted = 0  # for metrics
+        self.offset = 0.0  # the wall clock's time less the monotonic clock's (tick)
+        self.tick()
+
+    def tick(self) -> None:
+        """Read the wall clock's offset from the monotonic one again (the gateway does it once a second):
+        the lane reads one clock per request, the monotonic one, and its Unix time is that plus the
+        offset (a step of the wall clock shows within the second, as a cache's or a route's expiry does)."""
+        self.offset = _time() - _monotonic()
 
     @property
     def requests(self) -> int:
@@ -202,7 +210,8 @@ class Lane:
         upstream = self.scan(data, m.header, conn.forwarded_for, m.last)
         if upstream is None:
             return False
-        wall = _time()
+        now = _monotonic()
+        wall = now + self.offset  # (Unix time: tick)
         if upstream.__class__ is not bytes or wall >= m.until or m.generation != self.routes.generation:
             parsed = cast(Parsed, upstream if upstream.__class__ is tuple else (*m.last, upstream))
             if not self.refresh(conn, data, parsed, wall):
@@ -230,14 +239,13 @@ class Lane:
         per_instance[ip] = in_flight + 1
         running = invoker.running
         flights = running.get(key)
-        if flights is None:
-            running[key] = {flight}
-        else:
-            flights.add(flight)
+        if flights is None:  # (kept when it empties: Invoker.sweep)
+            flights = running[key] = set()
+        flights.add(flight)
         invoker.activity[key] = route.last = wall
         up.flight = flight
         up.used += 1
-        up.idle_since = _monotonic()  # (busy: when the request went; Listener.sweep)
+        up.idle_since = now  # (busy: when the request went; Listener.sweep)
         conn.flight = flight
         conn.idle_since = 0.0
         try:
@@ -246,15 +254,8 @@ class Lane:
             log.exception("the lane could not send a request to %s:%d; the full path takes it", *up.address)
             up.flight = conn.flight = None
             up.used -= 1
-            if in_flight:
-                per_instance[ip] = in_flight
-            else:
-                per_instance.pop(ip, None)
-            flights = running.get(key)
-            if flights is not None:
-                flights.discard(flight)
-                if not flights:
-                    del running[key]
+            per_instance[ip] = in_flight
+            flights.discard(flight)
             conn.idle_since = _monotonic()
             up.close()
             return False
@@ -266,7 +267,7 @@ class Lane:
     def first(self, conn: ServerConnection, data: bytes) -> bool:
         """A connection's first request for the lane: its memo made, then the lane's way as any other."""
         parsed = cast(Parsed | None, self.scan(data, b"", conn.forwarded_for))
-        if parsed is None or not self.refresh(conn, data, parsed, _time()):
+        if parsed is None or not self.refresh(conn, data, parsed, _monotonic() + self.offset):
             return False
         return self(conn, data)
 

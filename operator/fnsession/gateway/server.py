@@ -281,7 +281,9 @@ async def serve(options: Options, worker: int = 0) -> None:
     background = [asyncio.create_task(routes.run(), name="routes"),
                   asyncio.create_task(invoker.run_flusher(), name="activity"),
                   asyncio.create_task(every(10.0, pool.sweep), name="upstream-sweeper"),
-                  asyncio.create_task(every(1.0, listener.sweep), name="client-sweeper")]  # (timeouts: http.Limits)
+                  asyncio.create_task(every(10.0, invoker.sweep), name="in-flight-sweeper"),
+                  asyncio.create_task(every(1.0, listener.sweep), name="client-sweeper"),  # (timeouts: http.Limits)
+                  asyncio.create_task(every(1.0, gateway.lane.tick), name="lane-clock")]
     if auth.nonces is not None and worker == 0:
         background.append(asyncio.create_task(auth.nonces.run_sweeper(), name="nonce-sweeper"))
     stop = asyncio.Event()
