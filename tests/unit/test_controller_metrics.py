@@ -71,3 +71,15 @@ def test_pending_sessions_are_counted_by_the_reason_they_wait_with_a_zero_series
     snap = metrics.snapshot(s)
     assert snap.pending == {("ns", "f", "MaxInstancesReached"): 2, ("ns", "f", "InstanceStarting"): 1,
                             ("ns", "idle", "MaxInstancesReached"): 0}
+
+
+async def test_registering_the_collector_does_not_wait_for_the_loop_it_runs_on() -> None:
+    from prometheus_client import CollectorRegistry
+
+    s = SessionService(None, Config())  # type: ignore[arg-type]  # no API: only its state is read
+    registry = CollectorRegistry(auto_describe=True)  # as prometheus_client's default REGISTRY
+    collector = metrics.StateCollector(s, asyncio.get_running_loop(), timeout=2.0)
+    loop = asyncio.get_running_loop()
+    began = loop.time()
+    registry.register(collector)  # on the loop, as the operator's start-up does
+    assert loop.time() - began < 0.5, "registering took a snapshot, which waits for this very loop"

@@ -91,6 +91,11 @@ class StateCollector(Collector):
     def __init__(self, service: Observed, loop: asyncio.AbstractEventLoop, timeout: float = 5.0) -> None:
         self.service, self.loop, self.timeout = service, loop, timeout
 
+    def describe(self) -> list[GaugeMetricFamily]:
+        """Nothing: without it the registry calls :meth:`collect` when registering, which runs on the
+        event loop and would wait for that same loop for ``timeout`` (a leader's start-up 5 s later)."""
+        return []
+
     def take(self) -> Snapshot | None:
         """The snapshot, taken on the loop (from the scrape's thread; None if the loop is too busy)."""
         done: concurrent.futures.Future[Snapshot] = concurrent.futures.Future()
