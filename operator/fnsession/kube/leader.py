@@ -287,7 +287,8 @@ class LeaderElector:
         while True:
             pause = cfg.retry_period if renewed else min(cfg.outage_retry, cfg.retry_period)
             left = self._left()
-            await self.sleep(pause if left is None else max(0.0, min(pause, left)))  # wake at the deadline
+            # wake at the deadline (at once when an attempt ran past it)
+            await self.sleep(pause if left is None else max(0.0, min(pause, left)))
             self._check_deadline()
             renewed = await self.try_acquire_or_renew()
             if renewed:
@@ -302,7 +303,6 @@ class LeaderElector:
                 raise LostLease(f"Lease {cfg.namespace}/{cfg.name} was written by another replica since our last "
                                 f"renewal (holder now: {self.holder or 'none'})" if self.lost else
                                 f"Lease {cfg.namespace}/{cfg.name} is held by {self.holder}")
-            self._check_deadline()
 
     async def release(self) -> bool:
         """Give the Lease up on a clean stop (client-go's ReleaseOnCancel), so a standby takes over at
