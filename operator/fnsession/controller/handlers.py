@@ -20,6 +20,7 @@ from fnsession.controller import metrics
 from fnsession.controller.service import Config, SessionService
 from fnsession.core.pods import LABEL_FUNCTION
 from fnsession.kube.client import connect
+from fnsession.kube.leader import LeaderElector
 
 log = logging.getLogger(__name__)
 
@@ -33,12 +34,17 @@ def config_from_env() -> Config:
     )
 
 
+def elector_of(memo: kopf.Memo) -> LeaderElector | None:
+    """The Lease's elector app.py hands over in the memo (None: run without leader election)."""
+    return getattr(getattr(memo, "health", None), "elector", None)
+
+
 async def may_act(memo: kopf.Memo) -> None:
     """Wait while this replica holds the Lease but could not renew it (an API server outage): a
     handler acts only on a Lease known to be ours. Our own writes wait on the same gate
     (:func:`fnsession.kube.client.connect`); this one also covers the patches kopf makes from a
     handler's result."""
-    elector = getattr(getattr(memo, "health", None), "elector", None)
+    elector = elector_of(memo)
     if elector is not None:
         await elector.may_act()
 
@@ -57,13 +63,13 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     # stream, which kopf opens again after reconnect_backoff) find it again within a second.
     settings.networking.error_backoffs = [0.1, 0.25, 0.5, 1, 1, 1, 1, 1, 1, 1]
     settings.watching.reconnect_backoff = 0.1
-    health = getattr(memo, "health", None)
-    elector = getattr(health, "elector", None)
+    elector = elector_of(memo)
     clients = await connect(elector.may_act if elector is not None else None)  # writes only while leading
     memo.service = SessionService(clients, config_from_env())
     await memo.service.initial_sync()  # before any handler: planning after a restart sees every binding
     if int(os.environ.get("FNSESSION_METRICS_PORT", "9090")):
         metrics.register(memo.service)
+    health = getattr(memo, "health", None)
     if health is not None:
         health.synced.set()
     memo.tasks = [asyncio.create_task(memo.service.run_deadlines(), name="fnsession-deadlines"),
