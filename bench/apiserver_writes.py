@@ -17,22 +17,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import math
 import time
 import uuid
 from datetime import UTC, datetime
 from typing import Any
 
 from kubernetes_asyncio import client, config
+from scale import pct
 
 GROUP, VERSION, PLURAL = "fnsession.dev", "v1alpha1", "functionsessions"
-
-
-def pct(values: list[float], p: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, math.ceil(p / 100 * len(ordered)) - 1)]
 
 
 def expired_status(n: int) -> dict[str, Any]:
