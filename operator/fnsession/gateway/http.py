@@ -194,6 +194,12 @@ def date_header() -> bytes:
 
 JOIN = cast(Callable[[bytes, bytes], bytes], concat)  # (operator.concat: a C function, called with no argument tuple)
 LOW_DIGITS = [b"%03x\r\n" % i for i in range(4096)]  # a request id's last three hex digits and the line's end
+REQUEST_ID = b"x-fc-request-id: "  # the request id's header line: this, the id, CRLF
+
+
+def request_id_of(line: bytes) -> str:
+    """The id in a request id's header line (``x-fc-request-id: <id>\r\n``)."""
+    return line[len(REQUEST_ID):-2].decode()
 
 
 class RequestIds:
@@ -203,7 +209,7 @@ class RequestIds:
     def __init__(self) -> None:
         r = os.urandom(10).hex()
         self.prefix = f"{r[:8]}-{r[8:12]}-{r[12:16]}-{r[16:20]}-"
-        self.prefix_line = b"x-fc-request-id: " + self.prefix.encode()
+        self.prefix_line = REQUEST_ID + self.prefix.encode()
         # header(): the next id as a response header line, ``x-fc-request-id: <id>\r\n``, made in C (no
         # Python frame per request): the line's start up to the counter's last three hex digits once per
         # 4096 ids (blocks), joined to each of LOW_DIGITS in turn; the counter starts at 1
@@ -217,7 +223,7 @@ class RequestIds:
 
     def next(self) -> str:
         """The next id (the same counter as header's)."""
-        return self.header()[17:-2].decode()
+        return request_id_of(self.header())
 
 
 class Headers(dict[str, str]):

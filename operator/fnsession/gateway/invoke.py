@@ -28,7 +28,7 @@ from fnsession.api.names import SESSION
 from fnsession.core.status import stamp
 from fnsession.gateway import errors, fc
 from fnsession.gateway.errors import FCError
-from fnsession.gateway.http import Exchange, Pool, Request
+from fnsession.gateway.http import REQUEST_ID, Exchange, Pool, Request
 from fnsession.gateway.mcp import MCP_AFFINITIES, Mcp
 from fnsession.gateway.routes import Route, Routes, activity_of, route_of
 from fnsession.gateway.session_api import SessionAPI
@@ -177,7 +177,7 @@ class Invoker:
             target = f"{target}?{req.query}"
         address = (ip, route.port)
         ex = cls(req, self.pool, address, target.encode("latin-1"),
-                      b"x-fc-request-id: " + req.request_id.encode() + b"\r\n" + extra, sdk=sdk, done=self.ended, key=key)
+                      REQUEST_ID + req.request_id.encode() + b"\r\n" + extra, sdk=sdk, done=self.ended, key=key)
         running = self.running.get(key)
         if running is None:
             running = self.running[key] = set()

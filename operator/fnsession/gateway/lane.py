@@ -52,6 +52,7 @@ from fnsession.gateway.http import (
     ServerConnection,
     UpstreamConnection,
     cookie_repeats,
+    request_id_of,
     target_of,
     whole_answer,
 )
@@ -406,7 +407,7 @@ class Flight:
         parser.feed_data(self.data)
         req = Request(conn, parser.get_method(), head.url, head.headers, "1.1", True, False)
         req.complete = True
-        req.raw, req.request_id = self.data, self.extra[17:-2].decode()
+        req.raw, req.request_id = self.data, request_id_of(self.extra)
         req.forwarded = conn.forwarded(req)  # (a replay re-serialises it)
         ex = Exchange(req, lane.pool, self.address, target_of(head.url)[1], self.extra, sdk=False,
                       done=lane.invoker.ended, key=self.key)
