@@ -69,6 +69,7 @@ class Watcher(threading.Thread):
         super().__init__(daemon=True)
         self.objects, self.ns = objects, ns
         self.active: dict[str, float] = {}
+        self.active_status: dict[str, dict[str, Any]] = {}  # the status first seen Active (the operator's own times)
         self.expired: dict[str, tuple[float, dict[str, Any]]] = {}
         self.ready = threading.Event()
         self.stop = False
@@ -85,12 +86,82 @@ class Watcher(threading.Thread):
                     if event["type"] == "BOOKMARK":
                         continue
                     state, name, at = (obj.get("status") or {}).get("sessionStatus"), obj["metadata"]["name"], time.time()
-                    if state == "Active":
-                        self.active.setdefault(name, at)
+                    if state == "Active" and name not in self.active:
+                        self.active[name] = at
+                        self.active_status[name] = obj["status"]
                     elif state == "Expired" and name not in self.expired:
                         self.expired[name] = (at, obj)
             except Exception as exc:  # noqa: BLE001 - a watch dropped: resume from the last version
                 print(f"  (watch restarted: {exc})", flush=True)
+
+
+def stamp_s(value: str | None) -> float | None:
+    return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp() if value else None
+
+
+def where_the_time_went(names: list[str], creator: Creator, watcher: Watcher, slow_ms: float = 100) -> dict[str, Any]:
+    """create -> Active split at the operator's own times (same machine, same clock): ``seen`` from the
+    create call returning to the operator seeing the session (status.createdTime: the API server's
+    watch and kopf's queue), ``handler`` from there to its Active document being made
+    (status.lastModifiedTime), ``written`` from there to this client's watch seeing it (the status
+    PATCH, the API server, the watch to this client). And how many of the slow ones were the first
+    session on their instance (the one whose bind used up the last warm instance)."""
+    seen, handler, written, slow, first_on_instance = [], [], [], [], 0
+    firsts: dict[str, tuple[float, str]] = {}
+    for n in names:
+        st = watcher.active_status.get(n)
+        if st is None or n not in creator.created:
+            continue
+        created, made = stamp_s(st.get("createdTime")), stamp_s(st.get("lastModifiedTime"))
+        if created is None or made is None:
+            continue
+        seen.append((created - creator.created[n]) * 1000)
+        handler.append((made - created) * 1000)
+        written.append((watcher.active[n] - made) * 1000)
+        pod = (st.get("instance") or {}).get("podName") or ""
+        if pod not in firsts or created < firsts[pod][0]:
+            firsts[pod] = (created, n)
+        if (watcher.active[n] - creator.created[n]) * 1000 > slow_ms:
+            slow.append(n)
+    first_names = {n for _, n in firsts.values()}
+    first_on_instance = sum(1 for n in slow if n in first_names)
+    return {f"{k}_p{p}_ms": round(pct(v, p), 1) for k, v in (("seen", seen), ("handler", handler), ("written", written))
+            for p in (50, 99)} | {"slow": len(slow), "slow_first_on_instance": first_on_instance,
+                                  "instances_opened": len(first_names)}
+
+
+def operator_metrics(api: client.ApiClient) -> dict[str, float]:
+    """The Lease holder's loop-lag and GC-pause histograms (its :9090/metrics, over the pod network)."""
+    import urllib.request
+    holder = client.CoordinationV1Api(api).read_namespaced_lease("fnsession-operator", "fnsession-system").spec.holder_identity
+    ip = client.CoreV1Api(api).read_namespaced_pod(holder, "fnsession-system").status.pod_ip
+    out: dict[str, float] = {}
+    try:
+        text = urllib.request.urlopen(f"http://{ip}:9090/metrics", timeout=5).read().decode()
+    except OSError as exc:
+        print(f"  (no operator metrics: {exc})", flush=True)
+        return out
+    for line in text.splitlines():
+        if line.startswith(("fnsession_event_loop_lag_seconds", "fnsession_gc_pause_seconds")):
+            name, value = line.rsplit(" ", 1)
+            out[name] = float(value)
+    return out
+
+
+def stalls_between(before: dict[str, float], after: dict[str, float]) -> str:
+    d = {k: v - before.get(k, 0.0) for k, v in after.items()}
+    total = d.get("fnsession_event_loop_lag_seconds_count", 0.0)
+    if not total:
+        return "no loop-lag metric"
+    late = {le: total - d.get(f'fnsession_event_loop_lag_seconds_bucket{{le="{le}"}}', total) for le in ("0.025", "0.05", "0.1", "0.25")}
+    gc2 = d.get('fnsession_gc_pause_seconds_count{generation="2"}', 0.0)
+    gc2_sum = d.get('fnsession_gc_pause_seconds_sum{generation="2"}', 0.0)
+    gc_all = {g: d.get(f'fnsession_gc_pause_seconds_sum{{generation="{g}"}}', 0.0) for g in "012"}
+    return (f"loop wake-ups {int(total)}: late > 25 ms {int(late['0.025'])}, > 50 ms {int(late['0.05'])}, "
+            f"> 100 ms {int(late['0.1'])}, > 250 ms {int(late['0.25'])}; mean lag "
+            f"{d.get('fnsession_event_loop_lag_seconds_sum', 0.0) / total * 1000:.2f} ms; "
+            f"GC gen2 {int(gc2)} pauses, {gc2_sum * 1000:.0f} ms in all; GC time by generation "
+            + ", ".join(f"{g}: {v * 1000:.0f} ms" for g, v in gc_all.items()))
 
 
 def find_operator_pid(api: client.ApiClient) -> int:
@@ -168,6 +239,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", default="1000,5000,10000,20000", help="live sessions at the end of each step")
     parser.add_argument("--rate", type=float, default=50, help="creates per second")
+    parser.add_argument("--fill-rate", type=float, default=0,
+                        help="creates per second of every step but the last (0: --rate), to reach the last step sooner")
     parser.add_argument("--expiries", type=int, default=5000, help="sessions due within a 10 s window (0: skip)")
     parser.add_argument("--expiry-rate", type=float, default=50, help="creates per second of the expiring sessions")
     parser.add_argument("--per-instance", type=int, default=100)
@@ -204,20 +277,26 @@ def main() -> None:
         for step in steps:
             names = [f"s{i:06d}" for i in range(live, step)]
             cpu0 = cpu_seconds(pid)
-            taken = creator.paced(names, args.rate)
+            stalls0 = operator_metrics(api) if not args.operator_pid else {}
+            rate = args.fill_rate if args.fill_rate and step != steps[-1] else args.rate
+            taken = creator.paced(names, rate)
             wait_for(f"{step} sessions Active", lambda names=names: all(n in watcher.active for n in names), timeout=120)
             cpu = cpu_seconds(pid) - cpu0
             lat = [(watcher.active[n] - creator.created[n]) * 1000 for n in names if n in watcher.active and n in creator.created]
             calls = [creator.call_ms[n] for n in names if n in creator.call_ms]
-            row = {"live": step, "offered": args.rate, "taken": round(taken, 1),
+            row = {"live": step, "offered": rate, "taken": round(taken, 1),
                    "active_p50_ms": round(pct(lat, 50), 1), "active_p99_ms": round(pct(lat, 99), 1),
                    "create_p50_ms": round(pct(calls, 50), 1), "create_p99_ms": round(pct(calls, 99), 1),
                    "cpu_ms_per_session": round(cpu * 1000 / max(1, len(names)), 2), "rss_mb": round(rss_mb(pid)),
                    "not_active": sum(1 for n in names if n not in watcher.active)}
+            row["split"] = where_the_time_went(names, creator, watcher)
+            row["stalls"] = stalls_between(stalls0, operator_metrics(api)) if not args.operator_pid else ""
             results["steps"].append(row)
-            print(f"| {step:,} | {args.rate:g}/s / {row['taken']}/s | {row['active_p50_ms']} / {row['active_p99_ms']} "
+            print(f"| {step:,} | {rate:g}/s / {row['taken']}/s | {row['active_p50_ms']} / {row['active_p99_ms']} "
                   f"| {row['create_p50_ms']} / {row['create_p99_ms']} | {row['cpu_ms_per_session']} | {row['rss_mb']} "
                   f"| {row['not_active']} |", flush=True)
+            print(f"  split: {row['split']}", flush=True)
+            print(f"  operator stalls over the step: {row['stalls']}", flush=True)
             live = step
         if args.expiries:
             n = args.expiries

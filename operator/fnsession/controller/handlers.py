@@ -16,7 +16,7 @@ from typing import Any
 import kopf
 
 from fnsession.api.names import FUNCTION, GROUP, SESSION
-from fnsession.controller import metrics
+from fnsession.controller import metrics, stalls
 from fnsession.controller.service import Config, SessionService
 from fnsession.core.pods import LABEL_FUNCTION
 from fnsession.kube.client import connect
@@ -74,13 +74,17 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
         health.synced.set()
     memo.tasks = [asyncio.create_task(memo.service.run_deadlines(), name="fnsession-deadlines"),
                   asyncio.create_task(memo.service.run_function_status(), name="fnsession-function-status"),
-                  asyncio.create_task(memo.service.events.run(), name="fnsession-events")]
+                  asyncio.create_task(memo.service.events.run(), name="fnsession-events"),
+                  asyncio.create_task(stalls.watch_loop_lag(), name="fnsession-loop-lag")]
+    memo.gc_timer = stalls.GcTimer()
+    memo.gc_timer.install()
 
 
 @kopf.on.cleanup()
 async def cleanup(memo: kopf.Memo, **_: Any) -> None:
     for task in memo.tasks:
         task.cancel()
+    memo.gc_timer.uninstall()
     await memo.service.clients.close()
 
 
