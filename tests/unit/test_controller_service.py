@@ -286,3 +286,52 @@ def test_a_namespace_being_deleted_gets_no_new_instances_and_no_rebinding_storm(
         await s.function_changed(shared(sessionConcurrencyPerInstance=100))
         assert "ns" not in s.terminating
     run(go())
+
+
+def test_the_bind_that_takes_the_last_warm_instance_does_not_wait_for_the_next_one(rec: Recorder) -> None:
+    """Issue 12's create -> Active tail: one session in every sessionConcurrencyPerInstance waited for
+    the next warm instance's pod create. It is Active at once; the pod is created beside it, once."""
+    async def go() -> None:
+        s = SessionService(None, Config())  # type: ignore[arg-type]
+        fn_body = shared()
+        fn_body["spec"]["scaling"] = {**fn_body["spec"].get("scaling", {}), "warmInstances": 1}
+        await s.function_changed(fn_body)
+        warm = rec.of("create_pod")
+        assert len(warm) == 1
+        await s.pod_changed("MODIFIED", pod_event(warm[0], ready=True))
+        rec.gate = asyncio.Event()  # the next pod create hangs until released
+        doc = await asyncio.wait_for(
+            s.create_session(body(GOOD_SESSION, "a", functionName="f", sessionId="a", storage=None)), timeout=1)
+        assert doc is not None and doc["sessionStatus"] == "Active"
+        assert doc["instance"]["podName"] == warm[0]["metadata"]["name"]
+        # a second bind while that create is in flight: the planned instance counts as warm already
+        doc = await s.create_session(body(GOOD_SESSION, "b", functionName="f", sessionId="b", storage=None))
+        assert doc is not None and doc["sessionStatus"] == "Active"
+        rec.gate.set()
+        while s.tasks:
+            await asyncio.sleep(0)
+        assert len(rec.of("create_pod")) == 2, "the warm pool was not topped up exactly once"
+        fn = s.registry.function("ns", "f")
+        assert sorted(len(i.sessions) for i in fn.instances.values()) == [0, 2]
+    run(go())
+
+
+def test_a_failed_warm_instance_is_tried_again_by_the_deadline_task(rec: Recorder) -> None:
+    async def go() -> None:
+        s = SessionService(None, Config())  # type: ignore[arg-type]
+        fn_body = shared()
+        fn_body["spec"]["scaling"] = {**fn_body["spec"].get("scaling", {}), "warmInstances": 1}
+        await s.function_changed(fn_body)
+        await s.pod_changed("MODIFIED", pod_event(rec.of("create_pod")[0], ready=True))
+        rec.fail_creates = 1
+        doc = await s.create_session(body(GOOD_SESSION, "a", functionName="f", sessionId="a", storage=None))
+        assert doc is not None and doc["sessionStatus"] == "Active"
+        while s.tasks:
+            await asyncio.sleep(0)
+        fn = s.registry.function("ns", "f")
+        assert len(fn.instances) == 1, "the instance whose pod was refused is still planned"
+        retry = s.deadlines.deadline(("scale-in", "ns", "f"))
+        assert retry is not None and (retry - svc.now()).total_seconds() <= 1
+        await s.deadline_due("scale-in", "ns", "f")
+        assert len(rec.of("create_pod")) == 2 and len(fn.instances) == 2
+    run(go())

@@ -26,6 +26,7 @@ from fnsession.kube.client import Clients
 
 log = logging.getLogger(__name__)
 WRITES_AT_ONCE = 32  # API writes one piece of work issues concurrently
+WARM_RETRY = timedelta(seconds=1)  # after a warm instance's pod create failed
 
 
 def now() -> datetime:
@@ -41,6 +42,7 @@ class Instances:
     locks: defaultdict[Key, asyncio.Lock]
     wake: asyncio.Event
     terminating: set[str]  # namespaces being deleted (a pod create said so): nothing is placed there
+    tasks: set[asyncio.Task[None]]  # background work (held, so none is collected mid-way)
 
     def lock(self, fn: FunctionState) -> asyncio.Lock:
         return self.locks[(fn.namespace, fn.name)]
@@ -126,12 +128,43 @@ class Instances:
 
         await self.each(sorted(lost.sessions), again)
 
-    async def ensure_warm(self, fn: FunctionState) -> None:
+    @staticmethod
+    def warm_short(fn: FunctionState) -> bool:
+        """Fewer empty instances than the Function keeps warm (looked at without building every
+        instance's load: the common answer, no, is cheap)."""
         spec = fn.spec
         if spec is None or spec.instance_isolation == "SESSION_EXCLUSIVE" or spec.scaling.warm_instances == 0:
+            return False
+        return len(fn.loads(below=1)) < spec.scaling.warm_instances
+
+    def warm_soon(self, fn: FunctionState) -> None:
+        """Top the warm pool up without waiting for it. The bind that took the last empty instance
+        returns its Active status at once, and the pod create it calls for (tens of milliseconds, more
+        with the API server busy) runs beside it: awaited on the bind, it was the create -> Active
+        tail of one session in every ``sessionConcurrencyPerInstance`` (issue 12). The instance is
+        planned under the Function's lock when the task runs, so tasks started together plan it once."""
+        if fn.namespace in self.terminating or not self.warm_short(fn):
             return
-        if len(fn.loads(below=1)) >= spec.scaling.warm_instances:
-            return  # enough empty instances (the common case, looked at without building every instance's load)
+        task = asyncio.create_task(self.warm_in_background(fn))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def warm_in_background(self, fn: FunctionState) -> None:
+        try:
+            await self.ensure_warm(fn)
+        except Exception:
+            if fn.namespace in self.terminating:
+                return
+            log.exception("starting a warm instance of %s/%s failed; trying again in %ss", fn.namespace, fn.name,
+                          WARM_RETRY.total_seconds())
+            self.deadlines.schedule(("scale-in", fn.namespace, fn.name), now() + WARM_RETRY)  # which ends topping up
+            self.wake.set()
+
+    async def ensure_warm(self, fn: FunctionState) -> None:
+        if not self.warm_short(fn):
+            return
+        spec = fn.spec
+        assert spec is not None
         async with self.lock(fn):
             missing = warm_deficit(fn.loads(), spec.scaling.warm_instances, spec.scaling.max_instances)
             names = [self.new_instance(fn) for _ in range(missing)]

@@ -233,9 +233,7 @@ class SessionService(Pauses):
                 await self.after_release(fn, self.release(fn, session), fence=True)
                 return None
             self.event(session.ref(), reason="ScaledOut", message=f"created instance {create} for this session")
-        await self.ensure_warm(fn)
-        if not self.live(session):
-            return None
+        self.warm_soon(fn)
         if inst.ready:
             session.state = "Active"
             metrics.BIND_SECONDS.observe((now() - session.created).total_seconds())
