@@ -12,8 +12,9 @@ a PATCH as this client sees it (loopback), and the CPU milliseconds per write of
 and this client (from /proc: all three run on this machine). The namespace is deleted at the end.
 
 ``--kind minimal`` writes the same status documents to a throwaway CRD instead (scratchwrites in
-group fnsession.dev, so that the local cluster's audit policy logs its writes alike; no schema beyond ``x-kubernetes-preserve-unknown-fields``, no CEL rules, nobody
-watching it), deleted at the end: what our CRD and its watchers add to a write. ``--pprof FILE``
+group fnsession.dev, so that the local cluster's audit policy logs its writes alike; no schema
+beyond ``x-kubernetes-preserve-unknown-fields``, no CEL rules, nobody watching it), deleted at the
+end: what our CRD and its watchers add to a write. ``--pprof FILE``
 saves a CPU profile of kube-apiserver (``/debug/pprof/profile``, with the kubeconfig's client
 certificate) taken while the last concurrency level runs; read it with ``go tool pprof -top FILE``.
 

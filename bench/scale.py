@@ -71,6 +71,7 @@ class Watcher(threading.Thread):
         self.active: dict[str, float] = {}
         self.active_status: dict[str, dict[str, Any]] = {}  # the status first seen Active (the operator's own times)
         self.expired: dict[str, tuple[float, dict[str, Any]]] = {}
+        self.last: dict[str, str] = {}  # name -> the last state (and Bound reason) this watch saw
         self.ready = threading.Event()
         self.stop = False
 
@@ -86,6 +87,9 @@ class Watcher(threading.Thread):
                     if event["type"] == "BOOKMARK":
                         continue
                     state, name, at = (obj.get("status") or {}).get("sessionStatus"), obj["metadata"]["name"], time.time()
+                    bound = next((c.get("reason") for c in (obj.get("status") or {}).get("conditions") or []
+                                  if c.get("type") == "Bound"), None)
+                    self.last[name] = f"{state}/{bound}" if bound else str(state)
                     if state == "Active" and name not in self.active:
                         self.active[name] = at
                         self.active_status[name] = obj["status"]
@@ -162,6 +166,16 @@ def stalls_between(before: dict[str, float], after: dict[str, float]) -> str:
             f"{d.get('fnsession_event_loop_lag_seconds_sum', 0.0) / total * 1000:.2f} ms; "
             f"GC gen2 {int(gc2)} pauses, {gc2_sum * 1000:.0f} ms in all; GC time by generation "
             + ", ".join(f"{g}: {v * 1000:.0f} ms" for g, v in gc_all.items()))
+
+
+def not_active(names: list[str], watcher: Watcher) -> str:
+    """The sessions this watch never saw Active, by the last state it saw them in."""
+    tally: dict[str, int] = {}
+    for n in names:
+        if n not in watcher.active:
+            key = watcher.last.get(n, "never seen")
+            tally[key] = tally.get(key, 0) + 1
+    return ", ".join(f"{k}: {v}" for k, v in sorted(tally.items(), key=lambda kv: -kv[1])) or "none"
 
 
 def find_operator_pid(api: client.ApiClient) -> int:
@@ -280,7 +294,8 @@ def main() -> None:
             stalls0 = operator_metrics(api) if not args.operator_pid else {}
             rate = args.fill_rate if args.fill_rate and step != steps[-1] else args.rate
             taken = creator.paced(names, rate)
-            wait_for(f"{step} sessions Active", lambda names=names: all(n in watcher.active for n in names), timeout=120)
+            if not wait_for(f"{step} sessions Active", lambda names=names: all(n in watcher.active for n in names), timeout=120):
+                print(f"  not seen Active, by the last state seen: {not_active(names, watcher)}", flush=True)
             cpu = cpu_seconds(pid) - cpu0
             lat = [(watcher.active[n] - creator.created[n]) * 1000 for n in names if n in watcher.active and n in creator.created]
             calls = [creator.call_ms[n] for n in names if n in creator.call_ms]
@@ -309,8 +324,10 @@ def main() -> None:
                 return {"sessionTTLInSeconds": max(1, math.ceil(due - time.time())), "sessionIdleTimeoutInSeconds": 0}
 
             taken = creator.paced(names, args.expiry_rate, ttl_of)
-            wait_for(f"{n} expiring sessions Active", lambda: all(x in watcher.active for x in names), timeout=120)
-            cpu0 = cpu_seconds(pid)
+            if not wait_for(f"{n} expiring sessions Active", lambda: all(x in watcher.active for x in names),
+                            timeout=max(1.0, window_start - 2 - time.time())):
+                print(f"  not seen Active before the window, by the last state seen: {not_active(names, watcher)}", flush=True)
+            cpu0 = cpu_seconds(pid)  # before the first is due
             wait_for(f"{n} sessions Expired", lambda: all(x in watcher.expired for x in names), timeout=window_start + 140 - time.time())
             cpu = cpu_seconds(pid) - cpu0
             lags, dues = [], []
