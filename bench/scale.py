@@ -267,8 +267,15 @@ def main() -> None:
     api = client.ApiClient(client.Configuration.get_default_copy())
     api.configuration.connection_pool_maxsize = 16
     core, objects = client.CoreV1Api(api), client.CustomObjectsApi(api)
-    if not core.list_node(label_selector="type=kwok").items:
+    kwok = core.list_node(label_selector="type=kwok").items
+    if not kwok:
         raise SystemExit("no kwok nodes: make cluster-up KWOK_NODES=2")
+    room = sum(int((n.status.allocatable or {}).get("pods", "0")) for n in kwok)
+    needed = math.ceil((max(steps) + args.expiries) / args.per_instance) + 1  # and the warm one
+    if needed > room:  # the rest stay Pending (unschedulable), and so do their sessions (InstanceStarting)
+        print(f"WARNING: {needed} instances needed, the kwok nodes take {room} pods: about "
+              f"{(needed - room) * args.per_instance} sessions will wait Pending for a pod that never schedules "
+              f"(raise --per-instance to {math.ceil((max(steps) + args.expiries) / (room - 1))})", flush=True)
     pid = args.operator_pid or find_operator_pid(api)
     ns = f"fns-scale-{uuid.uuid4().hex[:6]}"
     core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=ns)))
