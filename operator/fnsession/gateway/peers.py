@@ -47,6 +47,7 @@ log = logging.getLogger(__name__)
 ASK_TIMEOUT = 0.5  # seconds a peer's answer may take before the nonce is unsure (claimed in the API server)
 SETTLE_SECONDS = 10.0  # after a membership change, nonces are unsure (see the module's docstring)
 CONNECT_TIMEOUT = 0.5
+COPY_TIMEOUT = 5.0  # seconds the copy of one peer's nonces may take at start (then the next peer is tried)
 MAX_LINE = 256
 
 
@@ -246,7 +247,7 @@ class Peers:
         for name, _verb in self.targets():
             kind, _, where = name.partition(":")
             try:
-                async with asyncio.timeout(30):
+                async with asyncio.timeout(COPY_TIMEOUT):
                     if kind == "worker":
                         reader, writer = await asyncio.open_unix_connection(
                             sibling_address(self.peer_port, int(where), self.scope))
