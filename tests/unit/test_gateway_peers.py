@@ -21,6 +21,11 @@ from fnsession.gateway.signing import ReplayGuard
 PORTS = itertools.count(39400)
 
 
+def k(name: str) -> str:
+    """A key as the gateway makes them (what peers accept)."""
+    return ReplayGuard.key("KEY1", name)
+
+
 class Clock:
     def __init__(self) -> None:
         self.now = 1000.0
@@ -79,13 +84,13 @@ async def test_a_nonce_taken_by_one_process_is_refused_by_every_other_worker_and
     a0, a1 = await cluster.pod("127.0.0.2", workers=2)
     [b0] = await cluster.pod("127.0.0.3")
     cluster.settle()
-    assert await cluster.take(a0, "k1") is Verdict.NEW
-    assert await cluster.take(a1, "k1") is Verdict.SEEN  # a sibling worker
-    assert await cluster.take(b0, "k1") is Verdict.SEEN  # another pod
-    assert await cluster.take(a0, "k1") is Verdict.SEEN  # itself
+    assert await cluster.take(a0, k("k1")) is Verdict.NEW
+    assert await cluster.take(a1, k("k1")) is Verdict.SEEN  # a sibling worker
+    assert await cluster.take(b0, k("k1")) is Verdict.SEEN  # another pod
+    assert await cluster.take(a0, k("k1")) is Verdict.SEEN  # itself
     # a nonce first taken at the other pod reaches both workers of the first (the pod relays it)
-    assert await cluster.take(b0, "k2") is Verdict.NEW
-    assert not a0.guard.mark("k2") and not a1.guard.mark("k2")
+    assert await cluster.take(b0, k("k2")) is Verdict.NEW
+    assert not a0.guard.mark(k("k2")) and not a1.guard.mark(k("k2"))
     assert a0.claims[Verdict.NEW] == 1 and b0.claims[Verdict.NEW] == 1
 
 
@@ -94,46 +99,46 @@ async def test_two_copies_sent_to_two_processes_at_once_are_never_both_taken(clu
     [b] = await cluster.pod("127.0.0.3")
     cluster.settle()
     for n in range(50):
-        key = f"same-{n}"
+        key = k(f"same-{n}")
         verdicts = await asyncio.gather(cluster.take(a, key), cluster.take(b, key))
         assert verdicts.count(Verdict.NEW) <= 1, verdicts
 
 
 async def test_the_other_pods_unknown_changed_lately_or_silent_make_it_unsure(cluster: Cluster) -> None:
     [a] = await cluster.pod("127.0.0.2")
-    assert await cluster.take(a, "k0") is Verdict.UNSURE  # just started: settling
+    assert await cluster.take(a, k("k0")) is Verdict.UNSURE  # just started: settling
     cluster.settle()
-    assert await cluster.take(a, "k1") is Verdict.NEW
+    assert await cluster.take(a, k("k1")) is Verdict.NEW
     a.set_pods(["127.0.0.9"])  # a pod that does not answer (nothing listens there)
     cluster.settle()
-    assert await cluster.take(a, "k2") is Verdict.UNSURE
+    assert await cluster.take(a, k("k2")) is Verdict.UNSURE
     a.set_pods([])  # it is gone: settling again, then sure
-    assert await cluster.take(a, "k3") is Verdict.UNSURE
+    assert await cluster.take(a, k("k3")) is Verdict.UNSURE
     cluster.settle()
-    assert await cluster.take(a, "k4") is Verdict.NEW
+    assert await cluster.take(a, k("k4")) is Verdict.NEW
     # one that never learns its pods (several replicas, no peer port) is never sure
     lonely = Peers(ReplayGuard(), peer_port=0, settle=0.0, pods_known=False, clock=cluster.clock)
-    assert await lonely.claim("k5") is Verdict.UNSURE
+    assert await lonely.claim(k("k5")) is Verdict.UNSURE
 
 
 async def test_a_replay_is_refused_even_while_settling(cluster: Cluster) -> None:
     [a] = await cluster.pod("127.0.0.2")
     [b] = await cluster.pod("127.0.0.3")
-    assert await cluster.take(a, "k") is Verdict.UNSURE  # (then the API server decides)
-    assert await cluster.take(b, "k") is Verdict.SEEN
+    assert await cluster.take(a, k("k")) is Verdict.UNSURE  # (then the API server decides)
+    assert await cluster.take(b, k("k")) is Verdict.SEEN
 
 
 async def test_a_process_that_starts_copies_the_nonces_used_before(cluster: Cluster) -> None:
     [a] = await cluster.pod("127.0.0.2")
     cluster.settle()
     for n in range(2500):  # more than one batch of the dump
-        assert a.guard.mark(f"old-{n}")
+        assert a.guard.mark(k(f"old-{n}"))
     [b] = await cluster.pod("127.0.0.3", copy=True)
     assert len(b.guard.seen) == 2500
-    assert not b.guard.mark("old-2499")
+    assert not b.guard.mark(k("old-2499"))
     # ages are kept: a copied nonce is forgotten when the original would have been
     cluster.clock.now += a.guard.window + 1
-    assert b.guard.mark("old-0")
+    assert b.guard.mark(k("old-0"))
 
 
 async def test_garbage_on_the_peer_port_gets_no_answer_and_changes_nothing(cluster: Cluster) -> None:
@@ -146,7 +151,15 @@ async def test_garbage_on_the_peer_port_gets_no_answer_and_changes_nothing(clust
     writer.write(b"C " + b"k" * 400 + b"\n")
     assert await reader.read() == b""
     writer.close()
-    assert len(a.guard.seen) == 0
+    reader, writer = await asyncio.open_connection("127.0.0.2", cluster.port)
+    writer.write(b"C not-a-key-the-gateway-makes\n")
+    assert await reader.read() == b""
+    writer.close()
+    reader, writer = await asyncio.open_connection("127.0.0.2", cluster.port)
+    writer.write(b"C " + k("x").encode() + b"\n")  # a real one is answered
+    assert await reader.readline() == b"N\n"
+    writer.close()
+    assert list(a.guard.seen) == [k("x")]
 
 
 def test_the_other_pods_are_every_endpoint_of_the_gateway_service_but_this_one() -> None:

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import socket
 import time
 from collections import deque
@@ -49,6 +50,7 @@ SETTLE_SECONDS = 10.0  # after a membership change, nonces are unsure (see the m
 CONNECT_TIMEOUT = 0.5
 COPY_TIMEOUT = 5.0  # seconds the copy of one peer's nonces may take at start (then the next peer is tried)
 MAX_LINE = 256
+KEY = re.compile(rb"[0-9a-f]{32}")  # signing.ReplayGuard.key: nothing else is marked for a peer
 
 
 class Verdict(Enum):
@@ -216,15 +218,16 @@ class Peers:
                 if verb == b"D":
                     await self._dump(writer)
                     continue
-                if verb not in (b"C", b"L") or not key:
+                if verb not in (b"C", b"L") or not KEY.fullmatch(key):
                     break
-                new = self.guard.mark(key.decode("ascii", "replace"))
+                new = self.guard.mark(key.decode("ascii"))
                 if verb == b"C":  # from another pod: this pod's other workers mark it too
                     others = [(f"worker:{i}", b"L") for i in range(self.workers) if i != self.index]
-                    if await self._ask_all(key.decode("ascii", "replace"), others) is Verdict.SEEN:
+                    if await self._ask_all(key.decode("ascii"), others) is Verdict.SEEN:
                         new = False
                 writer.write(b"N\n" if new else b"S\n")
-        except (OSError, ConnectionError):
+                await writer.drain()  # (a peer that does not read its answers is not buffered for)
+        except (OSError, ConnectionError, ValueError):  # ValueError: a line past the reader's limit
             pass
         finally:
             writer.close()
@@ -258,9 +261,10 @@ class Peers:
                         copied = 0
                         now = self.guard.clock()  # type: ignore[operator]
                         while (line := await reader.readline()) and line != b".\n":
-                            key, _, age = line.decode().rstrip("\n").rpartition(" ")
-                            self.guard.merge(key, now - float(age))
-                            copied += 1
+                            key, _, age = line.rstrip(b"\n").rpartition(b" ")
+                            if KEY.fullmatch(key):
+                                self.guard.merge(key.decode("ascii"), now - float(age))
+                                copied += 1
                         log.info("copied %d signature nonce(s) from %s", copied, name)
                         return True
                     finally:
