@@ -79,6 +79,13 @@ def build_parser() -> argparse.ArgumentParser:
     gw.add_argument("--drain-timeout", type=float, default=20.0, metavar="SECONDS",
                     help="then: seconds in-flight requests get to finish before their connections are cut "
                          "(default: %(default)s)")
+    gw.add_argument("--peer-port", type=int, default=0, metavar="PORT",
+                    help="with several replicas: the port on which gateway pods ask each other whether a signed "
+                         "request's nonce was used (a round trip on the pod network instead of an API write per "
+                         "signed request); the other pods are found from --peer-service's EndpointSlices in "
+                         "--keys-namespace. 0: replicas claim every nonce in the API server (default: %(default)s)")
+    gw.add_argument("--peer-service", default="fnsession-gateway",
+                    help="the gateway's Service, whose endpoints are the other gateway pods (default: %(default)s)")
     dp = gw.add_argument_group("data plane timeouts and limits",
                                "each answered with FC's error object (408, 503, 504) and the connection closed")
     dp.add_argument("--request-head-timeout", type=float, default=10.0, metavar="SECONDS",
@@ -161,7 +168,8 @@ def cmd_gateway(args: argparse.Namespace) -> int:
         return 2
     run(Options(host=args.host, port=args.port, auth=args.auth, namespace=args.namespace,
                 keys_namespace=args.keys_namespace, metrics_port=args.metrics_port, workers=workers,
-                replicas=args.replicas, drain_delay=args.drain_delay, drain_timeout=args.drain_timeout, limits=limits))
+                replicas=args.replicas, drain_delay=args.drain_delay, drain_timeout=args.drain_timeout, limits=limits,
+                peer_port=args.peer_port, peer_service=args.peer_service))
     return 0
 
 

@@ -3,7 +3,9 @@
 - a replica deleted during a request loop fails no request of a client that reconnects when an answer
   says ``Connection: close`` (the replica drains: not ready, Connection: close, in-flight finished);
 - one new session id sent through the Service twice at the same moment (each connection may land on
-  either replica) makes one FunctionSession, and both requests reach its instance.
+  either replica) makes one FunctionSession, and both requests reach its instance;
+- a signed request (FC's SDKs) replayed to the other replica is refused, the replicas having asked
+  each other (--peer-port), with no Lease written for its nonce.
 
 The API server's outage (the data plane outliving the control plane) is tried in test_api_outage.py.
 """
@@ -13,6 +15,7 @@ from __future__ import annotations
 import http.client
 import threading
 import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 from urllib.parse import urlsplit
@@ -20,9 +23,11 @@ from urllib.parse import urlsplit
 import pytest
 from kubernetes import client
 
+from fnsession.gateway.auth import SharedNonces
+
 from .cluster import eventually
 from .cluster import http as fetch
-from .test_gateway import Credentials, creds, gateway_url  # noqa: F401 - fixtures
+from .test_gateway import FC, Credentials, creds, fc, gateway_url, signed_list  # noqa: F401 - fixtures
 from .test_gateway_invoke import curl, objects, seeds  # noqa: F401 - fixtures
 from .test_operator import GROUP, SESSIONS, VERSION
 
@@ -145,3 +150,45 @@ def test_one_new_session_id_sent_twice_at_once_makes_one_session(
         records = [o for o in objects.list_namespaced_custom_object(GROUP, VERSION, namespace, SESSIONS)["items"]
                    if o["spec"]["sessionId"] == sid]
         assert len(records) == 1, [o["metadata"]["name"] for o in records]
+
+
+def metric(pod: client.V1Pod, name: str) -> float:
+    status, body = fetch("GET", f"http://{pod.status.pod_ip}:9091/metrics", timeout=5)
+    assert status == 200, (pod.metadata.name, status)
+    return sum(float(ln.split()[-1]) for ln in body.decode().splitlines() if ln.startswith(name))
+
+
+def test_a_signed_request_replayed_to_the_other_replica_is_refused_without_an_api_write(
+    core: client.CoreV1Api, creds: Credentials, fc: FC
+) -> None:
+    a, b = sorted(ready_gateways(core), key=lambda p: p.metadata.name)[:2]
+    url_a, url_b = f"http://{a.status.pod_ip}:8080", f"http://{b.status.pod_ip}:8080"
+    coordination = client.CoordinationV1Api(core.api_client)
+
+    def lease_of(nonce: str) -> bool:
+        name = SharedNonces.name(creds.key_id, nonce)
+        return any(x.metadata.name == name for x in coordination.list_namespaced_lease(
+            "fnsession-system", label_selector="fnsession.dev/signature-nonce=true").items)
+
+    # the replicas know each other and have settled (a replica that just started also asks the API server)
+    eventually("each replica knows the other", lambda: metric(a, "fnsession_gateway_nonce_peers ") == 1
+               and metric(b, "fnsession_gateway_nonce_peers ") == 1, timeout=60)
+    taken: list[str] = []
+
+    def taken_by_the_peers_alone() -> bool:
+        before = metric(a, 'fnsession_gateway_nonce_claims_total{verdict="new"}')
+        nonce = uuid.uuid4().hex
+        assert signed_list(url_a, "echo", creds.key_id, creds.secret, nonce)[0] == 200
+        taken.append(nonce)
+        return metric(a, 'fnsession_gateway_nonce_claims_total{verdict="new"}') == before + 1
+
+    eventually("a signed request taken on the replicas' word alone", taken_by_the_peers_alone, timeout=60)
+    nonce = taken[-1]
+    assert not lease_of(nonce), "a nonce the replicas vouched for was written to the API server"
+    # replayed to the other replica (which marked it when asked), then to the same one
+    for url in (url_b, url_a):
+        status, body = signed_list(url, "echo", creds.key_id, creds.secret, nonce)
+        assert status == 401 and "already used" in body["Message"], (url, status, body)
+    assert not lease_of(nonce)
+    # a new nonce is taken by the other replica too
+    assert signed_list(url_b, "echo", creds.key_id, creds.secret, uuid.uuid4().hex)[0] == 200

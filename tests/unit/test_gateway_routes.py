@@ -203,7 +203,8 @@ async def test_a_watch_cut_by_an_outage_resumes_from_its_version_within_a_retry_
         async def __aexit__(self, *exc: Any) -> None:
             return None
 
-        def stream(self, func: Any, group: str, version: str, plural: str, **kw: Any) -> Any:
+        def stream(self, func: Any, **kw: Any) -> Any:  # func: the list, its arguments bound
+            group, version, plural = func.args
             return by_plural[plural]().stream(func, group, version, plural, **kw)
 
     monkeypatch.setattr(watching.watch, "Watch", Watch)

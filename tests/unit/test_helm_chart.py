@@ -157,18 +157,22 @@ def test_values_change_what_they_name_and_names_namespaces_and_selectors_still_a
     args = containers(gw)["args"]
     assert args[0] == "gateway" and "--metrics-port=9200" in args
     assert {"--keys-namespace=apps", "--namespace=apps", "--workers=2", "--trusted-proxies=10.0.0.0/8,192.0.2.1"} <= set(args)
+    # the replicas find each other through this release's Service, not the default one's
+    assert {"--peer-port=8081", "--peer-service=team-a-fnsession-gateway"} <= set(args)
     keys_role = got[("Role", "apps", "team-a-fnsession-gateway-keys")]
     assert keys_role["rules"][0]["resources"] == ["secrets"]
+    assert {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": ["get", "list", "watch"]} in keys_role["rules"]
     svc = got[("Service", "apps", "team-a-fnsession-gateway")]
     assert svc["spec"]["type"] == "NodePort" and svc["spec"]["ports"][0]["port"] == 8080
     assert svc["spec"]["selector"] == gw["spec"]["selector"]["matchLabels"]
 
 
-def test_metrics_and_aggregated_roles_can_be_turned_off() -> None:
+def test_metrics_peers_and_aggregated_roles_can_be_turned_off() -> None:
     got = render("--set", "gateway.metricsPort=0", "--set", "metrics.podAnnotations=false",
-                 "--set", "rbac.aggregateToDefaultRoles=false")
+                 "--set", "rbac.aggregateToDefaultRoles=false", "--set", "gateway.peerPort=0")
     gw = got[("Deployment", "fnsession-system", "fnsession-gateway")]
     assert "--metrics-port=0" in containers(gw)["args"]
+    assert not [a for a in containers(gw)["args"] if a.startswith("--peer-")]
     assert [p["name"] for p in containers(gw)["ports"]] == ["http"]
     for key, doc in got.items():
         if key[0] == "Deployment":

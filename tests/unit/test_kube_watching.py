@@ -60,8 +60,8 @@ class Server:
             async def __aexit__(self, *exc: Any) -> None:
                 return None
 
-            async def stream(self, func: Any, group: str, version: str, plural: str, **kw: Any) -> Any:
-                assert plural == SESSION.plural and kw["allow_watch_bookmarks"] is True
+            async def stream(self, func: Any, **kw: Any) -> Any:
+                assert func.args[-1] == SESSION.plural and kw["allow_watch_bookmarks"] is True
                 server.calls.append(("watch", kw["resource_version"]))
                 if not server.watches:
                     server.done.set()
@@ -173,3 +173,5 @@ async def test_a_list_that_fails_is_tried_again(monkeypatch: pytest.MonkeyPatch)
 def test_backoff_grows_to_its_most() -> None:
     assert [Backoff(0.5, 30, 2).delay(n) for n in range(1, 9)] == [0.5, 1, 2, 4, 8, 16, 30, 30]
     assert {Backoff(0.5, 0.5).delay(n) for n in range(1, 5)} == {0.5}
+    # an outage of hours: the 1,025th failure in a row once overflowed the float (the watch task died)
+    assert Backoff(0.5, 30, 2).delay(1025) == Backoff(0.5, 30, 2).delay(10**6) == 30

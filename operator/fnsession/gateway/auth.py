@@ -23,9 +23,12 @@ answer within :data:`API_TIMEOUT`, a 5xx), a credential that was positively answ
 and anything else (a credential not seen, or refused, or seen longer ago) gets FC's 503
 ``ServiceUnavailable`` at once instead of waiting.
 
-With several gateway processes (workers, replicas), a signed request's nonce is also claimed in the
-cluster (:class:`SharedNonces`: a Lease named after it, which the API server creates once), so a
-request replayed to another process is refused too.
+With several gateway processes (workers, replicas), a signed request's nonce is also claimed from
+every other process (:mod:`fnsession.gateway.peers`: a round trip on the pod network, no API call), so
+a request replayed to another process is refused too. When that cannot be certain (a process did not
+answer, or the processes changed in the last seconds), or the other replicas cannot be reached at
+all (no ``--peer-port``), it is claimed in the cluster as well (:class:`SharedNonces`: a Lease named
+after it, which the API server creates once).
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ import aiohttp
 
 from fnsession.api.names import GROUP, SESSION
 from fnsession.gateway import errors, signing
+from fnsession.gateway.peers import Peers, Verdict
 from fnsession.kube import reviews
 from fnsession.kube.client import Clients
 from fnsession.kube.objects import ApiException
@@ -237,6 +241,7 @@ class Authenticator:
         self.reach = reachability or Reachability()
         self.replays = signing.ReplayGuard()
         self.nonces = SharedNonces(clients, keys_namespace, self.replays.window) if shared_nonces else None
+        self.peers: Peers | None = None  # the other gateway processes, asked first (module docstring)
         self.graced = 0  # answers given from the grace while the API server was unreachable (metrics)
         self.calls: dict[Any, asyncio.Task[Any]] = {}  # API calls under way, by what they decide (single-flight)
         self.renewals = 0  # tokens renewed in the background (metrics)
@@ -383,7 +388,14 @@ class Authenticator:
         signing.verify(method=method, raw_target=raw_target, headers=headers, body=body, secret=key["secret"],
                        authorization=auth)
         self.replays.check(headers, auth)
-        if self.nonces is not None:  # and for every other gateway process
+        if self.peers is not None:  # and for every other gateway process
+            verdict = await self.peers.claim(self.replays.key(auth.access_key_id, headers["x-acs-signature-nonce"]))
+            if verdict is Verdict.SEEN:
+                raise errors.unauthenticated("x-acs-signature-nonce was already used: a replayed request")
+            sure = verdict is Verdict.NEW
+        else:
+            sure = False
+        if self.nonces is not None and not sure:  # in the cluster, when the processes could not tell for certain
             try:
                 await self.reach.call(lambda: self.nonces.claim(auth.access_key_id,  # type: ignore[union-attr]
                                                                 headers["x-acs-signature-nonce"]))

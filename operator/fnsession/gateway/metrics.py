@@ -59,6 +59,16 @@ class GatewayCollector(Collector):
                                   value=self.gateway.auth.renewals)
         yield CounterMetricFamily("fnsession_gateway_auth_graced", "Identity and RBAC answers given from the last "
                                   "positive answer while the API server was unreachable", value=self.gateway.auth.graced)
+        claims = CounterMetricFamily("fnsession_gateway_nonce_claims", "Signed requests' nonces claimed from the other "
+                                     "gateway processes, by verdict: new (no API call), seen (a replay, refused), unsure "
+                                     "(a peer did not answer or the processes just changed: claimed in the API server too)",
+                                     labels=["verdict"])
+        peers = self.gateway.auth.peers
+        for verdict, n in (peers.claims.items() if peers is not None else ()):
+            claims.add_metric([verdict.value], n)
+        yield claims
+        yield GaugeMetricFamily("fnsession_gateway_nonce_peers", "Other gateway pods this process asks of each signed "
+                                "request's nonce", value=len(peers.pods) if peers is not None else 0)
         yield GaugeMetricFamily("fnsession_gateway_api_unreachable", "1 while the API server cannot be reached",
                                 value=1 if self.gateway.auth.reach.down else 0)
         errors = CounterMetricFamily("fnsession_gateway_errors", "Answers the gateway gave itself with an error status "

@@ -44,6 +44,7 @@ from fnsession.gateway.errors import FCError
 from fnsession.gateway.http import Limits, Listener, Pool, Request, RequestIds, every, install_uvloop, native
 from fnsession.gateway.invoke import Invoker, limit_share
 from fnsession.gateway.lane import Lane
+from fnsession.gateway.peers import Peers, follow_peers
 from fnsession.gateway.routes import Routes
 from fnsession.gateway.session_api import SessionAPI
 from fnsession.gateway.signing import ALGORITHM
@@ -242,6 +243,8 @@ class Options:
     replicas: int = 1         # gateway replicas (pods) routing to the same instances: the limit's split
     drain_delay: float = 5.0  # seconds a draining gateway keeps serving (not ready) before it closes the port
     drain_timeout: float = 20.0  # seconds in-flight requests then get to finish
+    peer_port: int = 0        # where gateway pods ask each other of signed requests' nonces (0: they cannot)
+    peer_service: str = "fnsession-gateway"  # the Service whose EndpointSlices name the other gateway pods
     limits: Limits | None = None  # the data plane's timeouts and limits (http.Limits; None: its defaults)
 
     @property
@@ -274,6 +277,10 @@ async def serve(options: Options, worker: int = 0) -> None:
     invoker = Invoker(clients, api, routes, pool, limit=o.instance_limit)
     auth = Authenticator(clients, o.auth, o.namespace, o.keys_namespace, reach,
                          shared_nonces=o.auth == "kubernetes" and o.workers * o.replicas > 1)
+    if o.auth == "kubernetes" and (o.workers > 1 or o.peer_port):
+        # the nonces of signed requests, claimed from the other processes first (gateway.peers)
+        auth.peers = Peers(auth.replays, peer_port=o.peer_port, index=worker, workers=o.workers,
+                           pods_known=not o.peer_port and o.replicas <= 1)
     gateway = Gateway(api, auth, invoker)
     listener = Listener(gateway.handle, loop, gateway.lane, o.limits)
     metrics.serve(o.metrics_port + worker if o.metrics_port else 0,
@@ -290,6 +297,8 @@ async def serve(options: Options, worker: int = 0) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     try:
+        if auth.peers is not None:
+            await start_peers(auth.peers, clients, o, reach, background)
         await asyncio.wait_for(routes.ready.wait(), timeout=30)
         server = await loop.create_server(listener, o.host, o.port, backlog=2048, reuse_address=True,
                                           reuse_port=o.workers > 1)
@@ -304,7 +313,22 @@ async def serve(options: Options, worker: int = 0) -> None:
         if invoker.activity:  # the API server did not take it: once more, then it is lost with the process
             await asyncio.sleep(0.5)
             await invoker.flush_activity()
+        if auth.peers is not None:
+            auth.peers.close()
         await clients.close()
+
+
+async def start_peers(peers: Peers, clients: Any, o: Options, reach: Reachability,
+                      background: list[asyncio.Task[Any]]) -> None:
+    """Answer the other processes; learn the other pods (with a peer port); copy the nonces one of
+    them holds, so that a restarted process refuses what was used before it started."""
+    await peers.serve()
+    if o.peer_port:
+        background.append(asyncio.create_task(follow_peers(peers, clients, o.keys_namespace, o.peer_service, reach),
+                                              name="nonce-peers"))
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(peers.listed.wait(), timeout=10)
+    await peers.copy_from_a_peer()
 
 
 async def drain(gateway: Gateway, listener: Listener, invoker: Invoker, server: asyncio.AbstractServer,

@@ -95,9 +95,26 @@ class ReplayGuard:
             raise errors.unauthenticated("x-acs-date must be a UTC time like 2026-11-22T03:47:51Z") from None
         if abs(now - sent) > self.window:
             raise errors.unauthenticated(f"x-acs-date is more than {int(self.window)} s away from the server's time")
+        if not self.mark(self.key(authorization.access_key_id, headers["x-acs-signature-nonce"])):
+            raise errors.unauthenticated("x-acs-signature-nonce was already used: a replayed request")
+
+    @staticmethod
+    def key(access_key_id: str, nonce: str) -> str:
+        """What is kept of a nonce: a digest of the key id and the nonce (also what the gateway's
+        processes tell each other, fnsession.gateway.peers)."""
+        return hashlib.sha256(f"{access_key_id}/{nonce}".encode()).hexdigest()[:32]
+
+    def mark(self, key: str) -> bool:
+        """Note ``key`` as used now; False when it was already used within the window."""
+        now = self.clock()  # type: ignore[operator]
         while self.seen and next(iter(self.seen.values())) < now - self.window:
             self.seen.popitem(last=False)
-        nonce = f"{authorization.access_key_id}/{headers['x-acs-signature-nonce']}"
-        if nonce in self.seen:
-            raise errors.unauthenticated("x-acs-signature-nonce was already used: a replayed request")
-        self.seen[nonce] = now
+        if key in self.seen:
+            return False
+        self.seen[key] = now
+        return True
+
+    def merge(self, key: str, when: float) -> None:
+        """Note ``key`` as used at ``when`` (copied from another process), unless known or too old."""
+        if key not in self.seen and when >= self.clock() - self.window:  # type: ignore[operator]
+            self.seen[key] = when

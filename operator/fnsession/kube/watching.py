@@ -13,6 +13,7 @@ The caller gets the list as a whole (``listed``: replace what you had) and each 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -50,17 +51,38 @@ class Backoff:
 
     def delay(self, failures: int) -> float:
         """Before the try after ``failures`` (>= 1) failed ones in a row."""
-        return min(self.most, self.first * self.factor ** max(0, failures - 1))
+        return min(self.most, self.first * self.factor ** min(64, max(0, failures - 1)))  # (no float overflow)
 
 
-async def list_watch(clients: Clients, kind: Kind, *,
+@dataclass(frozen=True)
+class Resource:
+    """What to follow when it is not one of fnsession's kinds in every namespace: any resource of a
+    named API group (``group``/``version``/``plural``), in one ``namespace``, with a ``label_selector``."""
+
+    group: str
+    version: str
+    plural: str
+    namespace: str
+    label_selector: str | None = None
+
+
+async def list_watch(clients: Clients, kind: Kind | Resource, *,
                      listed: Callable[[list[dict[str, Any]]], None],
                      changed: Callable[[str, dict[str, Any]], None],
                      reach: Reach | None = None,
                      before_list: Callable[[], Awaitable[Any]] | None = None,
                      backoff: Backoff = Backoff()) -> None:
-    """Follow every ``kind`` object for ever (until cancelled). ``before_list`` is awaited before
-    each list (e.g. until another list+watch has listed what this one's objects refer to)."""
+    """Follow every ``kind`` object (or those of a :class:`Resource`) for ever (until cancelled).
+    ``before_list`` is awaited before each list (e.g. until another list+watch has listed what this
+    one's objects refer to)."""
+    lister: Callable[..., Any]
+    if isinstance(kind, Resource):
+        lister = functools.partial(clients.custom.list_namespaced_custom_object, kind.group, kind.version,
+                                   kind.namespace, kind.plural)
+        if kind.label_selector:
+            lister = functools.partial(lister, label_selector=kind.label_selector)
+    else:
+        lister = functools.partial(clients.custom.list_cluster_custom_object, GROUP, VERSION, kind.plural)
     version: str | None = None
     failures = 0
     while True:
@@ -68,8 +90,7 @@ async def list_watch(clients: Clients, kind: Kind, *,
             if version is None:
                 if before_list is not None:
                     await before_list()
-                listing = await clients.custom.list_cluster_custom_object(
-                    GROUP, VERSION, kind.plural, _request_timeout=LIST_TIMEOUT)
+                listing = await lister(_request_timeout=LIST_TIMEOUT)
                 listed(listing["items"])
                 version = listing["metadata"]["resourceVersion"]
                 if reach is not None:
@@ -77,13 +98,11 @@ async def list_watch(clients: Clients, kind: Kind, *,
             elif failures:
                 # resuming after the API server could not be reached: ask it once (one object) before the
                 # watch, so that its return is known at once, not at the next event of a quiet watch
-                await clients.custom.list_cluster_custom_object(GROUP, VERSION, kind.plural, limit=1,
-                                                                _request_timeout=PROBE_TIMEOUT)
+                await lister(limit=1, _request_timeout=PROBE_TIMEOUT)
                 if reach is not None:
                     reach.answered()
             async with watch.Watch() as w:
-                async for event in w.stream(clients.custom.list_cluster_custom_object, GROUP, VERSION, kind.plural,
-                                            resource_version=version, allow_watch_bookmarks=True,
+                async for event in w.stream(lister, resource_version=version, allow_watch_bookmarks=True,
                                             timeout_seconds=WATCH_SECONDS):
                     if failures:
                         failures = 0
