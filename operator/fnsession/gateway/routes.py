@@ -90,6 +90,26 @@ def origin_of(obj: dict[str, Any]) -> Origin:
                   obj["metadata"].get("resourceVersion", ""), activity_of(obj))
 
 
+@dataclass(frozen=True, slots=True)
+class Seen:
+    """A live (not Expired) FunctionSession as the watch last saw it: enough for PauseSession and
+    ResumeSession to write it without listing its id's records first. A write made over ``version``
+    (a precondition) changes exactly the object seen, or fails with 409 when it moved on."""
+
+    name: str
+    state: str | None  # status.sessionStatus (None: not handled yet)
+    qualifier: str
+    auto_resume: bool  # spec.enableAutoResume
+    version: str  # metadata.resourceVersion
+    order: tuple[str, str]  # (creation time, name): the oldest is the live one, as SessionAPI.live picks
+
+
+def seen_of(obj: dict[str, Any]) -> Seen:
+    meta, spec, status = obj["metadata"], obj.get("spec") or {}, obj.get("status") or {}
+    return Seen(meta["name"], status.get("sessionStatus"), spec.get("qualifier", "LATEST"), bool(spec.get("enableAutoResume")),
+                meta.get("resourceVersion", ""), (status.get("createdTime") or meta.get("creationTimestamp") or "", meta["name"]))
+
+
 def activity_of(obj: dict[str, Any]) -> float:
     """``status.lastActivityTime`` of a FunctionSession (Unix time; 0 when it has none)."""
     at = parse_time((obj.get("status") or {}).get("lastActivityTime"))
@@ -120,6 +140,8 @@ class Routes:
         self.waiters: dict[tuple[str, str], list[asyncio.Future[dict[str, Any]]]] = {}
         self.generation = 0  # moves on every change of the table: what was looked up before may be stale
         self.carried: dict[tuple[str, str], float] = {}  # the gateway's own last request per session, over a relist
+        self.live: dict[SessionKey, dict[str, Seen]] = {}  # the live records of each id, by object name
+        self.live_keys: dict[tuple[str, str], SessionKey] = {}  # (namespace, object name) -> its key in live
 
     def next_change(self, ns: str, name: str) -> asyncio.Future[dict[str, Any]]:
         """A future that gets the FunctionSession ``ns/name`` at its next watch event."""
@@ -131,6 +153,11 @@ class Routes:
 
     def function_spec(self, ns: str, name: str) -> dict[str, Any] | None:
         return self.functions.get((ns, name))
+
+    def seen(self, ns: str, function: str, session_id: str) -> Seen | None:
+        """The id's live session as the watch last saw it (the oldest, if more than one); None: none seen."""
+        records = self.live.get((ns, function, session_id))
+        return min(records.values(), key=lambda r: r.order) if records else None
 
     def route(self, ns: str, function: str, session_id: str) -> Route | None:
         found = self.sessions.get((ns, function, session_id))
@@ -167,11 +194,25 @@ class Routes:
             self.origins[name] = origin_of(obj)
         else:
             self.origins.pop(name, None)
+        self.follow_live(event, name, obj)
         if event != "DELETED" and (obj.get("spec") or {}).get("fenced"):
             self.on_fenced(*name)  # SHARED: the instance stays, this session's requests stop now
         for future in self.waiters.pop(name, ()):
             if not future.done():
                 future.set_result(obj)
+
+    def follow_live(self, event: str, name: tuple[str, str], obj: dict[str, Any]) -> None:
+        old = self.live_keys.pop(name, None)
+        if old is not None:
+            records = self.live.get(old, {})
+            records.pop(name[1], None)
+            if not records:
+                self.live.pop(old, None)
+        if event == "DELETED" or (obj.get("status") or {}).get("sessionStatus") == "Expired":
+            return
+        key = (name[0], (obj.get("spec") or {}).get("functionName") or "", session_json(obj)["sessionId"])
+        self.live.setdefault(key, {})[name[1]] = seen_of(obj)
+        self.live_keys[name] = key
 
     def apply_function(self, event: str, obj: dict[str, Any]) -> None:
         self.generation += 1
@@ -198,6 +239,8 @@ class Routes:
         self.sessions.clear()
         self.keys.clear()
         self.origins.clear()
+        self.live.clear()
+        self.live_keys.clear()
 
     def reset_functions(self) -> None:
         self.generation += 1
