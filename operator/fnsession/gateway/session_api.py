@@ -25,7 +25,7 @@ from fnsession.core.pods import LABEL_FUNCTION
 from fnsession.core.status import stamp
 from fnsession.gateway import errors, fc
 from fnsession.gateway.errors import FCError
-from fnsession.gateway.routes import Seen
+from fnsession.gateway.routes import Follow, Seen
 from fnsession.kube import objects
 from fnsession.kube.client import Clients
 from fnsession.kube.objects import ApiException
@@ -40,8 +40,8 @@ def function_not_found(name: str) -> FCError:
 
 
 class Changes(Protocol):
-    def next_change(self, ns: str, name: str) -> asyncio.Future[dict[str, Any]]:
-        """Resolves with the object at its next watch event."""
+    def following(self, ns: str, name: str) -> contextlib.AbstractContextManager[Follow]:
+        """The object's watch events while the block runs: its newest object at each (routes.Follow)."""
 
     def function_spec(self, ns: str, name: str) -> dict[str, Any] | None:
         """A Function's spec as the watch last saw it; None when it has not seen the Function."""
@@ -135,28 +135,29 @@ class SessionAPI:
         the object as a write just returned it (saves the first read)."""
         deadline, pause = time.monotonic() + self.create_wait, 0.005
         seen: dict[str, Any] | None = first
-        while True:
-            change = self.changes.next_change(ns, name) if self.changes is not None else None
-            obj = seen or await objects.get(self.clients, SESSION, ns, name)
-            seen = None
-            status = obj.get("status") or {}
-            if status.get("sessionStatus") == "Active":
-                if change is not None:
-                    change.cancel()  # not waited for: nothing keeps it
-                return obj
-            reason, message = self.pending_reason(status)
-            if reason in REFUSALS:
-                raise FCError(429 if reason == "MaxInstancesReached" else 400,
-                              "ResourceThrottled" if reason == "MaxInstancesReached" else "InvalidArgument", message)
-            if time.monotonic() > deadline:
-                raise FCError(503, "ServiceUnavailable",
-                              f"the session was not bound to an instance within {self.create_wait:.0f} s ({reason or 'no status yet'})")
-            if change is None:
-                await asyncio.sleep(pause)
-            else:  # the watch event, or a read again after a while if it is slow
-                with contextlib.suppress(TimeoutError):
-                    seen = await asyncio.wait_for(change, 0.25)
-            pause = min(pause * 2, 0.2)
+        with self.following(ns, name) as follow:
+            while True:
+                obj = seen or await objects.get(self.clients, SESSION, ns, name)
+                status = obj.get("status") or {}
+                if status.get("sessionStatus") == "Active":
+                    return obj
+                reason, message = self.pending_reason(status)
+                if reason in REFUSALS:
+                    raise FCError(429 if reason == "MaxInstancesReached" else 400,
+                                  "ResourceThrottled" if reason == "MaxInstancesReached" else "InvalidArgument", message)
+                if time.monotonic() > deadline:
+                    raise FCError(503, "ServiceUnavailable",
+                                  f"the session was not bound to an instance within {self.create_wait:.0f} s ({reason or 'no status yet'})")
+                if follow is None:
+                    await asyncio.sleep(pause)
+                    seen = None
+                else:  # the watch event, or a read again after a while if it is slow
+                    seen = await follow.next(0.25)
+                pause = min(pause * 2, 0.2)
+
+    def following(self, ns: str, name: str) -> contextlib.AbstractContextManager[Follow | None]:
+        """The object's watch events (None without a watch: then the waits poll)."""
+        return self.changes.following(ns, name) if self.changes is not None else contextlib.nullcontext()
 
     @staticmethod
     def pending_reason(status: Mapping[str, Any]) -> tuple[str | None, str]:
@@ -367,21 +368,18 @@ class SessionAPI:
         ``first``: the object as a write just returned it."""
         deadline = time.monotonic() + wait
         seen: dict[str, Any] | None = first
-        while True:
-            change = self.changes.next_change(ns, name) if self.changes is not None else None
-            obj = seen or await objects.get(self.clients, SESSION, ns, name)
-            seen = None
-            if done(obj):
-                if change is not None:
-                    change.cancel()
-                return obj
-            if time.monotonic() > deadline:
-                raise FCError(503, "ServiceUnavailable", f"the session was not {what} within {wait:.0f} s")
-            if change is None:
-                await asyncio.sleep(0.02)
-            else:
-                with contextlib.suppress(TimeoutError):
-                    seen = await asyncio.wait_for(change, 0.25)
+        with self.following(ns, name) as follow:
+            while True:
+                obj = seen or await objects.get(self.clients, SESSION, ns, name)
+                if done(obj):
+                    return obj
+                if time.monotonic() > deadline:
+                    raise FCError(503, "ServiceUnavailable", f"the session was not {what} within {wait:.0f} s")
+                if follow is None:
+                    await asyncio.sleep(0.02)
+                    seen = None
+                else:
+                    seen = await follow.next(0.25)
 
     async def until_observed(self, ns: str, name: str, generation: int, wait: float = 2.0) -> dict[str, Any]:
         """The object once the operator has taken the update in (new deadline, lastModifiedTime)."""
