@@ -84,12 +84,25 @@ def test_a_status_update_keeps_the_gateways_newer_activity() -> None:
     assert ("ns", "echo", "s-1") not in routes.sessions
 
 
-async def test_a_watch_event_resolves_who_waits_for_that_session() -> None:
+async def test_a_watch_event_wakes_who_waits_for_that_session() -> None:
     routes = Routes(clients=None)  # type: ignore[arg-type]
-    mine, other = routes.next_change("ns", "echo-s-1"), routes.next_change("ns", "echo-other")
-    routes.apply_session("MODIFIED", session())
-    assert mine.done() and mine.result()["status"]["sessionStatus"] == "Active"
-    assert not other.done() and ("ns", "echo-s-1") not in routes.waiters
+    with routes.following("ns", "echo-s-1") as mine, routes.following("ns", "echo-other") as other:
+        routes.apply_session("MODIFIED", session())
+        got = await mine.next(1)
+        assert got is not None and got["status"]["sessionStatus"] == "Active"
+        assert await other.next(0.01) is None and await mine.next(0.01) is None
+    assert not routes.followers
+
+
+async def test_two_events_delivered_together_leave_the_waiter_the_newest() -> None:
+    """The watch may bring a write's own spec change and the operator's answer to it in one read: the
+    waiter, woken by the first, must find the second, not wait for an event that already came."""
+    routes = Routes(clients=None)  # type: ignore[arg-type]
+    with routes.following("ns", "echo-s-1") as follow:
+        routes.apply_session("MODIFIED", session("Paused"))
+        routes.apply_session("MODIFIED", session("Active"))
+        got = await follow.next(0.01)
+        assert got is not None and got["status"]["sessionStatus"] == "Active"
 
 
 def test_a_functions_new_default_timeouts_reach_its_sessions_routes_at_once() -> None:

@@ -126,6 +126,7 @@ def test_pausing_an_exclusive_session_deletes_its_pod_and_resuming_mounts_the_sa
         one = s.sessions[("ns", "t1")]
         assert one.state == "Paused" and rec.of("status")[-1] == ("t1", "Paused")
         assert rec.of("delete_pod") == [(first["metadata"]["name"], None)], "the paused session's pod was not deleted"
+        await s.events.flush()  # Events are queued, posted off the transition's path
         assert ("t1", "Paused") in rec.of("event")
         assert s.fn_of(one).instance_of("t1") is None
         ttl_end = s.deadlines.deadline(("expire", "ns", "t1"))
@@ -142,6 +143,7 @@ def test_pausing_an_exclusive_session_deletes_its_pod_and_resuming_mounts_the_sa
         assert pods[1]["spec"]["securityContext"] == first["spec"]["securityContext"]
         assert one.state == "Pending"
         await s.pod_changed("MODIFIED", pod_event(pods[1], ready=True))
+        await s.events.flush()  # Events are queued, posted off the transition's path
         assert one.state == "Active" and ("t1", "Resumed") in rec.of("event")
     asyncio.run(go())
 
@@ -169,6 +171,9 @@ def test_pausing_a_shared_session_frees_its_slot_and_resume_binds_again_with_the
         assert one.last_status is not None and one.last_status["lastActivityTime"] == docs.stamp(one.last_activity)
         idle_end = s.deadlines.deadline(("expire", "ns", "a"))
         assert idle_end is not None and idle_end >= before + timedelta(seconds=60), "the idle timer did not restart"
+        await s.events.flush()
+        reasons = [r for n, r in rec.of("event") if n == "a"]
+        assert reasons[reasons.index("Paused"):] == ["Paused", "Resumed"], f"a resume is one Event, Resumed: {reasons}"
     asyncio.run(go())
 
 
@@ -181,6 +186,7 @@ def test_the_idle_timeout_pauses_with_enable_auto_pause_and_a_request_resumes(re
         await s.pod_changed("MODIFIED", pod_event(rec.of("create_pod")[0], ready=True))
         one = s.sessions[("ns", "a")]
         await run_due(s, one, 61)
+        await s.events.flush()  # Events are queued, posted off the transition's path
         assert one.state == "Paused" and ("a", "AutoPaused") in rec.of("event")
         assert pausing.pause_reason(one.conditions) == "AutoPaused"
         # the same spec (paused: false) does not resume it; a resume requested before the pause neither

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from collections.abc import Iterable
 from datetime import timedelta
 from typing import Any
 
@@ -49,9 +50,22 @@ async def may_act(memo: kopf.Memo) -> None:
         await elector.may_act()
 
 
+class SessionEssenceUnchanging(kopf.StatusDiffBaseStorage):
+    """kopf's diff base in ``status.kopf``, except that a FunctionSession's essence is empty: no handler
+    reacts to a session's *update* through kopf (``session_observed`` sees every event), yet kopf
+    writes the new diff base after each spec or annotation change, one more status PATCH per pause
+    and per resume, racing the session's own writes. An empty essence still marks a session as
+    handled (kopf's create handler runs once); Functions keep theirs for ``function_changed``."""
+
+    def build(self, *, body: kopf.Body, extra_fields: Iterable[kopf.FieldSpec] | None = None) -> kopf.BodyEssence:
+        if body.get("kind") == SESSION.kind:
+            return kopf.BodyEssence()
+        return super().build(body=body, extra_fields=extra_fields)
+
+
 @kopf.on.startup()
 async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
-    settings.persistence.diffbase_storage = kopf.StatusDiffBaseStorage()
+    settings.persistence.diffbase_storage = SessionEssenceUnchanging()
     settings.persistence.progress_storage = kopf.StatusProgressStorage()
     settings.posting.level = logging.WARNING  # only failures; our own Events are posted by the service
     settings.scanning.disabled = True          # the CRDs are installed before the operator (make deploy)

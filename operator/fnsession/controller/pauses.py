@@ -38,7 +38,10 @@ class Pauses(Instances):
     def schedule_expiry(self, session: Session) -> None:
         raise NotImplementedError  # SessionService
 
-    async def place(self, session: Session, rebinding: str | None = None) -> dict[str, Any] | None:
+    async def place(self, session: Session, rebinding: str | None = None, *, bound_event: bool = True) -> dict[str, Any] | None:
+        raise NotImplementedError  # SessionService
+
+    def event(self, obj: dict[str, Any], *, reason: str, message: str, type_: str = "Normal") -> None:
         raise NotImplementedError  # SessionService
 
     async def write_status(self, session: Session, doc: dict[str, Any]) -> None:
@@ -100,7 +103,7 @@ class Pauses(Instances):
         self.schedule_expiry(session)  # the TTL only
         where = f"; instance {inst.name} released" if inst is not None else ""
         await self.after_release(fn, inst, fence=False)  # the pod goes first, the Event after it
-        await writes.post_event(self.clients, session.ref(), reason=reason, message=f"{pausing.PAUSED_MESSAGES[reason]}{where}")
+        self.event(session.ref(), reason=reason, message=f"{pausing.PAUSED_MESSAGES[reason]}{where}")
         log.info("paused session %s/%s (%s)%s", session.namespace, session.name, reason, where)
 
     async def resume(self, key: Key) -> None:
@@ -112,13 +115,13 @@ class Pauses(Instances):
         session.state = "Pending"
         session.last_activity = now()
         self.schedule_expiry(session)
-        doc = await self.place(session)
+        doc = await self.place(session, bound_event=False)  # the Resumed Event says where
         if doc is None:
             return
         doc = {**doc, "lastActivityTime": docs.stamp(session.last_activity)}
         session.last_status = doc
-        await self.write_status(session, doc)  # routable now: the Event after it
-        await writes.post_event(self.clients, session.ref(), reason="Resumed",
-                                message=f"resumed: {doc['sessionStatus']} on instance {doc['instance'].get('podName')}")
+        await self.write_status(session, doc)  # routable now: the Event after it, queued (never awaited)
+        self.event(session.ref(), reason="Resumed",
+                   message=f"resumed: {doc['sessionStatus']} on instance {doc['instance'].get('podName')}")
         log.info("resumed session %s/%s (%s)", session.namespace, session.name, doc["sessionStatus"])
 

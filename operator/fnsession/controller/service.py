@@ -179,8 +179,9 @@ class SessionService(Pauses):
             return session.last_status
         return await self.place(session)
 
-    async def place(self, session: Session, rebinding: str | None = None) -> dict[str, Any] | None:
-        """Take a slot for the session (or queue it); returns its status document, None if it died."""
+    async def place(self, session: Session, rebinding: str | None = None, *, bound_event: bool = True) -> dict[str, Any] | None:
+        """Take a slot for the session (or queue it); returns its status document, None if it died.
+        ``bound_event=False``: no Bound Event for a bind at once (a resume posts its own, Resumed)."""
         fn = self.fn_of(session)
         if session.namespace in self.terminating:
             return None  # the namespace is being deleted, and the session with it
@@ -237,7 +238,8 @@ class SessionService(Pauses):
         if inst.ready:
             session.state = "Active"
             metrics.BIND_SECONDS.observe((now() - session.created).total_seconds())
-            self.event(session.ref(), reason="Bound", message=self.bound_message(inst, rebinding))
+            if bound_event:
+                self.event(session.ref(), reason="Bound", message=self.bound_message(inst, rebinding))
             return self.active_doc(session, fn, inst, lost=rebinding)
         session.lost_instance = rebinding
         after = f" (instance {rebinding} was lost)" if rebinding else ""

@@ -7,10 +7,11 @@ for the operator to write Expired, and at once when it is fenced or expired.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -90,6 +91,26 @@ def origin_of(obj: dict[str, Any]) -> Origin:
                   obj["metadata"].get("resourceVersion", ""), activity_of(obj))
 
 
+@dataclass(frozen=True, slots=True)
+class Seen:
+    """A live (not Expired) FunctionSession as the watch last saw it: enough for PauseSession and
+    ResumeSession to write it without listing its id's records first. A write made over ``version``
+    (a precondition) changes exactly the object seen, or fails with 409 when it moved on."""
+
+    name: str
+    state: str | None  # status.sessionStatus (None: not handled yet)
+    qualifier: str
+    auto_resume: bool  # spec.enableAutoResume
+    version: str  # metadata.resourceVersion
+    order: tuple[str, str]  # (creation time, name): the oldest is the live one, as SessionAPI.live picks
+
+
+def seen_of(obj: dict[str, Any]) -> Seen:
+    meta, spec, status = obj["metadata"], obj.get("spec") or {}, obj.get("status") or {}
+    return Seen(meta["name"], status.get("sessionStatus"), spec.get("qualifier", "LATEST"), bool(spec.get("enableAutoResume")),
+                meta.get("resourceVersion", ""), (status.get("createdTime") or meta.get("creationTimestamp") or "", meta["name"]))
+
+
 def activity_of(obj: dict[str, Any]) -> float:
     """``status.lastActivityTime`` of a FunctionSession (Unix time; 0 when it has none)."""
     at = parse_time((obj.get("status") or {}).get("lastActivityTime"))
@@ -105,6 +126,29 @@ def deadlines(origin: Origin, function_spec: dict[str, Any]) -> tuple[float, flo
     return origin.start + ttl, (math.inf if not idle else float(idle))
 
 
+class Follow:
+    """Who waits on one FunctionSession's watch events: woken at each, and given the newest object, so
+    that two events delivered together (the spec change a write made, then the operator's status
+    answering it) do not leave the waiter with the first one and the second one lost."""
+
+    def __init__(self) -> None:
+        self.latest: dict[str, Any] | None = None
+        self.woken = asyncio.Event()
+
+    def changed(self, obj: dict[str, Any]) -> None:
+        self.latest = obj
+        self.woken.set()
+
+    async def next(self, timeout: float) -> dict[str, Any] | None:
+        """The object at its newest event since the last call (waiting up to ``timeout`` seconds for one); None: none came."""
+        if self.latest is None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.woken.wait(), timeout)
+        obj, self.latest = self.latest, None
+        self.woken.clear()
+        return obj
+
+
 class Routes:
     """``reach``: told when a list or watch cannot reach the API server, and when one answers again."""
 
@@ -117,20 +161,33 @@ class Routes:
         self.ready = asyncio.Event()            # sessions listed: the gateway may serve
         self.functions_ready = asyncio.Event()  # Functions listed: sessions' timeouts are known
         self.on_fenced: Callable[[str, str], None] = lambda ns, name: None  # cut the session's running requests
-        self.waiters: dict[tuple[str, str], list[asyncio.Future[dict[str, Any]]]] = {}
+        self.followers: dict[tuple[str, str], list[Follow]] = {}  # (namespace, object name) -> who waits on its events
         self.generation = 0  # moves on every change of the table: what was looked up before may be stale
         self.carried: dict[tuple[str, str], float] = {}  # the gateway's own last request per session, over a relist
+        self.live: dict[SessionKey, dict[str, Seen]] = {}  # the live records of each id, by object name
+        self.live_keys: dict[tuple[str, str], SessionKey] = {}  # (namespace, object name) -> its key in live
 
-    def next_change(self, ns: str, name: str) -> asyncio.Future[dict[str, Any]]:
-        """A future that gets the FunctionSession ``ns/name`` at its next watch event."""
-        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-        waiting = self.waiters.setdefault((ns, name), [])
-        waiting[:] = [f for f in waiting if not f.done()]  # those given up on (timed out) are dropped
-        waiting.append(future)
-        return future
+    @contextlib.contextmanager
+    def following(self, ns: str, name: str) -> Iterator[Follow]:
+        """The watch events of the FunctionSession ``ns/name`` while the block runs (:class:`Follow`)."""
+        follow, key = Follow(), (ns, name)
+        self.followers.setdefault(key, []).append(follow)
+        try:
+            yield follow
+        finally:
+            others = [f for f in self.followers.get(key, ()) if f is not follow]
+            if others:
+                self.followers[key] = others
+            else:
+                self.followers.pop(key, None)
 
     def function_spec(self, ns: str, name: str) -> dict[str, Any] | None:
         return self.functions.get((ns, name))
+
+    def seen(self, ns: str, function: str, session_id: str) -> Seen | None:
+        """The id's live session as the watch last saw it (the oldest, if more than one); None: none seen."""
+        records = self.live.get((ns, function, session_id))
+        return min(records.values(), key=lambda r: r.order) if records else None
 
     def route(self, ns: str, function: str, session_id: str) -> Route | None:
         found = self.sessions.get((ns, function, session_id))
@@ -167,11 +224,24 @@ class Routes:
             self.origins[name] = origin_of(obj)
         else:
             self.origins.pop(name, None)
+        self.follow_live(event, name, obj)
         if event != "DELETED" and (obj.get("spec") or {}).get("fenced"):
             self.on_fenced(*name)  # SHARED: the instance stays, this session's requests stop now
-        for future in self.waiters.pop(name, ()):
-            if not future.done():
-                future.set_result(obj)
+        for follow in self.followers.get(name, ()):
+            follow.changed(obj)
+
+    def follow_live(self, event: str, name: tuple[str, str], obj: dict[str, Any]) -> None:
+        old = self.live_keys.pop(name, None)
+        if old is not None:
+            records = self.live.get(old, {})
+            records.pop(name[1], None)
+            if not records:
+                self.live.pop(old, None)
+        if event == "DELETED" or (obj.get("status") or {}).get("sessionStatus") == "Expired":
+            return
+        key = (name[0], (obj.get("spec") or {}).get("functionName") or "", session_json(obj)["sessionId"])
+        self.live.setdefault(key, {})[name[1]] = seen_of(obj)
+        self.live_keys[name] = key
 
     def apply_function(self, event: str, obj: dict[str, Any]) -> None:
         self.generation += 1
@@ -198,6 +268,8 @@ class Routes:
         self.sessions.clear()
         self.keys.clear()
         self.origins.clear()
+        self.live.clear()
+        self.live_keys.clear()
 
     def reset_functions(self) -> None:
         self.generation += 1

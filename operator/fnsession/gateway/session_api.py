@@ -25,6 +25,7 @@ from fnsession.core.pods import LABEL_FUNCTION
 from fnsession.core.status import stamp
 from fnsession.gateway import errors, fc
 from fnsession.gateway.errors import FCError
+from fnsession.gateway.routes import Follow, Seen
 from fnsession.kube import objects
 from fnsession.kube.client import Clients
 from fnsession.kube.objects import ApiException
@@ -39,11 +40,14 @@ def function_not_found(name: str) -> FCError:
 
 
 class Changes(Protocol):
-    def next_change(self, ns: str, name: str) -> asyncio.Future[dict[str, Any]]:
-        """Resolves with the object at its next watch event."""
+    def following(self, ns: str, name: str) -> contextlib.AbstractContextManager[Follow]:
+        """The object's watch events while the block runs: its newest object at each (routes.Follow)."""
 
     def function_spec(self, ns: str, name: str) -> dict[str, Any] | None:
         """A Function's spec as the watch last saw it; None when it has not seen the Function."""
+
+    def seen(self, ns: str, function: str, session_id: str) -> Seen | None:
+        """The id's live session as the watch last saw it; None when it has seen none."""
 
 
 class SessionAPI:
@@ -131,28 +135,29 @@ class SessionAPI:
         the object as a write just returned it (saves the first read)."""
         deadline, pause = time.monotonic() + self.create_wait, 0.005
         seen: dict[str, Any] | None = first
-        while True:
-            change = self.changes.next_change(ns, name) if self.changes is not None else None
-            obj = seen or await objects.get(self.clients, SESSION, ns, name)
-            seen = None
-            status = obj.get("status") or {}
-            if status.get("sessionStatus") == "Active":
-                if change is not None:
-                    change.cancel()  # not waited for: nothing keeps it
-                return obj
-            reason, message = self.pending_reason(status)
-            if reason in REFUSALS:
-                raise FCError(429 if reason == "MaxInstancesReached" else 400,
-                              "ResourceThrottled" if reason == "MaxInstancesReached" else "InvalidArgument", message)
-            if time.monotonic() > deadline:
-                raise FCError(503, "ServiceUnavailable",
-                              f"the session was not bound to an instance within {self.create_wait:.0f} s ({reason or 'no status yet'})")
-            if change is None:
-                await asyncio.sleep(pause)
-            else:  # the watch event, or a read again after a while if it is slow
-                with contextlib.suppress(TimeoutError):
-                    seen = await asyncio.wait_for(change, 0.25)
-            pause = min(pause * 2, 0.2)
+        with self.following(ns, name) as follow:
+            while True:
+                obj = seen or await objects.get(self.clients, SESSION, ns, name)
+                status = obj.get("status") or {}
+                if status.get("sessionStatus") == "Active":
+                    return obj
+                reason, message = self.pending_reason(status)
+                if reason in REFUSALS:
+                    raise FCError(429 if reason == "MaxInstancesReached" else 400,
+                                  "ResourceThrottled" if reason == "MaxInstancesReached" else "InvalidArgument", message)
+                if time.monotonic() > deadline:
+                    raise FCError(503, "ServiceUnavailable",
+                                  f"the session was not bound to an instance within {self.create_wait:.0f} s ({reason or 'no status yet'})")
+                if follow is None:
+                    await asyncio.sleep(pause)
+                    seen = None
+                else:  # the watch event, or a read again after a while if it is slow
+                    seen = await follow.next(0.25)
+                pause = min(pause * 2, 0.2)
+
+    def following(self, ns: str, name: str) -> contextlib.AbstractContextManager[Follow | None]:
+        """The object's watch events (None without a watch: then the waits poll)."""
+        return self.changes.following(ns, name) if self.changes is not None else contextlib.nullcontext()
 
     @staticmethod
     def pending_reason(status: Mapping[str, Any]) -> tuple[str | None, str]:
@@ -249,11 +254,15 @@ class SessionAPI:
         """PauseSession: ``spec.paused: true``, answered once the operator says Paused (its compute released)."""
         if not fc.file_system_only(params.get("fileSystemOnly")):
             raise errors.memory_pause_unsupported()
-        obj = await self.paused_record(ns, function, session_id, params.get("qualifier"))
-        if self.state(obj) != "Active":
-            raise errors.session_not_active(session_id, self.state(obj) or "Pending")
-        name = obj["metadata"]["name"]
-        patched = await self.patch(ns, name, {"spec": {"paused": True}})
+        await self.function_spec(ns, function)
+        change = {"spec": {"paused": True}}
+        patched = await self.patch_seen(ns, function, session_id, ("Active",), params.get("qualifier"), change)
+        if patched is None:  # not seen so by the watch, or changed since: as the API server has it
+            obj = await self.paused_record(ns, function, session_id, params.get("qualifier"))
+            if self.state(obj) != "Active":
+                raise errors.session_not_active(session_id, self.state(obj) or "Pending")
+            patched = await self.patch(ns, obj["metadata"]["name"], change)
+        name = patched["metadata"]["name"]
         done = await self.until(ns, name, lambda o: self.state(o) in ("Paused", "Expired"), self.create_wait, "paused", patched)
         return fc.session_json(done, (await self.function_spec(ns, function)).get("sessionAffinityConfig"))
 
@@ -262,23 +271,60 @@ class SessionAPI:
         paused), answered once it is Active again, within the create wait."""
         if not fc.file_system_only(params.get("fileSystemOnly")):
             raise errors.memory_pause_unsupported()
-        obj = await self.paused_record(ns, function, session_id, params.get("qualifier"))
-        if self.state(obj) != "Paused":
-            raise errors.session_not_paused(session_id, self.state(obj) or "Pending")
-        active = await self.resume_object(ns, obj)
+        await self.function_spec(ns, function)
+        patched = await self.patch_seen(ns, function, session_id, ("Paused",), params.get("qualifier"), self.resume_change())
+        if patched is not None:
+            active = await self.until_active(ns, patched["metadata"]["name"], patched)
+        else:  # not seen so by the watch, or changed since: as the API server has it
+            obj = await self.paused_record(ns, function, session_id, params.get("qualifier"))
+            if self.state(obj) != "Paused":
+                raise errors.session_not_paused(session_id, self.state(obj) or "Pending")
+            active = await self.resume_object(ns, obj)
         return fc.session_json(active, (await self.function_spec(ns, function)).get("sessionAffinityConfig"))
+
+    @staticmethod
+    def resume_change() -> dict[str, Any]:
+        """``spec.paused: false``, and a resume request for a session the idle timeout paused."""
+        return {"metadata": {"annotations": {RESUME_ANNOTATION: stamp(datetime.now(UTC))}}, "spec": {"paused": False}}
 
     async def resume_object(self, ns: str, obj: Mapping[str, Any]) -> dict[str, Any]:
         name, patched = obj["metadata"]["name"], None
         if self.state(obj) == "Paused":
-            patched = await self.patch(ns, name, {"metadata": {"annotations": {RESUME_ANNOTATION: stamp(datetime.now(UTC))}},
-                                                  "spec": {"paused": False}})
+            patched = await self.patch(ns, name, self.resume_change())
         return await self.until_active(ns, name, patched)
+
+    async def patch_seen(self, ns: str, function: str, session_id: str, states: tuple[str, ...], qualifier: str | None,
+                         change: dict[str, Any]) -> dict[str, Any] | None:
+        """``change`` written to the id's live session as the gateway's watch last saw it, when that was
+        in one of ``states`` (and of ``qualifier``), over the version seen: the object it is now. None when
+        the watch saw it otherwise or not at all, or it changed since (the API server's 409): then the
+        caller lists the id's records, as without a watch, and answers from what it finds. Saves the
+        list on the common path and changes nothing a list would not have let it change."""
+        seen = self.changes.seen(ns, function, session_id) if self.changes is not None else None
+        if seen is None or seen.state not in states or (qualifier and seen.qualifier != qualifier):
+            return None
+        body = {**change, "metadata": {**change.get("metadata", {}), "resourceVersion": seen.version}}
+        try:
+            patched: dict[str, Any] = await objects.patch(self.clients, SESSION, ns, seen.name, body)
+        except ApiException as exc:
+            if exc.status in (404, 409):
+                return None
+            raise self.refused_by_api(exc) from None
+        return patched
 
     async def create_or_resume(self, ns: str, function: str, qualifier: str | None,
                                body: Mapping[str, Any]) -> tuple[dict[str, Any], bool]:
         """A request's session: a passive create, or, when its id names a Paused session, that session
         resumed (``enableAutoResume``; FC's SessionPaused without it). (Session JSON, resumed?)"""
+        fspec = await self.function_spec(ns, function)
+        if fspec.get("sessionAffinity") in ("HEADER_FIELD", "GENERATED_COOKIE") and "sessionId" in body:
+            # the watch saw it Paused with enableAutoResume: resumed without the create's list first
+            seen = self.changes.seen(ns, function, body["sessionId"]) if self.changes is not None else None
+            patched = None if seen is None or not seen.auto_resume else \
+                await self.patch_seen(ns, function, body["sessionId"], ("Paused",), None, self.resume_change())
+            if patched is not None:
+                active = await self.until_active(ns, patched["metadata"]["name"], patched)
+                return fc.session_json(active, fspec.get("sessionAffinityConfig")), True
         try:
             return await self.create(ns, function, qualifier, body), False
         except FCError as err:
@@ -292,6 +338,9 @@ class SessionAPI:
 
     async def paused(self, ns: str, function: str, session_id: str) -> bool:
         """Whether the id names a Paused session (or one resuming)."""
+        seen = self.changes.seen(ns, function, session_id) if self.changes is not None else None
+        if seen is not None and seen.state == "Paused" and seen.auto_resume:
+            return True  # (create_or_resume finds out again, as the API server has it)
         obj = await self.live(ns, function, session_id)
         return obj is not None and self.resumable(obj)
 
@@ -319,21 +368,18 @@ class SessionAPI:
         ``first``: the object as a write just returned it."""
         deadline = time.monotonic() + wait
         seen: dict[str, Any] | None = first
-        while True:
-            change = self.changes.next_change(ns, name) if self.changes is not None else None
-            obj = seen or await objects.get(self.clients, SESSION, ns, name)
-            seen = None
-            if done(obj):
-                if change is not None:
-                    change.cancel()
-                return obj
-            if time.monotonic() > deadline:
-                raise FCError(503, "ServiceUnavailable", f"the session was not {what} within {wait:.0f} s")
-            if change is None:
-                await asyncio.sleep(0.02)
-            else:
-                with contextlib.suppress(TimeoutError):
-                    seen = await asyncio.wait_for(change, 0.25)
+        with self.following(ns, name) as follow:
+            while True:
+                obj = seen or await objects.get(self.clients, SESSION, ns, name)
+                if done(obj):
+                    return obj
+                if time.monotonic() > deadline:
+                    raise FCError(503, "ServiceUnavailable", f"the session was not {what} within {wait:.0f} s")
+                if follow is None:
+                    await asyncio.sleep(0.02)
+                    seen = None
+                else:
+                    seen = await follow.next(0.25)
 
     async def until_observed(self, ns: str, name: str, generation: int, wait: float = 2.0) -> dict[str, Any]:
         """The object once the operator has taken the update in (new deadline, lastModifiedTime)."""

@@ -1,0 +1,156 @@
+"""PauseSession and ResumeSession from the gateway's watch (session_api.patch_seen, routes.Routes.seen):
+a session the watch saw in the right state is written at once, over the version seen, with no list of
+its id's records first; when the watch saw it otherwise, or it changed since (the API server's 409),
+the id's records are listed and they decide, as without a watch, so FC's errors and what changes
+stay the same."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+from typing import Any
+
+import pytest
+
+from fnsession.core.pausing import RESUME_ANNOTATION
+from fnsession.gateway import session_api
+from fnsession.gateway.errors import FCError
+from fnsession.gateway.routes import Routes
+from fnsession.gateway.session_api import SessionAPI
+from fnsession.kube.objects import ApiException
+
+FUNCTION = {"sessionAffinity": "HEADER_FIELD", "sessionAffinityConfig": {"affinityHeaderFieldName": "x-session-id"}}
+
+
+def obj(state: str | None, version: str = "10", name: str = "echo-s-1", created: str = "2026-12-01T12:00:00.000000Z",
+        **spec: Any) -> dict[str, Any]:
+    status = {"sessionStatus": state, "sessionId": "s-1", "createdTime": created} if state else {}
+    return {"metadata": {"name": name, "namespace": "ns", "resourceVersion": version, "creationTimestamp": created},
+            "spec": {"functionName": "echo", "sessionId": "s-1", **spec}, "status": status}
+
+
+class Cluster:
+    """The API server as the session API sees it: one object per name; a patch over another
+    resourceVersion than the object's is refused with 409, as the API server does."""
+
+    def __init__(self, routes: Routes, *objects: dict[str, Any]) -> None:
+        self.routes = routes
+        self.objects = {o["metadata"]["name"]: copy.deepcopy(o) for o in objects}
+        self.calls: list[tuple[str, Any]] = []
+        self.then: dict[str, Any] | None = None  # the operator's answer to the next patch (a watch event)
+
+    async def list_in(self, clients: Any, kind: Any, ns: str, **options: Any) -> list[dict[str, Any]]:
+        self.calls.append(("list", options.get("label_selector")))
+        return [copy.deepcopy(o) for o in self.objects.values()]
+
+    async def patch(self, clients: Any, kind: Any, ns: str, name: str, body: dict[str, Any], **_: Any) -> dict[str, Any]:
+        self.calls.append(("patch", (name, body)))
+        current = self.objects[name]
+        wanted = body.get("metadata", {}).get("resourceVersion")
+        if wanted is not None and wanted != current["metadata"]["resourceVersion"]:
+            raise ApiException(status=409, reason="Conflict")
+        current["spec"].update(body.get("spec", {}))
+        current["metadata"]["resourceVersion"] = str(int(current["metadata"]["resourceVersion"]) + 1)
+        if self.then is not None:  # the operator reacts; the gateway's watch brings it
+            answer, self.then = self.then, None
+            asyncio.get_running_loop().call_soon(self.routes.apply_session, "MODIFIED", answer)
+        return copy.deepcopy(current)
+
+
+@pytest.fixture
+def routes() -> Routes:
+    r = Routes(clients=None)  # type: ignore[arg-type] - no API calls in apply_*
+    r.apply_function("ADDED", {"metadata": {"namespace": "ns", "name": "echo"}, "spec": FUNCTION})
+    return r
+
+
+def api_over(cluster: Cluster, monkeypatch: pytest.MonkeyPatch) -> SessionAPI:
+    monkeypatch.setattr(session_api.objects, "list_in", cluster.list_in)
+    monkeypatch.setattr(session_api.objects, "patch", cluster.patch)
+    return SessionAPI(None, create_wait=2, changes=cluster.routes)  # type: ignore[arg-type]
+
+
+def test_the_watch_keeps_the_oldest_live_record_of_an_id(routes: Routes) -> None:
+    routes.apply_session("ADDED", obj("Paused", enableAutoResume=True))
+    seen = routes.seen("ns", "echo", "s-1")
+    assert seen is not None and (seen.name, seen.state, seen.version, seen.auto_resume) == ("echo-s-1", "Paused", "10", True)
+    routes.apply_session("ADDED", obj(None, version="12", name="echo-s-1-b", created="2026-12-01T12:00:05.000000Z"))
+    assert routes.seen("ns", "echo", "s-1").name == "echo-s-1"  # type: ignore[union-attr]
+    routes.apply_session("MODIFIED", obj("Expired", version="13"))
+    assert routes.seen("ns", "echo", "s-1").name == "echo-s-1-b"  # type: ignore[union-attr]
+    routes.apply_session("DELETED", obj(None, version="14", name="echo-s-1-b"))
+    assert routes.seen("ns", "echo", "s-1") is None and not routes.live and not routes.live_keys
+    routes.apply_session("ADDED", obj("Active"))
+    routes.reset_sessions()  # a relist starts from what it lists
+    assert routes.seen("ns", "echo", "s-1") is None
+
+
+def test_a_resume_of_a_session_seen_paused_is_one_patch_over_the_version_seen(routes: Routes, monkeypatch: pytest.MonkeyPatch) -> None:
+    async def go() -> None:
+        cluster = Cluster(routes, obj("Paused"))
+        routes.apply_session("ADDED", obj("Paused"))
+        cluster.then = obj("Active", version="12")
+        answer = await api_over(cluster, monkeypatch).resume("ns", "echo", "s-1", {})
+        assert answer["sessionStatus"] == "Active"
+        [(call, (name, body))] = cluster.calls
+        assert (call, name, body["metadata"]["resourceVersion"], body["spec"]) == ("patch", "echo-s-1", "10", {"paused": False})
+        assert RESUME_ANNOTATION in body["metadata"]["annotations"]
+    asyncio.run(go())
+
+
+def test_a_session_changed_since_the_watch_saw_it_is_listed_and_the_list_decides(routes: Routes,
+                                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    async def go() -> None:
+        routes.apply_session("ADDED", obj("Paused"))  # the watch is behind: it was resumed meanwhile
+        cluster = Cluster(routes, obj("Active", version="11"))
+        with pytest.raises(FCError) as err:
+            await api_over(cluster, monkeypatch).resume("ns", "echo", "s-1", {})
+        assert (err.value.status, err.value.code) == (400, "InvalidArgument") and "is Active" in str(err.value)
+        assert [c for c, _ in cluster.calls] == ["patch", "list"]
+        assert cluster.objects["echo-s-1"]["metadata"]["resourceVersion"] == "11", "the refused resume changed the session"
+    asyncio.run(go())
+
+
+def test_a_pause_of_a_session_the_watch_saw_paused_changes_nothing(routes: Routes, monkeypatch: pytest.MonkeyPatch) -> None:
+    async def go() -> None:
+        routes.apply_session("ADDED", obj("Paused"))
+        cluster = Cluster(routes, obj("Paused"))
+        with pytest.raises(FCError) as err:
+            await api_over(cluster, monkeypatch).pause("ns", "echo", "s-1", {})
+        assert err.value.status == 400 and "only an Active session can be paused" in str(err.value)
+        assert [c for c, _ in cluster.calls] == ["list"]
+    asyncio.run(go())
+
+
+def test_a_pause_of_another_qualifier_is_not_found_without_a_write(routes: Routes, monkeypatch: pytest.MonkeyPatch) -> None:
+    async def go() -> None:
+        routes.apply_session("ADDED", obj("Active"))
+        cluster = Cluster(routes, obj("Active"))
+        with pytest.raises(FCError) as err:
+            await api_over(cluster, monkeypatch).pause("ns", "echo", "s-1", {"qualifier": "prod"})
+        assert (err.value.status, err.value.code) == (404, "SessionNotFound")
+        assert [c for c, _ in cluster.calls] == ["list"]
+    asyncio.run(go())
+
+
+def test_auto_resume_of_a_session_seen_paused_skips_the_creates_list(routes: Routes, monkeypatch: pytest.MonkeyPatch) -> None:
+    async def go() -> None:
+        routes.apply_session("ADDED", obj("Paused", enableAutoResume=True))
+        cluster = Cluster(routes, obj("Paused", enableAutoResume=True))
+        cluster.then = obj("Active", version="12", enableAutoResume=True)
+        api = api_over(cluster, monkeypatch)
+        assert await api.paused("ns", "echo", "s-1") and cluster.calls == []
+        answer, resumed = await api.create_or_resume("ns", "echo", None, {"sessionId": "s-1"})
+        assert resumed and answer["sessionStatus"] == "Active" and [c for c, _ in cluster.calls] == ["patch"]
+    asyncio.run(go())
+
+
+def test_auto_resume_without_enable_auto_resume_is_fcs_session_paused(routes: Routes, monkeypatch: pytest.MonkeyPatch) -> None:
+    async def go() -> None:
+        routes.apply_session("ADDED", obj("Paused"))
+        cluster = Cluster(routes, obj("Paused"))
+        with pytest.raises(FCError) as err:
+            await api_over(cluster, monkeypatch).create_or_resume("ns", "echo", None, {"sessionId": "s-1"})
+        assert err.value.code == "SessionPaused"
+        assert "patch" not in [c for c, _ in cluster.calls]
+    asyncio.run(go())
