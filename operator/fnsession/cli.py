@@ -86,6 +86,10 @@ def build_parser() -> argparse.ArgumentParser:
                          "--keys-namespace. 0: replicas claim every nonce in the API server (default: %(default)s)")
     gw.add_argument("--peer-service", default="fnsession-gateway",
                     help="the gateway's Service, whose endpoints are the other gateway pods (default: %(default)s)")
+    gw.add_argument("--peer-token-file", default="/var/run/secrets/fnsession/peers/token", metavar="PATH",
+                    help="this pod's ServiceAccount token projected for the audience fnsession-gateway-peers: it "
+                         "proves to the other pods on --peer-port that this is a gateway pod, and they only answer "
+                         "one that runs as the same ServiceAccount (a TokenReview) (default: %(default)s)")
     dp = gw.add_argument_group("data plane timeouts and limits",
                                "each answered with FC's error object (408, 503, 504) and the connection closed")
     dp.add_argument("--request-head-timeout", type=float, default=10.0, metavar="SECONDS",
@@ -161,6 +165,10 @@ def cmd_gateway(args: argparse.Namespace) -> int:
         raise SystemExit(f"--workers must be a whole number from 1 or 'auto', got {args.workers!r}")
     if args.replicas < 1:
         raise SystemExit(f"--replicas must be at least 1, got {args.replicas}")
+    if args.peer_port and args.peer_port in (args.port, args.metrics_port):
+        raise SystemExit(f"--peer-port must differ from --port and --metrics-port, got {args.peer_port}")
+    if not 0 <= args.peer_port <= 65535:
+        raise SystemExit(f"--peer-port must be a port number (0: none), got {args.peer_port}")
     try:
         limits = Limits.from_args(args)
     except ValueError as err:
@@ -169,7 +177,7 @@ def cmd_gateway(args: argparse.Namespace) -> int:
     run(Options(host=args.host, port=args.port, auth=args.auth, namespace=args.namespace,
                 keys_namespace=args.keys_namespace, metrics_port=args.metrics_port, workers=workers,
                 replicas=args.replicas, drain_delay=args.drain_delay, drain_timeout=args.drain_timeout, limits=limits,
-                peer_port=args.peer_port, peer_service=args.peer_service))
+                peer_port=args.peer_port, peer_service=args.peer_service, peer_token_file=args.peer_token_file))
     return 0
 
 

@@ -389,7 +389,8 @@ class Authenticator:
                        authorization=auth)
         self.replays.check(headers, auth)
         if self.peers is not None:  # and for every other gateway process
-            verdict = await self.peers.claim(self.replays.key(auth.access_key_id, headers["x-acs-signature-nonce"]))
+            verdict = await self.peers.claim(self.replays.key(auth.access_key_id, headers["x-acs-signature-nonce"]),
+                                             self.replays.until(headers))
             if verdict is Verdict.SEEN:
                 raise errors.unauthenticated("x-acs-signature-nonce was already used: a replayed request")
             sure = verdict is Verdict.NEW

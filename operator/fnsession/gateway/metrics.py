@@ -69,6 +69,11 @@ class GatewayCollector(Collector):
         yield claims
         yield GaugeMetricFamily("fnsession_gateway_nonce_peers", "Other gateway pods this process asks of each signed "
                                 "request's nonce", value=len(peers.pods) if peers is not None else 0)
+        yield GaugeMetricFamily("fnsession_gateway_nonces_held", "Signed requests' nonces this process holds (until "
+                                "each request's date is 900 s past)", value=len(self.gateway.auth.replays))
+        yield GaugeMetricFamily("fnsession_gateway_nonce_peers_settled", "1 when this process knows the other gateway "
+                                "processes for certain (else every signed request's nonce is claimed in the API server "
+                                "too)", value=1 if peers is not None and peers.settled() else 0)
         yield GaugeMetricFamily("fnsession_gateway_api_unreachable", "1 while the API server cannot be reached",
                                 value=1 if self.gateway.auth.reach.down else 0)
         errors = CounterMetricFamily("fnsession_gateway_errors", "Answers the gateway gave itself with an error status "

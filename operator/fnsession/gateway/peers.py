@@ -1,56 +1,93 @@
 """Signature nonces claimed among the gateway's own processes, without a write to the API server.
 
 A signed request (FC's SDKs) carries a nonce that must be used once. One process refuses a nonce it
-has seen (:class:`fnsession.gateway.signing.ReplayGuard`); with several processes (``--workers``,
+holds (:class:`fnsession.gateway.signing.ReplayGuard`); with several processes (``--workers``,
 replicas) a replay sent to another process must be refused too. Each process therefore tells every
-other process of each nonce it takes, and takes it only when none of them had seen it:
+other process of each nonce it takes, and takes it only when none of them held it:
 
 1. the process marks the nonce in its own table (a replay to the same process stops there);
 2. it asks every sibling worker of its pod (an abstract unix socket per worker) and every other
    gateway pod (``--peer-port``, found from the gateway Service's EndpointSlices) to mark it too;
    a pod that is asked marks it and asks its own workers;
-3. the nonce is **new** when every process answered that it had not seen it, **seen** (a replay:
-   FC's 401) when any had, and **unsure** when a process did not answer or this process does not yet
-   know its peers for certain.
+3. the nonce is **new** when every process answered that it had not held it, **seen** (a replay:
+   FC's 401) when any had, and **unsure** when a process did not answer (or a pod could not vouch
+   for one of its workers) or this process does not know its peers for certain: in the
+   :attr:`Peers.settle` seconds after any membership change, and while its watch of the
+   EndpointSlices is broken. An unsure nonce is claimed in the API server as well (a Lease,
+   created once; ``auth.SharedNonces``).
 
-Two copies of one request sent to two processes at once are both refused: each marks before it
-asks, so each finds the other's mark. A copy is missed only if neither process knows of the other,
-which can happen only around a membership change (a process started, or a pod came or went); for
-:attr:`Peers.settle` seconds after any such change, and whenever a peer does not answer, the nonce is
-**unsure** and the caller claims it in the API server as well (a Lease, created once; see
-``auth.SharedNonces``). A process that starts copies the seen nonces of a peer first, so a rolling
-restart loses none. So the steady state costs a loopback or pod-network round trip per signed request
-and no API write; membership changes and unreachable peers cost what every signed request cost before.
+Why two copies of one request are never both taken: each process marks before it asks, so of two
+processes that take the same nonce, the one that asks the other finds the other's mark, or leaves
+its own for the other to find. Both can take it only if neither knows of the other. A process
+knows every pod that was in the EndpointSlices when it listed them, so that needs two pods that
+both appeared after the other listed: both are within their settle time then, and both go to the
+Lease. What this rests on: a process's watch shows it a new pod within :data:`SETTLE_SECONDS`
+(else its watch is broken and it is unsure), and a pod that cannot be reached makes the nonce unsure.
 
-The wire: one line per request on a kept-alive connection, answered in order: ``C <key>`` (mark, and
-ask this pod's other workers), ``L <key>`` (mark here only), answered ``N`` (was new) or ``S`` (seen);
-``D`` answers every key this process holds with its age in seconds, ``<key> <age>`` a line, then ``.``.
-Keys are digests of the access key id and the nonce, never the nonce itself.
+The nonces live only in the processes. A process that starts copies every other process's table
+(every sibling worker and every other pod, all of them, each copy counted only when it arrived
+whole); a pod that is shut down (SIGTERM) hands its table to every other pod first. So rolling
+updates and rescheduling lose nothing; what is lost is what only a pod killed without notice knew
+(nonces it took in its first seconds, before the others knew of it), and everything, if every
+replica is lost at once. ``--peer-port 0`` with several replicas keeps every nonce in the API
+server instead.
+
+Who may ask: this pod's workers (the abstract unix sockets live in the pod's network namespace, and
+the connecting process must run as the same uid), and on the peer port only a process that proves
+it runs as the gateway's ServiceAccount: its first line is a token projected for the audience
+:data:`AUDIENCE`, checked with a TokenReview (cached; at most :data:`MAX_CONNECTIONS` connections,
+:data:`HELLO_TIMEOUT` seconds to prove it). Nothing else is read from a connection before that.
+
+The wire, one line each, after ``A <token>`` (answered ``A <pod name>``) on the peer port:
+``C <key> <ttl>`` (mark, and ask this pod's other workers), ``L <key> <ttl>`` (mark here only),
+answered in order ``N`` (was new), ``S`` (held) or ``U`` (a worker did not answer); requests on one
+connection are worked on at once, up to :data:`MAX_PENDING`. Or, alone on a connection, ``D``
+(answered with every key held, ``<key> <ttl>`` a line, then ``.``) or ``P <key> <ttl>`` lines ended
+by ``.`` (a hand-off, answered ``.``). Keys are digests of the access key id and the nonce, never
+the nonce itself; ``<ttl>`` is how many seconds more the key must be kept.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import contextlib
+import hashlib
+import json
 import logging
+import os
 import re
 import socket
+import struct
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from enum import Enum
 from typing import Any
 
 from fnsession.gateway.signing import ReplayGuard
+from fnsession.kube import reviews
 from fnsession.kube.client import Clients
 from fnsession.kube.watching import Backoff, Reach, Resource, list_watch
 
 log = logging.getLogger(__name__)
 ASK_TIMEOUT = 0.5  # seconds a peer's answer may take before the nonce is unsure (claimed in the API server)
+STALLED = 2.0  # a link whose oldest unanswered ask is this old is closed (its peer is stuck)
 SETTLE_SECONDS = 10.0  # after a membership change, nonces are unsure (see the module's docstring)
 CONNECT_TIMEOUT = 0.5
-COPY_TIMEOUT = 5.0  # seconds the copy of one peer's nonces may take at start (then the next peer is tried)
-MAX_LINE = 256
+HELLO_TIMEOUT = 3.0  # seconds from a connection to the peer port to its proven identity
+COPY_TIMEOUT = 5.0  # seconds the copy of the other processes' nonces may take at start (all at once)
+HAND_OFF_TIMEOUT = 5.0  # seconds the hand-off of this process's nonces may take at shut-down
+DOWN_FIRST, DOWN_MOST = 0.5, 5.0  # a peer that could not be reached is not tried again for this long (doubling)
+MAX_LINE = 256  # a request line, after the hello
+MAX_HELLO = 8192  # the hello line (a token)
+MAX_CONNECTIONS = 64  # on the peer port, per process (each other pod's workers hold one each)
+MAX_PENDING = 256  # requests of one connection being worked on; reading waits beyond it
+REVIEW_CACHE_SECONDS = 60.0
+AUDIENCE = "fnsession-gateway-peers"
+TOKEN_FILE = "/var/run/secrets/fnsession/peers/token"
 KEY = re.compile(rb"[0-9a-f]{32}")  # signing.ReplayGuard.key: nothing else is marked for a peer
+TTL = re.compile(rb"[0-9]{1,6}(\.[0-9]{1,3})?")
 
 
 class Verdict(Enum):
@@ -65,38 +102,153 @@ def sibling_address(peer_port: int, index: int, scope: str = "") -> str:
     return f"\0fnsession-gateway-nonces{scope}-{peer_port}-{index}"
 
 
-class Link:
-    """One kept-alive connection to a peer, requests pipelined and answered in order."""
+def this_pod() -> str:
+    """This pod's name: ``$POD_NAME`` (the downward API), else the host name (a pod's, unless it sets spec.hostname)."""
+    return os.environ.get("POD_NAME") or socket.gethostname()
 
-    def __init__(self, open_connection: Callable[[], Any]) -> None:
-        self.open_connection = open_connection
+
+def parse(line: bytes) -> tuple[bytes, str, float] | None:
+    """``<verb> <key> <ttl>`` from a peer, or None when it is not that."""
+    parts = line.rstrip(b"\n").split(b" ")
+    if len(parts) != 3 or not KEY.fullmatch(parts[1]) or not TTL.fullmatch(parts[2]):
+        return None
+    return parts[0], parts[1].decode("ascii"), float(parts[2])
+
+
+def entry(verb: bytes, key: str, ttl: float) -> bytes:
+    return b"%s %s %.1f\n" % (verb, key.encode("ascii"), max(0.0, ttl))
+
+
+# --- who may ask on the peer port
+
+def token_claims(token: str) -> dict[str, Any]:
+    """The claims of a JWT, NOT verified (to tell what it says of itself; the TokenReview verifies)."""
+    try:
+        payload = token.split(".")[1]
+        claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    except (IndexError, ValueError):
+        return {}
+    return claims if isinstance(claims, dict) else {}
+
+
+class TokenVerifier:
+    """Whether a token is the gateway's own ServiceAccount's, projected for :data:`AUDIENCE` (a TokenReview;
+    answers cached by the token's digest for :data:`REVIEW_CACHE_SECONDS`, at most two reviews at once).
+    ``identity``: the ServiceAccount's user name; None: this process's own token's subject."""
+
+    def __init__(self, clients: Clients, identity: str | None = None, token_file: str = TOKEN_FILE) -> None:
+        self.api = reviews.authentication_api(clients)
+        self.token_file, self._identity = token_file, identity
+        self.cache: dict[str, tuple[float, str | None]] = {}
+        self.running = asyncio.Semaphore(2)
+
+    def identity(self) -> str | None:
+        if self._identity is None:
+            with contextlib.suppress(OSError), open(self.token_file) as f:
+                self._identity = token_claims(f.read().strip()).get("sub")
+        return self._identity
+
+    async def __call__(self, token: str) -> str | None:
+        """The pod name the token was issued to (or its user name), or None when it is not a peer's."""
+        claims, expected = token_claims(token), self.identity()
+        aud = claims.get("aud")
+        if (expected is None or claims.get("sub") != expected
+                or AUDIENCE not in (aud if isinstance(aud, list) else [aud])):
+            return None  # (not worth a review: it does not even say it is one)
+        digest = hashlib.sha256(token.encode()).hexdigest()
+        now = time.monotonic()
+        hit = self.cache.get(digest)
+        if hit is not None and hit[0] > now:
+            return hit[1]
+        async with self.running:
+            try:
+                review = await reviews.token_review(self.api, token, [AUDIENCE], _request_timeout=2.0)
+            except Exception as exc:  # noqa: BLE001 - any failure is "not proven"
+                log.info("nonce peers: a token could not be reviewed: %s", exc)
+                return None
+        who: str | None = None
+        if review.authenticated and review.user is not None and review.user.username == expected \
+                and AUDIENCE in (review.audiences or ()):
+            pods = (review.user.extra or {}).get("authentication.kubernetes.io/pod-name") or [expected]
+            who = pods[0]
+        if len(self.cache) > 1000:
+            self.cache = {d: v for d, v in self.cache.items() if v[0] > now}
+        self.cache[digest] = (now + REVIEW_CACHE_SECONDS, who)
+        return who
+
+
+def read_token(path: str = TOKEN_FILE) -> str:
+    with open(path) as f:
+        return f.read().strip()
+
+
+# --- asking
+
+class Link:
+    """One kept-alive connection to a peer, requests pipelined and answered in order.
+
+    ``hello``: what proves this process to the peer, and learns the peer's name (pods only). A peer
+    that cannot be reached is not tried again for a while (:data:`DOWN_FIRST`, doubling up to
+    :data:`DOWN_MOST`): asks fail at once meanwhile. An ask that times out leaves the connection up
+    (its answer is dropped when it comes); one whose oldest unanswered ask is :data:`STALLED` old is
+    closed."""
+
+    def __init__(self, open_connection: Callable[[], Awaitable[tuple[asyncio.StreamReader, asyncio.StreamWriter]]],
+                 hello: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[str]] | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.open_connection, self.hello, self.clock = open_connection, hello, clock
         self.writer: asyncio.StreamWriter | None = None
-        self.waiting: deque[asyncio.Future[bytes]] = deque()
+        self.waiting: deque[tuple[float, asyncio.Future[bytes]]] = deque()
         self.reader_task: asyncio.Task[None] | None = None
         self.opening: asyncio.Lock = asyncio.Lock()
+        self.failures, self.down_until = 0, 0.0
+        self.peer: str | None = None  # the peer's pod name, from its hello
 
     async def ask(self, line: bytes) -> bytes | None:
         """The peer's answer to ``line``, or None when it cannot be reached or does not answer in time."""
+        now = self.clock()
+        if self.waiting and now - self.waiting[0][0] > STALLED:
+            self.close()
         try:
             async with asyncio.timeout(ASK_TIMEOUT):
                 writer = await self._connected()
+                if writer is None:
+                    return None
                 answer: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
-                self.waiting.append(answer)
+                self.waiting.append((now, answer))
                 writer.write(line)
                 return await answer
-        except (OSError, TimeoutError, ConnectionError, asyncio.IncompleteReadError):
+        except TimeoutError:
+            return None
+        except (OSError, ConnectionError, asyncio.IncompleteReadError):
             self.close()
             return None
 
-    async def _connected(self) -> asyncio.StreamWriter:
+    async def _connected(self) -> asyncio.StreamWriter | None:
         if self.writer is not None and not self.writer.is_closing():
             return self.writer
         async with self.opening:
-            if self.writer is None or self.writer.is_closing():
-                reader, writer = await self.open_connection()
-                self.writer = writer
-                self.reader_task = asyncio.create_task(self._read(reader, writer), name="nonce-peer-reader")
-            return self.writer
+            if self.writer is not None and not self.writer.is_closing():
+                return self.writer
+            if self.clock() < self.down_until:
+                return None
+            try:
+                reader, writer = await asyncio.wait_for(self.open_connection(), CONNECT_TIMEOUT)
+                if self.hello is not None:
+                    try:
+                        self.peer = await asyncio.wait_for(self.hello(reader, writer), HELLO_TIMEOUT)
+                    except BaseException:
+                        writer.close()
+                        raise
+            except (OSError, TimeoutError, ConnectionError, ValueError, asyncio.IncompleteReadError) as exc:
+                self.failures += 1
+                self.down_until = self.clock() + min(DOWN_MOST, DOWN_FIRST * 2 ** min(16, self.failures - 1))
+                if self.failures == 1:
+                    log.info("nonce peers: cannot reach a peer: %r", exc)
+                return None
+            self.failures, self.writer = 0, writer
+            self.reader_task = asyncio.create_task(self._read(reader, writer), name="nonce-peer-reader")
+            return writer
 
     async def _read(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -105,10 +257,10 @@ class Link:
                 if not line:
                     break
                 if self.waiting:
-                    waiter = self.waiting.popleft()
+                    _sent, waiter = self.waiting.popleft()
                     if not waiter.done():  # (one whose asker timed out is dropped in order)
                         waiter.set_result(line.strip())
-        except (OSError, ConnectionError):
+        except (OSError, ConnectionError, ValueError):
             pass
         finally:
             if self.writer is writer:
@@ -117,7 +269,7 @@ class Link:
     def close(self) -> None:
         writer, self.writer = self.writer, None
         while self.waiting:
-            waiter = self.waiting.popleft()
+            _sent, waiter = self.waiting.popleft()
             if not waiter.done():
                 waiter.set_exception(ConnectionError("the peer closed the connection"))
         if writer is not None:
@@ -128,20 +280,28 @@ class Peers:
     """This process's part in claiming nonces among the gateway's processes (module docstring).
 
     ``index`` and ``workers``: this process among its pod's workers; ``peer_port``: where every gateway
-    pod listens for other pods (``0``: this pod's workers only, for a single pod)."""
+    pod listens for other pods (``0``: this pod's workers only, for a single pod). ``verify``: who a
+    token on the peer port is (None: not a peer); ``token``: this process's own token, to prove itself."""
 
     def __init__(self, guard: ReplayGuard, *, peer_port: int, index: int = 0, workers: int = 1,
                  settle: float = SETTLE_SECONDS, pods_known: bool = False, host: str = "0.0.0.0",
-                 scope: str = "", clock: Callable[[], float] = time.monotonic) -> None:
+                 scope: str = "", clock: Callable[[], float] = time.monotonic,
+                 verify: Callable[[str], Awaitable[str | None]] | None = None,
+                 token: Callable[[], str] = read_token, name: str | None = None) -> None:
         self.guard, self.peer_port, self.index, self.workers = guard, peer_port, index, workers
         self.host, self.scope = host, scope
         self.settle, self.clock = settle, clock
+        self.verify, self.token = verify, token
+        self.name = name or this_pod()
         self.pods: frozenset[str] = frozenset()  # other gateway pods' addresses
         self.pods_known = pods_known  # the pods were listed, or there are none (never, for pods it cannot reach)
+        self.watching = True  # the watch of the pods is up (follow_peers says when not)
         self.listed = asyncio.Event()  # the first list of the pods came
         self.changed = clock()  # the last membership change (this process's start counts)
         self.links: dict[str, Link] = {}
         self.servers: list[asyncio.AbstractServer] = []
+        self.connections = 0  # open on the peer port
+        self.tasks: set[asyncio.Task[Any]] = set()
         self.claims = dict.fromkeys(Verdict, 0)  # for metrics
 
     # --- membership
@@ -154,15 +314,35 @@ class Peers:
                     link.close()
             self.pods, self.pods_known, self.changed = pods, True, self.clock()
             log.info("nonce peers: %d other gateway pod(s) %s", len(pods), sorted(pods))
+            for ip in pods:  # connect (and learn who they are) now, not on the first signed request
+                self._spawn(self.link(f"pod:{ip}")._connected())
         self.listed.set()
 
+    def watch_broken(self) -> None:
+        if self.watching:
+            log.warning("nonce peers: the watch of the gateway's pods is broken: nonces are claimed in the API server too")
+        self.watching = False
+
+    def watch_answered(self) -> None:
+        if not self.watching:
+            self.changed = self.clock()  # (what it missed meanwhile: settle again)
+        self.watching = True
+
     def settled(self) -> bool:
-        return self.pods_known and self.clock() - self.changed >= self.settle
+        return self.pods_known and self.watching and self.clock() - self.changed >= self.settle
 
     def targets(self) -> list[tuple[str, bytes]]:
-        """(link name, request verb) for every other process: this pod's workers, then the other pods."""
+        """(link name, request verb) for every other process: this pod's workers, then the other pods
+        (one address per pod, never this one: told by their hellos)."""
         out = [(f"worker:{i}", b"L") for i in range(self.workers) if i != self.index]
-        out += [(f"pod:{ip}", b"C") for ip in sorted(self.pods)]
+        names = {self.name}
+        for ip in sorted(self.pods):
+            peer = self.link(f"pod:{ip}").peer
+            if peer is not None:
+                if peer in names:
+                    continue
+                names.add(peer)
+            out.append((f"pod:{ip}", b"C"))
         return out
 
     def link(self, name: str) -> Link:
@@ -171,26 +351,34 @@ class Peers:
             kind, _, where = name.partition(":")
             if kind == "worker":
                 path = sibling_address(self.peer_port, int(where), self.scope)
-                link = Link(lambda: asyncio.open_unix_connection(path))
+                link = Link(lambda: asyncio.open_unix_connection(path), clock=self.clock)
             else:
-                link = Link(lambda: asyncio.wait_for(asyncio.open_connection(where, self.peer_port), CONNECT_TIMEOUT))
+                link = Link(lambda: asyncio.open_connection(where, self.peer_port), self._hello, clock=self.clock)
             self.links[name] = link
         return link
 
+    async def _hello(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> str:
+        writer.write(b"A " + self.token().encode() + b"\n")
+        line = await reader.readline()
+        if not line.startswith(b"A ") or not line.endswith(b"\n"):
+            raise ConnectionError("the peer did not accept this process's token")
+        return line[2:].strip().decode("utf-8", "replace")
+
     # --- claiming
-    async def claim(self, key: str) -> Verdict:
-        """Whether ``key`` (already marked in this process's guard) is new to every other process."""
-        verdict = await self._ask_all(key, self.targets())
+    async def claim(self, key: str, until: float | None = None) -> Verdict:
+        """Whether ``key`` (already marked in this process's guard) is new to every other process
+        (``until``: the time it must be kept until, on the guard's clock)."""
+        ttl = (until - self.guard.clock()) if until is not None else self.guard.window  # type: ignore[operator]
+        verdict = await self._ask_all(key, ttl, self.targets())
         if verdict is Verdict.NEW and not self.settled():
             verdict = Verdict.UNSURE
         self.claims[verdict] += 1
         return verdict
 
-    async def _ask_all(self, key: str, targets: list[tuple[str, bytes]]) -> Verdict:
+    async def _ask_all(self, key: str, ttl: float, targets: list[tuple[str, bytes]]) -> Verdict:
         if not targets:
             return Verdict.NEW
-        line_end = b" " + key.encode() + b"\n"
-        answers = await asyncio.gather(*(self.link(name).ask(verb + line_end) for name, verb in targets))
+        answers = await asyncio.gather(*(self.link(name).ask(entry(verb, key, ttl)) for name, verb in targets))
         if any(a == b"S" for a in answers):
             return Verdict.SEEN
         if any(a != b"N" for a in answers):
@@ -200,115 +388,291 @@ class Peers:
     # --- serving
     async def serve(self) -> None:
         """Listen for this pod's workers (abstract unix socket) and, with a peer port, for other pods."""
-        self.servers.append(await asyncio.start_unix_server(self._serve, sibling_address(self.peer_port, self.index,
-                                                                                          self.scope)))
+        self.servers.append(await asyncio.start_unix_server(
+            self._serve_sibling, sibling_address(self.peer_port, self.index, self.scope), limit=MAX_HELLO))
         if self.peer_port:
-            self.servers.append(await asyncio.start_server(self._serve, self.host, self.peer_port,
+            self.servers.append(await asyncio.start_server(self._serve_pod, self.host, self.peer_port, limit=MAX_HELLO,
                                                            reuse_address=True, reuse_port=True))
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _serve_sibling(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        sock = writer.get_extra_info("socket")
+        try:
+            _pid, uid, _gid = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
+                                                                  struct.calcsize("3i")))
+        except (OSError, AttributeError):
+            uid = -1
+        if uid != os.getuid():
+            writer.close()
+            return
+        with contextlib.suppress(asyncio.CancelledError):  # (the server closed: nothing to tell anyone)
+            await self._requests(reader, writer, "worker")
+
+    async def _serve_pod(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self.connections >= MAX_CONNECTIONS or self.verify is None:
+            writer.close()
+            return
+        self.connections += 1
+        try:
+            try:
+                async with asyncio.timeout(HELLO_TIMEOUT):
+                    line = await reader.readline()
+                    who = await self.verify(line[2:].strip().decode("ascii")) \
+                        if line.startswith(b"A ") and line.endswith(b"\n") else None
+            except (OSError, ConnectionError, ValueError, TimeoutError):  # ValueError: past the line limit
+                who = None
+            if who is None:
+                writer.close()
+                return
+            writer.write(b"A " + self.name.encode() + b"\n")
+            await self._requests(reader, writer, who)
+        except asyncio.CancelledError:  # (the server closed: nothing to tell anyone)
+            writer.close()
+        finally:
+            self.connections -= 1
+
+    async def _requests(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, who: str) -> None:
+        answers: asyncio.Queue[asyncio.Future[bytes] | None] = asyncio.Queue(MAX_PENDING)
+        answering = asyncio.create_task(self._answer(answers, writer), name="nonce-peer-answers")
+        first = True
         try:
             while True:
                 line = await reader.readline()
-                if not line:
+                if not line or len(line) > MAX_LINE or not line.endswith(b"\n"):
                     break
-                if len(line) > MAX_LINE or not line.endswith(b"\n"):
-                    break
-                verb, _, key = line.strip().partition(b" ")
-                if verb == b"D":
+                if first and line == b"D\n":
                     await self._dump(writer)
-                    continue
-                if verb not in (b"C", b"L") or not KEY.fullmatch(key):
                     break
-                new = self.guard.mark(key.decode("ascii"))
-                if verb == b"C":  # from another pod: this pod's other workers mark it too
-                    others = [(f"worker:{i}", b"L") for i in range(self.workers) if i != self.index]
-                    if await self._ask_all(key.decode("ascii"), others) is Verdict.SEEN:
-                        new = False
-                writer.write(b"N\n" if new else b"S\n")
-                await writer.drain()  # (a peer that does not read its answers is not buffered for)
+                if first and line.startswith(b"P "):
+                    await self._take_hand_off(line, reader, writer, who)
+                    break
+                first = False
+                request = parse(line)
+                if request is None or request[0] not in (b"C", b"L"):
+                    break
+                verb, key, ttl = request
+                until = self.guard.clock() + ttl  # type: ignore[operator]
+                new = self.guard.mark(key, until)
+                answer: asyncio.Future[bytes]
+                if verb == b"C" and self.workers > 1:  # from another pod: this pod's other workers mark it too
+                    answer = asyncio.ensure_future(self._relay(key, ttl, new))
+                else:
+                    answer = asyncio.get_running_loop().create_future()
+                    answer.set_result(b"N\n" if new else b"S\n")
+                await answers.put(answer)  # (waits when MAX_PENDING are being worked on)
         except (OSError, ConnectionError, ValueError):  # ValueError: a line past the reader's limit
             pass
         finally:
+            with contextlib.suppress(asyncio.QueueFull):
+                answers.put_nowait(None)
+            try:
+                async with asyncio.timeout(ASK_TIMEOUT * 2):
+                    await answering
+            except (TimeoutError, asyncio.CancelledError):
+                answering.cancel()
+            writer.close()
+
+    async def _relay(self, key: str, ttl: float, new: bool) -> bytes:
+        others = [(f"worker:{i}", b"L") for i in range(self.workers) if i != self.index]
+        verdict = await self._ask_all(key, ttl, others)
+        if verdict is Verdict.SEEN or not new:
+            return b"S\n"
+        return b"U\n" if verdict is Verdict.UNSURE else b"N\n"
+
+    async def _answer(self, answers: asyncio.Queue[asyncio.Future[bytes] | None], writer: asyncio.StreamWriter) -> None:
+        """Write the answers in the order of their requests (a peer that does not read them is let go)."""
+        try:
+            while (answer := await answers.get()) is not None:
+                writer.write(await answer)
+                if answers.empty():
+                    async with asyncio.timeout(STALLED):
+                        await writer.drain()
+        except (OSError, ConnectionError, TimeoutError):
             writer.close()
 
     async def _dump(self, writer: asyncio.StreamWriter) -> None:
-        now = self.guard.clock()  # type: ignore[operator]
-        batch = []
-        for key, seen in list(self.guard.seen.items()):
-            batch.append(f"{key} {now - seen:.1f}\n".encode())
-            if len(batch) >= 1000:
-                writer.write(b"".join(batch))
-                batch.clear()
+        entries = self.guard.ttls()
+        async with asyncio.timeout(COPY_TIMEOUT):
+            for start in range(0, len(entries), 1000):
+                writer.write(b"".join(entry(b"", key, ttl)[1:] for key, ttl in entries[start:start + 1000]))
                 await writer.drain()
-        batch.append(b".\n")
-        writer.write(b"".join(batch))
-        await writer.drain()
+                await asyncio.sleep(0)  # (a large table does not hold the loop)
+            writer.write(b".\n")
+            await writer.drain()
 
-    async def copy_from_a_peer(self) -> bool:
-        """Copy every nonce a sibling worker (else another pod) holds, at start; True when one answered."""
-        for name, _verb in self.targets():
-            kind, _, where = name.partition(":")
-            try:
-                async with asyncio.timeout(COPY_TIMEOUT):
-                    if kind == "worker":
-                        reader, writer = await asyncio.open_unix_connection(
-                            sibling_address(self.peer_port, int(where), self.scope))
-                    else:
-                        reader, writer = await asyncio.open_connection(where, self.peer_port)
-                    try:
-                        writer.write(b"D\n")
-                        copied = 0
-                        now = self.guard.clock()  # type: ignore[operator]
-                        while (line := await reader.readline()) and line != b".\n":
-                            key, _, age = line.rstrip(b"\n").rpartition(b" ")
-                            if KEY.fullmatch(key):
-                                self.guard.merge(key.decode("ascii"), now - float(age))
-                                copied += 1
-                        log.info("copied %d signature nonce(s) from %s", copied, name)
-                        return True
-                    finally:
-                        writer.close()
-            except (OSError, TimeoutError, ValueError) as exc:
-                log.info("could not copy signature nonces from %s: %s", name, exc)
-        return False
+    async def _take_hand_off(self, line: bytes, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                             who: str) -> None:
+        taken: list[tuple[str, float]] = []
+        async with asyncio.timeout(HAND_OFF_TIMEOUT):
+            while line and line != b".\n":
+                if len(line) > MAX_LINE:
+                    return
+                request = parse(line)
+                if request is None or request[0] != b"P":
+                    return
+                self.guard.merge(request[1], self.guard.clock() + request[2])  # type: ignore[operator]
+                taken.append((request[1], request[2]))
+                if len(taken) % 1000 == 0:
+                    await asyncio.sleep(0)
+                line = await reader.readline()
+            if who != "worker":  # (the pod's port reached one of its workers: the others take them too)
+                await asyncio.gather(*(self._hand_to(f"worker:{i}", taken)
+                                       for i in range(self.workers) if i != self.index))
+            writer.write(b".\n")
+            await writer.drain()
+        log.info("nonce peers: took %d nonce(s) handed off by %s", len(taken), who)
+
+    # --- start and end
+    async def copy_from_peers(self) -> tuple[int, int]:
+        """Copy every nonce every other process holds (at start, all at once, :data:`COPY_TIMEOUT` in
+        all); (whole copies, processes asked)."""
+        targets = self.targets()
+        if not targets:
+            return 0, 0
+        try:
+            async with asyncio.timeout(COPY_TIMEOUT):
+                done = await asyncio.gather(*(self._copy(name) for name, _verb in targets))
+        except TimeoutError:
+            done = []
+        whole = sum(1 for d in done if d)
+        log.info("nonce peers: copied the nonces of %d of %d other process(es); %d held", whole, len(targets),
+                 len(self.guard))
+        return whole, len(targets)
+
+    async def _open(self, name: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        kind, _, where = name.partition(":")
+        if kind == "worker":
+            return await asyncio.wait_for(asyncio.open_unix_connection(
+                sibling_address(self.peer_port, int(where), self.scope)), CONNECT_TIMEOUT)
+        reader, writer = await asyncio.wait_for(asyncio.open_connection(where, self.peer_port), CONNECT_TIMEOUT)
+        await asyncio.wait_for(self._hello(reader, writer), HELLO_TIMEOUT)
+        return reader, writer
+
+    async def _copy(self, name: str) -> bool:
+        try:
+            reader, writer = await self._open(name)
+        except (OSError, TimeoutError, ConnectionError, ValueError, asyncio.IncompleteReadError) as exc:
+            log.info("nonce peers: could not copy the nonces of %s: %r", name, exc)
+            return False
+        try:
+            writer.write(b"D\n")
+            now = self.guard.clock()  # type: ignore[operator]
+            while line := await reader.readline():
+                if line == b".\n":
+                    return True
+                request = parse(b"K " + line)
+                if request is None:
+                    return False
+                self.guard.merge(request[1], now + request[2])
+            return False  # cut short: what came is kept, but it is not a whole copy
+        except (OSError, ConnectionError, ValueError):
+            return False
+        finally:
+            writer.close()
+
+    async def hand_off(self) -> int:
+        """Give every nonce this process holds to every other pod (at shut-down); the pods that took them."""
+        pods = [name for name, verb in self.targets() if verb == b"C"]
+        if not pods or not len(self.guard):
+            return 0
+        entries = self.guard.ttls()
+        try:
+            async with asyncio.timeout(HAND_OFF_TIMEOUT):
+                took = await asyncio.gather(*(self._hand_to(name, entries) for name in pods))
+        except TimeoutError:
+            took = []
+        log.info("nonce peers: handed %d nonce(s) to %d of %d other pod(s)", len(entries), sum(took), len(pods))
+        return sum(took)
+
+    async def _hand_to(self, name: str, entries: list[tuple[str, float]]) -> bool:
+        try:
+            reader, writer = await self._open(name)
+        except (OSError, TimeoutError, ConnectionError, ValueError, asyncio.IncompleteReadError):
+            return False
+        try:
+            for start in range(0, len(entries), 1000):
+                writer.write(b"".join(entry(b"P", key, ttl) for key, ttl in entries[start:start + 1000]))
+                await writer.drain()
+            writer.write(b".\n")
+            return await reader.readline() == b".\n"
+        except (OSError, ConnectionError, ValueError):
+            return False
+        finally:
+            writer.close()
+
+    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:  # no running loop (a test's set-up): connected on first use instead
+            coro.close()
+            return
+        task = asyncio.ensure_future(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
 
     def close(self) -> None:
         for server in self.servers:
             server.close()
         for link in self.links.values():
             link.close()
+        for task in list(self.tasks):
+            task.cancel()
 
 
-def endpoint_addresses(slices: Iterable[dict[str, Any]], myself: str | None = None) -> set[str]:
-    """Every address in the gateway Service's EndpointSlices, ready or not (a draining pod still serves
-    its kept-alive clients), except this pod's own (``myself``: its name)."""
-    out: set[str] = set()
+def endpoint_addresses(slices: Iterable[dict[str, Any]], myself: str | None = None,
+                       my_addresses: Iterable[str] = ()) -> set[str]:
+    """One address of every pod in the gateway Service's EndpointSlices, ready or not (a draining pod
+    still serves its kept-alive clients), except this pod (``myself``: its name; ``my_addresses``: its
+    IPs). A pod in several slices (one per address family) is counted once."""
+    mine = set(my_addresses)
+    by_pod: dict[str, set[str]] = {}
     for s in slices:
         for ep in s.get("endpoints") or ():
-            if myself is None or (ep.get("targetRef") or {}).get("name") != myself:
-                out.update(a for a in ep.get("addresses") or () if a)
-    return out
+            ref = ep.get("targetRef") or {}
+            addresses = [a for a in ep.get("addresses") or () if a]
+            if (myself is not None and ref.get("name") == myself) or mine.intersection(addresses):
+                continue
+            pod = ref.get("uid") or ref.get("name")
+            for a in addresses:
+                by_pod.setdefault(pod or a, set()).add(a)
+    return {min(addresses, key=lambda a: (":" in a, a)) for addresses in by_pod.values()}  # (IPv4 first)
+
+
+class _WatchReach:
+    """Tells ``peers`` whether its watch is up, and passes on to the gateway's own :class:`Reach`."""
+
+    def __init__(self, peers: Peers, reach: Reach | None) -> None:
+        self.peers, self.reach = peers, reach
+
+    def failed(self) -> None:
+        self.peers.watch_broken()
+        if self.reach is not None:
+            self.reach.failed()
+
+    def answered(self) -> None:
+        self.peers.watch_answered()
+        if self.reach is not None:
+            self.reach.answered()
 
 
 async def follow_peers(peers: Peers, clients: Clients, namespace: str, service: str, reach: Reach | None = None) -> None:
     """Keep ``peers.pods`` to the other pods behind the gateway's Service (its EndpointSlices), for ever."""
     slices: dict[str, dict[str, Any]] = {}
-    myself = socket.gethostname()  # a pod's hostname is its name
+    myself = this_pod()
+    my_addresses = [a for a in os.environ.get("POD_IPS", "").split(",") if a]
 
     def listed(items: list[dict[str, Any]]) -> None:
         slices.clear()
         slices.update({s["metadata"]["name"]: s for s in items})
-        peers.set_pods(endpoint_addresses(slices.values(), myself))
+        peers.set_pods(endpoint_addresses(slices.values(), myself, my_addresses))
 
     def changed(kind: str, obj: dict[str, Any]) -> None:
         if kind == "DELETED":
             slices.pop(obj["metadata"]["name"], None)
         else:
             slices[obj["metadata"]["name"]] = obj
-        peers.set_pods(endpoint_addresses(slices.values(), myself))
+        peers.set_pods(endpoint_addresses(slices.values(), myself, my_addresses))
 
     await list_watch(clients, Resource("discovery.k8s.io", "v1", "endpointslices", namespace,
                                        f"kubernetes.io/service-name={service}"),
-                     listed=listed, changed=changed, reach=reach, backoff=Backoff(first=0.5, most=5.0))
-
+                     listed=listed, changed=changed, reach=_WatchReach(peers, reach),
+                     backoff=Backoff(first=0.5, most=5.0))

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import math
@@ -44,7 +45,8 @@ from fnsession.gateway.errors import FCError
 from fnsession.gateway.http import Limits, Listener, Pool, Request, RequestIds, every, install_uvloop, native
 from fnsession.gateway.invoke import Invoker, limit_share
 from fnsession.gateway.lane import Lane
-from fnsession.gateway.peers import Peers, follow_peers
+from fnsession.gateway.peers import TOKEN_FILE as PEER_TOKEN_FILE
+from fnsession.gateway.peers import Peers, TokenVerifier, follow_peers, read_token
 from fnsession.gateway.routes import Routes
 from fnsession.gateway.session_api import SessionAPI
 from fnsession.gateway.signing import ALGORITHM
@@ -245,6 +247,7 @@ class Options:
     drain_timeout: float = 20.0  # seconds in-flight requests then get to finish
     peer_port: int = 0        # where gateway pods ask each other of signed requests' nonces (0: they cannot)
     peer_service: str = "fnsession-gateway"  # the Service whose EndpointSlices name the other gateway pods
+    peer_token_file: str = PEER_TOKEN_FILE  # this pod's token for the peer port's audience (gateway.peers)
     limits: Limits | None = None  # the data plane's timeouts and limits (http.Limits; None: its defaults)
 
     @property
@@ -276,11 +279,13 @@ async def serve(options: Options, worker: int = 0) -> None:
     api = SessionAPI(clients, changes=routes)
     invoker = Invoker(clients, api, routes, pool, limit=o.instance_limit)
     auth = Authenticator(clients, o.auth, o.namespace, o.keys_namespace, reach,
-                         shared_nonces=o.auth == "kubernetes" and o.workers * o.replicas > 1)
+                         shared_nonces=o.auth == "kubernetes" and (o.workers * o.replicas > 1 or bool(o.peer_port)))
     if o.auth == "kubernetes" and (o.workers > 1 or o.peer_port):
         # the nonces of signed requests, claimed from the other processes first (gateway.peers)
         auth.peers = Peers(auth.replays, peer_port=o.peer_port, index=worker, workers=o.workers,
-                           pods_known=not o.peer_port and o.replicas <= 1)
+                           pods_known=not o.peer_port and o.replicas <= 1,
+                           verify=TokenVerifier(clients, token_file=o.peer_token_file) if o.peer_port else None,
+                           token=functools.partial(read_token, o.peer_token_file))
     gateway = Gateway(api, auth, invoker)
     listener = Listener(gateway.handle, loop, gateway.lane, o.limits)
     metrics.serve(o.metrics_port + worker if o.metrics_port else 0,
@@ -305,7 +310,11 @@ async def serve(options: Options, worker: int = 0) -> None:
         log.info("gateway listening on %s:%d (auth=%s, up to %d requests in flight per instance from this process)",
                  o.host, o.port, o.auth, o.instance_limit)
         await stop.wait()
+        hand_off = asyncio.create_task(auth.peers.hand_off()) if auth.peers is not None and o.peer_port else None
         await drain(gateway, listener, invoker, server, o.drain_delay, o.drain_timeout)
+        if hand_off is not None:
+            with contextlib.suppress(Exception):
+                await hand_off
     finally:
         for task in background:
             task.cancel()
@@ -320,15 +329,15 @@ async def serve(options: Options, worker: int = 0) -> None:
 
 async def start_peers(peers: Peers, clients: Any, o: Options, reach: Reachability,
                       background: list[asyncio.Task[Any]]) -> None:
-    """Answer the other processes; learn the other pods (with a peer port); copy the nonces one of
-    them holds, so that a restarted process refuses what was used before it started."""
+    """Answer the other processes; learn the other pods (with a peer port); copy the nonces all of
+    them hold, so that a restarted process refuses what was used before it started."""
     await peers.serve()
     if o.peer_port:
         background.append(asyncio.create_task(follow_peers(peers, clients, o.keys_namespace, o.peer_service, reach),
                                               name="nonce-peers"))
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(peers.listed.wait(), timeout=10)
-    await peers.copy_from_a_peer()
+    await peers.copy_from_peers()
 
 
 async def drain(gateway: Gateway, listener: Listener, invoker: Invoker, server: asyncio.AbstractServer,

@@ -8,9 +8,10 @@ session id may contain ``%2F``), the wire query, and exactly the headers the cli
 from __future__ import annotations
 
 import hashlib
+import heapq
 import hmac
+import math
 import time
-from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -77,12 +78,30 @@ def verify(*, method: str, raw_target: str, headers: Mapping[str, str], body: by
 
 class ReplayGuard:
     """Refuses a request whose ``x-acs-date`` is off by more than ``window`` seconds, or whose
-    ``x-acs-signature-nonce`` was seen within the window. Memory is bounded by the window."""
+    ``x-acs-signature-nonce`` was seen while that request could still pass the date check.
+
+    A nonce is kept until its request's date is ``window`` seconds past (the latest time a replay
+    of it would still be in the window), so up to twice the window when the date is ahead of the
+    gateway's clock. Memory is bounded by the traffic of that time: a key is 16 bytes kept once, in
+    a dict and in the list of the :data:`BUCKET`-second slot it expires in; whole slots are dropped
+    as they pass (about 150 bytes a nonce, measured in tests/unit/test_gateway_peers.py)."""
+
+    BUCKET = 10.0  # seconds: a key is kept until the end of the slot its expiry falls in (never less)
 
     def __init__(self, window: float = 900.0, clock: object = time.time) -> None:
         self.window = window
         self.clock = clock
-        self.seen: OrderedDict[str, float] = OrderedDict()
+        self.seen: dict[bytes, int] = {}  # key -> the slot it expires at the end of
+        self.slots: dict[int, list[bytes]] = {}
+        self.order: list[int] = []  # a heap of the slots in use
+
+    def __len__(self) -> int:
+        self.prune()
+        return len(self.seen)
+
+    def __contains__(self, key: str) -> bool:
+        self.prune()
+        return bytes.fromhex(key) in self.seen
 
     def check(self, headers: Mapping[str, str], authorization: Authorization) -> None:
         now = self.clock()  # type: ignore[operator]
@@ -95,8 +114,12 @@ class ReplayGuard:
             raise errors.unauthenticated("x-acs-date must be a UTC time like 2026-11-22T03:47:51Z") from None
         if abs(now - sent) > self.window:
             raise errors.unauthenticated(f"x-acs-date is more than {int(self.window)} s away from the server's time")
-        if not self.mark(self.key(authorization.access_key_id, headers["x-acs-signature-nonce"])):
+        if not self.mark(self.key(authorization.access_key_id, headers["x-acs-signature-nonce"]), sent + self.window):
             raise errors.unauthenticated("x-acs-signature-nonce was already used: a replayed request")
+
+    def until(self, headers: Mapping[str, str]) -> float:
+        """Until when a request with these (checked) headers passes the date check: its date plus the window."""
+        return datetime.strptime(headers["x-acs-date"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC).timestamp() + self.window
 
     @staticmethod
     def key(access_key_id: str, nonce: str) -> str:
@@ -104,17 +127,49 @@ class ReplayGuard:
         processes tell each other, fnsession.gateway.peers)."""
         return hashlib.sha256(f"{access_key_id}/{nonce}".encode()).hexdigest()[:32]
 
-    def mark(self, key: str) -> bool:
-        """Note ``key`` as used now; False when it was already used within the window."""
-        now = self.clock()  # type: ignore[operator]
-        while self.seen and next(iter(self.seen.values())) < now - self.window:
-            self.seen.popitem(last=False)
-        if key in self.seen:
+    def mark(self, key: str, until: float | None = None) -> bool:
+        """Note ``key`` as used, to be kept until ``until`` (default: ``window`` seconds from now;
+        clamped to between now and twice the window ahead); False when it is held already."""
+        now = self.prune()
+        raw = bytes.fromhex(key)
+        if raw in self.seen:
+            self._keep(raw, now, until)  # (a later expiry told by another process is kept)
             return False
-        self.seen[key] = now
+        self._keep(raw, now, until)
         return True
 
-    def merge(self, key: str, when: float) -> None:
-        """Note ``key`` as used at ``when`` (copied from another process), unless known or too old."""
-        if key not in self.seen and when >= self.clock() - self.window:  # type: ignore[operator]
-            self.seen[key] = when
+    def merge(self, key: str, until: float) -> None:
+        """Note ``key`` as used until ``until`` (copied from another process); a time already past is ignored."""
+        now = self.prune()
+        if until > now:  # (NaN is not)
+            self._keep(bytes.fromhex(key), now, until)
+
+    def ttls(self) -> list[tuple[str, float]]:
+        """Every key held and the seconds it is kept for yet (a snapshot, for another process)."""
+        now = self.prune()
+        return [(raw.hex(), slot * self.BUCKET - now) for raw, slot in self.seen.items()]
+
+    def prune(self) -> float:
+        """Drop the slots that have passed; the time now."""
+        now: float = self.clock()  # type: ignore[operator]
+        while self.order and self.order[0] * self.BUCKET < now:  # slot s: keys to be kept until s * BUCKET
+            slot = heapq.heappop(self.order)
+            for raw in self.slots.pop(slot, ()):
+                if self.seen.get(raw) == slot:
+                    del self.seen[raw]
+        return now
+
+    def _keep(self, raw: bytes, now: float, until: float | None) -> None:
+        if until is None or until != until:  # (NaN)
+            until = now + self.window
+        until = min(max(until, now), now + 2 * self.window)
+        slot = math.ceil(until / self.BUCKET)
+        held = self.seen.get(raw)
+        if held is not None and held >= slot:
+            return
+        self.seen[raw] = slot
+        bucket = self.slots.get(slot)
+        if bucket is None:
+            bucket = self.slots[slot] = []
+            heapq.heappush(self.order, slot)
+        bucket.append(raw)

@@ -25,9 +25,11 @@ def authorization_api(clients: Clients) -> client.AuthorizationV1Api:
     return client.AuthorizationV1Api(clients.api)
 
 
-async def token_review(api: Any, token: str) -> Any:
-    """The review's status: ``authenticated``, and ``user`` (username, uid, groups, extra)."""
-    review = await api.create_token_review(client.V1TokenReview(spec=client.V1TokenReviewSpec(token=token)))
+async def token_review(api: Any, token: str, audiences: list[str] | None = None, **kwargs: Any) -> Any:
+    """The review's status: ``authenticated``, ``user`` (username, uid, groups, extra) and ``audiences``
+    (``audiences``: those the token must be for, else the API server's own)."""
+    review = await api.create_token_review(client.V1TokenReview(
+        spec=client.V1TokenReviewSpec(token=token, audiences=audiences)), **kwargs)
     return review.status
 
 
