@@ -5,7 +5,8 @@
 - one new session id sent through the Service twice at the same moment (each connection may land on
   either replica) makes one FunctionSession, and both requests reach its instance;
 - a signed request (FC's SDKs) replayed to the other replica is refused, the replicas having asked
-  each other (--peer-port), with no Lease written for its nonce.
+  each other (--peer-port), with no Lease written for its nonce; the peer port answers only another
+  gateway pod; a rolling restart forgets no nonce.
 
 The API server's outage (the data plane outliving the control plane) is tried in test_api_outage.py.
 """
@@ -13,6 +14,7 @@ The API server's outage (the data plane outliving the control plane) is tried in
 from __future__ import annotations
 
 import http.client
+import socket
 import threading
 import time
 import uuid
@@ -24,6 +26,7 @@ import pytest
 from kubernetes import client
 
 from fnsession.gateway.auth import SharedNonces
+from fnsession.gateway.signing import ReplayGuard
 
 from .cluster import eventually
 from .cluster import http as fetch
@@ -192,3 +195,41 @@ def test_a_signed_request_replayed_to_the_other_replica_is_refused_without_an_ap
     assert not lease_of(nonce)
     # a new nonce is taken by the other replica too
     assert signed_list(url_b, "echo", creds.key_id, creds.secret, uuid.uuid4().hex)[0] == 200
+
+
+def test_the_peer_port_answers_only_a_gateway_pod(core: client.CoreV1Api, creds: Credentials) -> None:
+    """Nothing is read from the peer port before a token projected for the peers' audience, of the
+    gateway's ServiceAccount: a request, or another ServiceAccount's token, is closed without an answer."""
+    pod = ready_gateways(core)[0]
+    key = ReplayGuard.key(creds.key_id, uuid.uuid4().hex)
+    for first in (f"C {key} 900.0\n", "D\n", f"A {creds.token}\n", "A not-a-token\n"):
+        with socket.create_connection((pod.status.pod_ip, 8081), timeout=10) as sock:
+            sock.sendall(first.encode())
+            assert sock.recv(100) == b"", first[:20]  # closed, nothing said
+
+
+@pytest.mark.usefixtures("seeds")
+def test_a_rolling_restart_of_the_gateway_forgets_no_nonce(
+    api: client.ApiClient, core: client.CoreV1Api, creds: Credentials, fc: FC
+) -> None:
+    """Each replica hands its nonces to the other when it is shut down, and copies the others' when it
+    starts: a nonce taken before `kubectl rollout restart` is refused by both new replicas."""
+    apps = client.AppsV1Api(api)
+    eventually("two ready gateway replicas", lambda: len(ready_gateways(core)) >= 2, timeout=120)
+    a = ready_gateways(core)[0]
+    nonce = uuid.uuid4().hex
+    assert signed_list(f"http://{a.status.pod_ip}:8080", "echo", creds.key_id, creds.secret, nonce)[0] == 200
+    before = {p.metadata.name for p in ready_gateways(core)}
+    apps.patch_namespaced_deployment("fnsession-gateway", "fnsession-system", {"spec": {"template": {"metadata": {
+        "annotations": {"fnsession.dev/restarted-at": str(time.time())}}}}})
+
+    def rolled() -> list[client.V1Pod] | None:
+        pods = core.list_namespaced_pod("fnsession-system", label_selector=GATEWAY).items
+        ready = ready_gateways(core)
+        if len(pods) == 2 and len(ready) == 2 and not before & {p.metadata.name for p in ready}:
+            return ready
+        return None
+    new = eventually("both replicas replaced", rolled, timeout=180, interval=1.0)
+    for pod in new:
+        status, body = signed_list(f"http://{pod.status.pod_ip}:8080", "echo", creds.key_id, creds.secret, nonce)
+        assert status == 401 and "already used" in body["Message"], (pod.metadata.name, status, body)
