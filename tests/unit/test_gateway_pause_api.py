@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from fnsession.core.pausing import RESUME_ANNOTATION
-from fnsession.gateway import session_api
+from fnsession.gateway import fc, session_api
 from fnsession.gateway.errors import FCError
 from fnsession.gateway.routes import Routes
 from fnsession.gateway.session_api import SessionAPI
@@ -154,3 +154,104 @@ def test_auto_resume_without_enable_auto_resume_is_fcs_session_paused(routes: Ro
         assert err.value.code == "SessionPaused"
         assert "patch" not in [c for c, _ in cluster.calls]
     asyncio.run(go())
+
+
+# --- CreateSession named from the watch: no list of the id's records when the watch has none
+
+
+class Creating(Cluster):
+    """Creates as the API server does (409 for a name taken), and the operator binds what is made."""
+
+    async def create(self, clients: Any, kind: Any, ns: str, body: dict[str, Any], **_: Any) -> dict[str, Any]:
+        name = body["metadata"]["name"]
+        self.calls.append(("create", name))
+        if name in self.objects:
+            raise ApiException(status=409, reason="AlreadyExists")
+        made = copy.deepcopy(body)
+        made["metadata"].update(namespace=ns, resourceVersion="20", creationTimestamp="2026-12-01T12:01:00Z")
+        made["status"] = {"sessionStatus": "Active", "sessionId": body["spec"]["sessionId"],
+                          "createdTime": "2026-12-01T12:01:00.000000Z"}
+        self.objects[name] = made
+        return copy.deepcopy(made)
+
+    async def get(self, clients: Any, kind: Any, ns: str, name: str, **_: Any) -> dict[str, Any]:
+        return copy.deepcopy(self.objects[name])
+
+
+def creating_api(cluster: Creating, monkeypatch: pytest.MonkeyPatch) -> SessionAPI:
+    api = api_over(cluster, monkeypatch)
+    monkeypatch.setattr(session_api.objects, "create", cluster.create)
+    monkeypatch.setattr(session_api.objects, "get", cluster.get)
+    return api
+
+
+FIRST = fc.object_name("echo", "s-1", [])  # the name of an id's first record
+
+
+def test_a_create_the_watch_knows_nothing_of_is_one_create_without_a_list(routes: Routes,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    async def go() -> None:
+        routes.ready.set()
+        cluster = Creating(routes)
+        answer = await creating_api(cluster, monkeypatch).create("ns", "echo", None, {"sessionId": "s-1"})
+        assert answer["sessionStatus"] == "Active"
+        assert cluster.calls == [("create", FIRST)]
+    asyncio.run(go())
+
+
+def test_a_first_name_taken_by_an_expired_record_is_listed_and_named_after_it(routes: Routes,
+                                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    async def go() -> None:
+        routes.ready.set()
+        cluster = Creating(routes, obj("Expired", name=FIRST))  # (the watch keeps no Expired record)
+        answer = await creating_api(cluster, monkeypatch).create("ns", "echo", None, {"sessionId": "s-1"})
+        second = fc.object_name("echo", "s-1", [FIRST])
+        assert answer["sessionStatus"] == "Active" and second != FIRST
+        assert [c for c, _ in cluster.calls] == ["create", "list", "create"] and cluster.calls[-1] == ("create", second)
+    asyncio.run(go())
+
+
+def test_a_live_record_the_watch_has_not_shown_yet_makes_it_session_already_exists(routes: Routes,
+                                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    async def go() -> None:
+        routes.ready.set()
+        cluster = Creating(routes, obj("Active", name=FIRST))  # made by another replica a moment ago
+        with pytest.raises(FCError) as err:
+            await creating_api(cluster, monkeypatch).create("ns", "echo", None, {"sessionId": "s-1"})
+        assert err.value.code == "SessionAlreadyExists"
+        assert [c for c, _ in cluster.calls] == ["create", "list"]
+        assert list(cluster.objects) == [FIRST] and cluster.objects[FIRST]["metadata"]["resourceVersion"] == "10"
+    asyncio.run(go())
+
+
+@pytest.mark.parametrize("why", ["not listed yet", "watch down", "a live record seen"])
+def test_without_a_watch_that_can_tell_the_records_are_listed_first(routes: Routes, monkeypatch: pytest.MonkeyPatch,
+                                                                    why: str) -> None:
+    async def go() -> None:
+        cluster = Creating(routes)
+        if why != "not listed yet":
+            routes.ready.set()
+        if why == "watch down":
+            routes.sessions_watched = False
+        if why == "a live record seen":
+            routes.apply_session("ADDED", obj("Active", name="echo-other"))
+            cluster.objects["echo-other"] = obj("Active", name="echo-other")
+        api = creating_api(cluster, monkeypatch)
+        if why == "a live record seen":
+            with pytest.raises(FCError) as err:
+                await api.create("ns", "echo", None, {"sessionId": "s-1"})
+            assert err.value.code == "SessionAlreadyExists"
+            assert [c for c, _ in cluster.calls] == ["list"]
+        else:
+            await api.create("ns", "echo", None, {"sessionId": "s-1"})
+            assert cluster.calls == [("list", cluster.calls[0][1]), ("create", FIRST)]
+    asyncio.run(go())
+
+
+def test_the_sessions_watch_says_when_it_is_down_and_up_again() -> None:
+    from fnsession.gateway.routes import _Told
+    told: list[bool] = []
+    reach = _Told(told.append, None)
+    reach.failed()
+    reach.answered()
+    assert told == [False, True]

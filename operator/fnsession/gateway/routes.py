@@ -166,6 +166,7 @@ class Routes:
         self.carried: dict[tuple[str, str], float] = {}  # the gateway's own last request per session, over a relist
         self.live: dict[SessionKey, dict[str, Seen]] = {}  # the live records of each id, by object name
         self.live_keys: dict[tuple[str, str], SessionKey] = {}  # (namespace, object name) -> its key in live
+        self.sessions_watched = True  # the sessions' list+watch is up (False from a failure to its next answer)
 
     @contextlib.contextmanager
     def following(self, ns: str, name: str) -> Iterator[Follow]:
@@ -257,9 +258,15 @@ class Routes:
             if session_key[:2] == key and route is not None and origin is not None:
                 route.hard, route.idle = deadlines(origin, obj["spec"])
 
+    def none_seen(self, ns: str, function: str, session_id: str) -> bool:
+        """Whether the id has no live session, as far as a watch that is up and listed can tell (a
+        record made a moment ago elsewhere may not have come yet: a create named by it finds out by 409)."""
+        return self.ready.is_set() and self.sessions_watched and (ns, function, session_id) not in self.live
+
     async def run(self) -> None:
         await asyncio.gather(
-            self.follow(SESSION, self.apply_session, self.reset_sessions, self.ready, self.functions_ready.wait),
+            self.follow(SESSION, self.apply_session, self.reset_sessions, self.ready, self.functions_ready.wait,
+                        watched=self._sessions_watch),
             self.follow(FUNCTION, self.apply_function, self.reset_functions, self.functions_ready))
 
     def reset_sessions(self) -> None:
@@ -275,8 +282,12 @@ class Routes:
         self.generation += 1
         self.functions.clear()
 
+    def _sessions_watch(self, up: bool) -> None:
+        self.sessions_watched = up
+
     async def follow(self, kind: Kind, apply: Callable[[str, dict[str, Any]], None], reset: Callable[[], None],
-                     ready: asyncio.Event, before_list: Callable[[], Awaitable[Any]] | None = None) -> None:
+                     ready: asyncio.Event, before_list: Callable[[], Awaitable[Any]] | None = None,
+                     watched: Callable[[bool], None] | None = None) -> None:
         """List, then watch (:func:`fnsession.kube.watching.list_watch`: resumed from the last version
         seen, relisted on ``410 Gone``). While the API server cannot be reached it is tried again every
         :data:`RETRY_SECONDS`, so the table is current again within about that of its return; the
@@ -289,5 +300,23 @@ class Routes:
             self.carried.clear()
             ready.set()
 
-        await list_watch(self.clients, kind, listed=listed, changed=apply, reach=self.reach, before_list=before_list,
+        reach: Reach | None = self.reach if watched is None else _Told(watched, self.reach)
+        await list_watch(self.clients, kind, listed=listed, changed=apply, reach=reach, before_list=before_list,
                          backoff=Backoff(first=RETRY_SECONDS, most=RETRY_SECONDS))
+
+
+class _Told:
+    """Tells ``watched`` whether a list+watch is up, and passes on to ``reach``."""
+
+    def __init__(self, watched: Callable[[bool], None], reach: Reach | None) -> None:
+        self.watched, self.reach = watched, reach
+
+    def failed(self) -> None:
+        self.watched(False)
+        if self.reach is not None:
+            self.reach.failed()
+
+    def answered(self) -> None:
+        self.watched(True)
+        if self.reach is not None:
+            self.reach.answered()

@@ -49,6 +49,9 @@ class Changes(Protocol):
     def seen(self, ns: str, function: str, session_id: str) -> Seen | None:
         """The id's live session as the watch last saw it; None when it has seen none."""
 
+    def none_seen(self, ns: str, function: str, session_id: str) -> bool:
+        """Whether the watch, up and listed, has no live session of the id."""
+
 
 class SessionAPI:
     """``changes``: the gateway's watch of FunctionSessions and Functions, so that a create learns the
@@ -107,21 +110,23 @@ class SessionAPI:
         spec = fc.create_input_to_spec(function, qualifier, body)
         if "storage" in spec and fspec.get("instanceIsolation") != "SESSION_EXCLUSIVE":
             raise errors.storage_needs_exclusive()
-        records = await self.records(ns, function, spec["sessionId"])
-        if any(self.state(o) != "Expired" for o in records):
-            raise errors.session_exists(spec["sessionId"])
         # named after the id's earlier records: a create of the same id elsewhere at the same moment
         # (another gateway replica or worker) makes the same name, and one of the two gets 409
         obj = {"apiVersion": f"{GROUP}/{VERSION}", "kind": SESSION.kind, "spec": spec, "metadata": {
-            "name": fc.object_name(function, spec["sessionId"], [o["metadata"]["name"] for o in records]),
             "labels": {LABEL_FUNCTION: function, fc.LABEL_SESSION_ID_HASH: fc.session_id_hash(spec["sessionId"])},
             "annotations": {"fnsession.dev/created-by": "gateway"}}}
-        try:
-            made = await objects.create(self.clients, SESSION, ns, obj)
-        except ApiException as exc:
-            if exc.status == 409:  # created meanwhile by someone else, under the same name
-                raise errors.session_exists(spec["sessionId"]) from None
-            raise self.refused_by_api(exc) from None
+        made: dict[str, Any] | None = None
+        if self.changes is not None and self.changes.none_seen(ns, function, spec["sessionId"]):
+            # the watch has no live record of the id: the name of an id's first record, without listing
+            # them (a list filters every session of the namespace); a 409 means some record has it
+            made = await self.create_named(ns, obj, function, spec["sessionId"], [], conflict_is_taken=False)
+        if made is None:
+            records = await self.records(ns, function, spec["sessionId"])
+            if any(self.state(o) != "Expired" for o in records):
+                raise errors.session_exists(spec["sessionId"])
+            made = await self.create_named(ns, obj, function, spec["sessionId"],
+                                           [o["metadata"]["name"] for o in records], conflict_is_taken=True)
+            assert made is not None
         name = made["metadata"]["name"]
         try:
             active = await self.until_active(ns, name)
@@ -129,6 +134,22 @@ class SessionAPI:
             await self.delete_object(ns, name)  # a refused or abandoned create leaves nothing behind
             raise
         return fc.session_json(active, fspec.get("sessionAffinityConfig"))
+
+    async def create_named(self, ns: str, obj: dict[str, Any], function: str, session_id: str, earlier: list[str],
+                           conflict_is_taken: bool) -> dict[str, Any] | None:
+        """``obj`` created under the name that follows from the id's ``earlier`` records; on 409, FC's
+        SessionAlreadyExists when ``conflict_is_taken`` (created meanwhile by someone else, under the
+        same name), else None (the caller lists the records and names it again)."""
+        obj["metadata"]["name"] = fc.object_name(function, session_id, earlier)
+        try:
+            made: dict[str, Any] = await objects.create(self.clients, SESSION, ns, obj)
+        except ApiException as exc:
+            if exc.status == 409:
+                if conflict_is_taken:
+                    raise errors.session_exists(session_id) from None
+                return None
+            raise self.refused_by_api(exc) from None
+        return made
 
     async def until_active(self, ns: str, name: str, first: dict[str, Any] | None = None) -> dict[str, Any]:
         """Wait (bounded) for the operator to bind the session; FC's error when it refuses. ``first``:
