@@ -116,23 +116,27 @@ class SessionAPI:
             "labels": {LABEL_FUNCTION: function, fc.LABEL_SESSION_ID_HASH: fc.session_id_hash(spec["sessionId"])},
             "annotations": {"fnsession.dev/created-by": "gateway"}}}
         made: dict[str, Any] | None = None
-        if self.changes is not None and self.changes.none_seen(ns, function, spec["sessionId"]):
-            # the watch has no live record of the id: the name of an id's first record, without listing
-            # them (a list filters every session of the namespace); a 409 means some record has it
-            made = await self.create_named(ns, obj, function, spec["sessionId"], [], conflict_is_taken=False)
-        if made is None:
-            records = await self.records(ns, function, spec["sessionId"])
-            if any(self.state(o) != "Expired" for o in records):
-                raise errors.session_exists(spec["sessionId"])
-            made = await self.create_named(ns, obj, function, spec["sessionId"],
-                                           [o["metadata"]["name"] for o in records], conflict_is_taken=True)
-            assert made is not None
-        name = made["metadata"]["name"]
-        try:
-            active = await self.until_active(ns, name)
-        except BaseException:
-            await self.delete_object(ns, name)  # a refused or abandoned create leaves nothing behind
-            raise
+        with contextlib.ExitStack() as following:  # (each name's watch events followed from before its create)
+            follow: Follow | None = None
+            if self.changes is not None and self.changes.none_seen(ns, function, spec["sessionId"]):
+                # the watch has no live record of the id: the name of an id's first record, without listing
+                # them (a list filters every session of the namespace); a 409 means some record has it
+                follow = following.enter_context(self.following(ns, fc.object_name(function, spec["sessionId"], [])))
+                made = await self.create_named(ns, obj, function, spec["sessionId"], [], conflict_is_taken=False)
+            if made is None:
+                records = await self.records(ns, function, spec["sessionId"])
+                if any(self.state(o) != "Expired" for o in records):
+                    raise errors.session_exists(spec["sessionId"])
+                earlier = [o["metadata"]["name"] for o in records]
+                follow = following.enter_context(self.following(ns, fc.object_name(function, spec["sessionId"], earlier)))
+                made = await self.create_named(ns, obj, function, spec["sessionId"], earlier, conflict_is_taken=True)
+                assert made is not None
+            name = made["metadata"]["name"]
+            try:  # (the object as the create returned it, then the events: no read of it)
+                active = await self.until_active(ns, name, made, follow=follow)
+            except BaseException:
+                await self.delete_object(ns, name)  # a refused or abandoned create leaves nothing behind
+                raise
         return fc.session_json(active, fspec.get("sessionAffinityConfig"))
 
     async def create_named(self, ns: str, obj: dict[str, Any], function: str, session_id: str, earlier: list[str],
@@ -151,12 +155,14 @@ class SessionAPI:
             raise self.refused_by_api(exc) from None
         return made
 
-    async def until_active(self, ns: str, name: str, first: dict[str, Any] | None = None) -> dict[str, Any]:
+    async def until_active(self, ns: str, name: str, first: dict[str, Any] | None = None,
+                           follow: Follow | None = None) -> dict[str, Any]:
         """Wait (bounded) for the operator to bind the session; FC's error when it refuses. ``first``:
-        the object as a write just returned it (saves the first read)."""
+        the object as a write just returned it (saves the first read); ``follow``: its events, followed
+        since before that write (else from now)."""
         deadline, pause = time.monotonic() + self.create_wait, 0.005
         seen: dict[str, Any] | None = first
-        with self.following(ns, name) as follow:
+        with contextlib.nullcontext(follow) if follow is not None else self.following(ns, name) as follow:
             while True:
                 obj = seen or await objects.get(self.clients, SESSION, ns, name)
                 status = obj.get("status") or {}
