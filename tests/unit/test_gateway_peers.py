@@ -531,3 +531,25 @@ async def test_a_signed_request_asks_the_api_server_only_when_the_peers_cannot_t
         who = await auth.by_access_key("GET", target, headers, b"")
         assert who.namespace == "team"
     assert (peers.asked, leases.claimed) == (1, leases_asked)
+
+
+async def test_a_nonce_or_key_id_spelled_another_way_is_the_same_nonce() -> None:
+    """Whitespace around the nonce is not signed, and the key id names a Secret through a label selector:
+    neither may make a replayed request look new."""
+    auth = Authenticator(SimpleNamespace(api=None), "kubernetes", "default", "fnsession-system")  # type: ignore[arg-type]
+
+    async def access_key(key_id: str) -> dict[str, Any]:
+        return {"secret": "s3cret", "namespace": "team", "serviceAccount": "app"}
+
+    auth.access_key = access_key  # type: ignore[method-assign]
+    target, headers = signed_headers("s3cret", "n-1")
+    await auth.by_access_key("GET", target, headers, b"")
+    for spelled in ("n-1 ", "n-1\t", " n-1"):
+        target, again = signed_headers("s3cret", spelled)
+        with pytest.raises(FCError) as err:
+            await auth.by_access_key("GET", target, again, b"")
+        assert err.value.status == 401 and "already used" in err.value.message, spelled
+    for key_id in ("KEY1 ", "=KEY1", "KEY1=", ""):
+        with pytest.raises(FCError) as err:
+            signing.parse_authorization(f"ACS3-HMAC-SHA256 Credential={key_id},SignedHeaders=host,Signature=00")
+        assert err.value.status == 401 and "Credential" in err.value.message, key_id

@@ -389,7 +389,7 @@ class Authenticator:
                        authorization=auth)
         self.replays.check(headers, auth)
         if self.peers is not None:  # and for every other gateway process
-            verdict = await self.peers.claim(self.replays.key(auth.access_key_id, headers["x-acs-signature-nonce"]),
+            verdict = await self.peers.claim(self.replays.key(auth.access_key_id, signing.nonce_of(headers)),
                                              self.replays.until(headers))
             if verdict is Verdict.SEEN:
                 raise errors.unauthenticated("x-acs-signature-nonce was already used: a replayed request")
@@ -399,7 +399,7 @@ class Authenticator:
         if self.nonces is not None and not sure:  # in the cluster, when the processes could not tell for certain
             try:
                 await self.reach.call(lambda: self.nonces.claim(auth.access_key_id,  # type: ignore[union-attr]
-                                                                headers["x-acs-signature-nonce"]))
+                                                                signing.nonce_of(headers)))
             except Unreachable:  # a key seen lately: this process's own guard (above) alone, for the outage
                 if self.grace_keys.get(auth.access_key_id) is None:
                     raise unavailable("the API server is unreachable: a signed request's nonce cannot be checked") from None

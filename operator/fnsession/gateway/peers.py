@@ -82,6 +82,8 @@ DOWN_FIRST, DOWN_MOST = 0.5, 5.0  # a peer that could not be reached is not trie
 MAX_LINE = 256  # a request line, after the hello
 MAX_HELLO = 8192  # the hello line (a token)
 MAX_CONNECTIONS = 64  # on the peer port, per process (each other pod's workers hold one each)
+MAX_HELLOS = 8  # of them, still to prove who they are
+IDLE_TIMEOUT = 300.0  # a proven connection with no request for this long is closed (its peer reconnects)
 MAX_PENDING = 256  # requests of one connection being worked on; reading waits beyond it
 REVIEW_CACHE_SECONDS = 60.0
 AUDIENCE = "fnsession-gateway-peers"
@@ -126,7 +128,7 @@ def token_claims(token: str) -> dict[str, Any]:
     try:
         payload = token.split(".")[1]
         claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
-    except (IndexError, ValueError):
+    except (IndexError, ValueError, RecursionError):
         return {}
     return claims if isinstance(claims, dict) else {}
 
@@ -171,10 +173,25 @@ class TokenVerifier:
                 and AUDIENCE in (review.audiences or ()):
             pods = (review.user.extra or {}).get("authentication.kubernetes.io/pod-name") or [expected]
             who = pods[0]
-        if len(self.cache) > 1000:
-            self.cache = {d: v for d, v in self.cache.items() if v[0] > now}
-        self.cache[digest] = (now + REVIEW_CACHE_SECONDS, who)
+        if who is not None:  # (a refusal is not kept: made-up tokens would fill the cache)
+            if len(self.cache) >= 256:
+                self.cache = {d: v for d, v in self.cache.items() if v[0] > now}
+                if len(self.cache) >= 256:
+                    self.cache.clear()
+            self.cache[digest] = (now + REVIEW_CACHE_SECONDS, who)
         return who
+
+
+def keep_alive(writer: asyncio.StreamWriter) -> None:
+    """TCP keep-alive probes after 30 s idle, so that a peer whose node is gone is found out."""
+    sock = writer.get_extra_info("socket")
+    if sock is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
+        return
+    with contextlib.suppress(OSError, AttributeError):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, 30)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, 10)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 3)
 
 
 def read_token(path: str = TOKEN_FILE) -> str:
@@ -247,6 +264,7 @@ class Link:
                     log.info("nonce peers: cannot reach a peer: %r", exc)
                 return None
             self.failures, self.writer = 0, writer
+            keep_alive(writer)
             self.reader_task = asyncio.create_task(self._read(reader, writer), name="nonce-peer-reader")
             return writer
 
@@ -301,6 +319,7 @@ class Peers:
         self.links: dict[str, Link] = {}
         self.servers: list[asyncio.AbstractServer] = []
         self.connections = 0  # open on the peer port
+        self.hellos: dict[asyncio.StreamWriter, None] = {}  # of them, not proven yet, oldest first
         self.tasks: set[asyncio.Task[Any]] = set()
         self.claims = dict.fromkeys(Verdict, 0)  # for metrics
 
@@ -411,16 +430,24 @@ class Peers:
         if self.connections >= MAX_CONNECTIONS or self.verify is None:
             writer.close()
             return
+        if len(self.hellos) >= MAX_HELLOS:  # the one waiting longest to prove itself makes room (a flood of
+            oldest = next(iter(self.hellos))  # silent connections cannot keep a real peer out)
+            del self.hellos[oldest]
+            oldest.close()
         self.connections += 1
+        keep_alive(writer)
         try:
+            self.hellos[writer] = None
             try:
                 async with asyncio.timeout(HELLO_TIMEOUT):
                     line = await reader.readline()
                     who = await self.verify(line[2:].strip().decode("ascii")) \
                         if line.startswith(b"A ") and line.endswith(b"\n") else None
-            except (OSError, ConnectionError, ValueError, TimeoutError):  # ValueError: past the line limit
+            except (OSError, ConnectionError, ValueError, TimeoutError, RecursionError):  # ValueError: past the line limit
                 who = None
-            if who is None:
+            finally:
+                self.hellos.pop(writer, None)
+            if who is None or writer.is_closing():
                 writer.close()
                 return
             writer.write(b"A " + self.name.encode() + b"\n")
@@ -436,7 +463,8 @@ class Peers:
         first = True
         try:
             while True:
-                line = await reader.readline()
+                async with asyncio.timeout(IDLE_TIMEOUT if who != "worker" else None):
+                    line = await reader.readline()
                 if not line or len(line) > MAX_LINE or not line.endswith(b"\n"):
                     break
                 if first and line == b"D\n":
@@ -459,7 +487,7 @@ class Peers:
                     answer = asyncio.get_running_loop().create_future()
                     answer.set_result(b"N\n" if new else b"S\n")
                 await answers.put(answer)  # (waits when MAX_PENDING are being worked on)
-        except (OSError, ConnectionError, ValueError):  # ValueError: a line past the reader's limit
+        except (OSError, ConnectionError, ValueError, TimeoutError):  # ValueError: a line past the reader's limit
             pass
         finally:
             with contextlib.suppress(asyncio.QueueFull):
@@ -675,4 +703,4 @@ async def follow_peers(peers: Peers, clients: Clients, namespace: str, service: 
     await list_watch(clients, Resource("discovery.k8s.io", "v1", "endpointslices", namespace,
                                        f"kubernetes.io/service-name={service}"),
                      listed=listed, changed=changed, reach=_WatchReach(peers, reach),
-                     backoff=Backoff(first=0.5, most=5.0))
+                     backoff=Backoff(first=0.5, most=5.0), refused=peers.watch_broken)

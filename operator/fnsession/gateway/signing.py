@@ -11,6 +11,7 @@ import hashlib
 import heapq
 import hmac
 import math
+import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from fnsession.gateway import errors
 
 ALGORITHM = "ACS3-HMAC-SHA256"
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
+ACCESS_KEY_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
 
 
 @dataclass(frozen=True)
@@ -37,9 +39,19 @@ def parse_authorization(value: str | None) -> Authorization:
     fields = dict(part.split("=", 1) for part in value[len(ALGORITHM) + 1:].split(",") if "=" in part)
     try:
         signed = tuple(fields["SignedHeaders"].split(";"))
-        return Authorization(fields["Credential"], signed, fields["Signature"])
+        credential = fields["Credential"]
+        auth = Authorization(credential, signed, fields["Signature"])
     except KeyError as missing:
         raise errors.unauthenticated(f"the Authorization header lacks {missing.args[0]}") from None
+    if not ACCESS_KEY_ID.fullmatch(credential):  # (one spelling per key: it names the key's Secret and its nonces)
+        raise errors.unauthenticated("Credential must be an access key id: letters, digits, '.', '_' or '-'")
+    return auth
+
+
+def nonce_of(headers: Mapping[str, str]) -> str:
+    """``x-acs-signature-nonce`` as the signature covers it (surrounding whitespace is not signed, so it
+    does not make another nonce)."""
+    return headers.get("x-acs-signature-nonce", "").strip()
 
 
 def canonical_query(raw_query: str) -> str:
@@ -114,7 +126,9 @@ class ReplayGuard:
             raise errors.unauthenticated("x-acs-date must be a UTC time like 2026-11-22T03:47:51Z") from None
         if abs(now - sent) > self.window:
             raise errors.unauthenticated(f"x-acs-date is more than {int(self.window)} s away from the server's time")
-        if not self.mark(self.key(authorization.access_key_id, headers["x-acs-signature-nonce"]), sent + self.window):
+        if not nonce_of(headers):
+            raise errors.unauthenticated("x-acs-signature-nonce must not be empty")
+        if not self.mark(self.key(authorization.access_key_id, nonce_of(headers)), sent + self.window):
             raise errors.unauthenticated("x-acs-signature-nonce was already used: a replayed request")
 
     def until(self, headers: Mapping[str, str]) -> float:

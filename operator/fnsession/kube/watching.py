@@ -71,8 +71,11 @@ async def list_watch(clients: Clients, kind: Kind | Resource, *,
                      changed: Callable[[str, dict[str, Any]], None],
                      reach: Reach | None = None,
                      before_list: Callable[[], Awaitable[Any]] | None = None,
-                     backoff: Backoff = Backoff()) -> None:
+                     backoff: Backoff = Backoff(),
+                     refused: Callable[[], None] | None = None) -> None:
     """Follow every ``kind`` object (or those of a :class:`Resource`) for ever (until cancelled).
+    ``refused``: told of an API error answer (a 4xx but 410, or a 5xx), which ``reach`` is not told of
+    when the API server answered.
     ``before_list`` is awaited before each list (e.g. until another list+watch has listed what this
     one's objects refer to)."""
     lister: Callable[..., Any]
@@ -124,6 +127,8 @@ async def list_watch(clients: Clients, kind: Kind | Resource, *,
                 version = None  # too old: relist at once
                 continue
             failures += 1
+            if refused is not None:  # (any answer but 410 leaves what was listed stale until a list or event works)
+                refused()
             if exc.status is None or exc.status >= 500:
                 if reach is not None:
                     reach.failed()
