@@ -38,6 +38,7 @@ class Cluster:
         self.objects = {o["metadata"]["name"]: copy.deepcopy(o) for o in objects}
         self.calls: list[tuple[str, Any]] = []
         self.then: dict[str, Any] | None = None  # the operator's answer to the next patch (a watch event)
+        self.answer_first = False  # the operator's answer reaches the watch before the patch's answer returns
 
     async def list_in(self, clients: Any, kind: Any, ns: str, **options: Any) -> list[dict[str, Any]]:
         self.calls.append(("list", options.get("label_selector")))
@@ -53,8 +54,15 @@ class Cluster:
         current["metadata"]["resourceVersion"] = str(int(current["metadata"]["resourceVersion"]) + 1)
         if self.then is not None:  # the operator reacts; the gateway's watch brings it
             answer, self.then = self.then, None
-            asyncio.get_running_loop().call_soon(self.routes.apply_session, "MODIFIED", answer)
+            if self.answer_first:
+                self.routes.apply_session("MODIFIED", answer)
+            else:
+                asyncio.get_running_loop().call_soon(self.routes.apply_session, "MODIFIED", answer)
         return copy.deepcopy(current)
+
+    async def get(self, clients: Any, kind: Any, ns: str, name: str) -> dict[str, Any]:
+        self.calls.append(("get", name))
+        return copy.deepcopy(self.objects[name])
 
 
 @pytest.fixture
@@ -67,6 +75,7 @@ def routes() -> Routes:
 def api_over(cluster: Cluster, monkeypatch: pytest.MonkeyPatch) -> SessionAPI:
     monkeypatch.setattr(session_api.objects, "list_in", cluster.list_in)
     monkeypatch.setattr(session_api.objects, "patch", cluster.patch)
+    monkeypatch.setattr(session_api.objects, "get", cluster.get)
     return SessionAPI(None, create_wait=2, changes=cluster.routes)  # type: ignore[arg-type]
 
 
@@ -95,6 +104,28 @@ def test_a_resume_of_a_session_seen_paused_is_one_patch_over_the_version_seen(ro
         [(call, (name, body))] = cluster.calls
         assert (call, name, body["metadata"]["resourceVersion"], body["spec"]) == ("patch", "echo-s-1", "10", {"paused": False})
         assert RESUME_ANNOTATION in body["metadata"]["annotations"]
+    asyncio.run(go())
+
+
+@pytest.mark.parametrize("operation", ["resume", "pause", "auto-resume"])
+def test_the_operators_answer_coming_before_the_writes_own_answer_is_not_missed(
+        routes: Routes, monkeypatch: pytest.MonkeyPatch, operation: str) -> None:
+    """The watch may bring the operator's status before the gateway's coroutine has the answer to its
+    own write: the wait follows the object's events from before the write, so it neither misses that
+    event nor falls back to reading the object after 0.25 s (the old tail of a resume)."""
+    async def go() -> None:
+        before, after = ("Active", "Paused") if operation == "pause" else ("Paused", "Active")
+        routes.apply_session("ADDED", obj(before, enableAutoResume=True))
+        cluster = Cluster(routes, obj(before, enableAutoResume=True))
+        cluster.then, cluster.answer_first = obj(after, version="12", enableAutoResume=True), True
+        api = api_over(cluster, monkeypatch)
+        if operation == "auto-resume":
+            answer, resumed = await api.create_or_resume("ns", "echo", None, {"sessionId": "s-1"})
+            assert resumed
+        else:
+            answer = await getattr(api, operation)("ns", "echo", "s-1", {})
+        assert answer["sessionStatus"] == after
+        assert [c for c, _ in cluster.calls] == ["patch"], "the operator's answer was missed and the object read"
     asyncio.run(go())
 
 

@@ -283,14 +283,17 @@ class SessionAPI:
             raise errors.memory_pause_unsupported()
         await self.function_spec(ns, function)
         change = {"spec": {"paused": True}}
-        patched = await self.patch_seen(ns, function, session_id, ("Active",), params.get("qualifier"), change)
-        if patched is None:  # not seen so by the watch, or changed since: as the API server has it
-            obj = await self.paused_record(ns, function, session_id, params.get("qualifier"))
-            if self.state(obj) != "Active":
-                raise errors.session_not_active(session_id, self.state(obj) or "Pending")
-            patched = await self.patch(ns, obj["metadata"]["name"], change)
-        name = patched["metadata"]["name"]
-        done = await self.until(ns, name, lambda o: self.state(o) in ("Paused", "Expired"), self.create_wait, "paused", patched)
+        with contextlib.ExitStack() as following:  # (the object's events followed from before the write)
+            patched, follow = await self.patch_seen(ns, function, session_id, ("Active",), params.get("qualifier"),
+                                                    change, following)
+            if patched is None:  # not seen so by the watch, or changed since: as the API server has it
+                obj = await self.paused_record(ns, function, session_id, params.get("qualifier"))
+                if self.state(obj) != "Active":
+                    raise errors.session_not_active(session_id, self.state(obj) or "Pending")
+                follow = following.enter_context(self.following(ns, obj["metadata"]["name"]))
+                patched = await self.patch(ns, obj["metadata"]["name"], change)
+            done = await self.until(ns, patched["metadata"]["name"], lambda o: self.state(o) in ("Paused", "Expired"),
+                                    self.create_wait, "paused", patched, follow)
         return fc.session_json(done, (await self.function_spec(ns, function)).get("sessionAffinityConfig"))
 
     async def resume(self, ns: str, function: str, session_id: str, params: Mapping[str, str]) -> dict[str, Any]:
@@ -299,14 +302,16 @@ class SessionAPI:
         if not fc.file_system_only(params.get("fileSystemOnly")):
             raise errors.memory_pause_unsupported()
         await self.function_spec(ns, function)
-        patched = await self.patch_seen(ns, function, session_id, ("Paused",), params.get("qualifier"), self.resume_change())
-        if patched is not None:
-            active = await self.until_active(ns, patched["metadata"]["name"], patched)
-        else:  # not seen so by the watch, or changed since: as the API server has it
-            obj = await self.paused_record(ns, function, session_id, params.get("qualifier"))
-            if self.state(obj) != "Paused":
-                raise errors.session_not_paused(session_id, self.state(obj) or "Pending")
-            active = await self.resume_object(ns, obj)
+        with contextlib.ExitStack() as following:  # (the object's events followed from before the write)
+            patched, follow = await self.patch_seen(ns, function, session_id, ("Paused",), params.get("qualifier"),
+                                                    self.resume_change(), following)
+            if patched is not None:
+                active = await self.until_active(ns, patched["metadata"]["name"], patched, follow)
+            else:  # not seen so by the watch, or changed since: as the API server has it
+                obj = await self.paused_record(ns, function, session_id, params.get("qualifier"))
+                if self.state(obj) != "Paused":
+                    raise errors.session_not_paused(session_id, self.state(obj) or "Pending")
+                active = await self.resume_object(ns, obj)
         return fc.session_json(active, (await self.function_spec(ns, function)).get("sessionAffinityConfig"))
 
     @staticmethod
@@ -316,28 +321,35 @@ class SessionAPI:
 
     async def resume_object(self, ns: str, obj: Mapping[str, Any]) -> dict[str, Any]:
         name, patched = obj["metadata"]["name"], None
-        if self.state(obj) == "Paused":
-            patched = await self.patch(ns, name, self.resume_change())
-        return await self.until_active(ns, name, patched)
+        with self.following(ns, name) as follow:  # (its events followed from before the write)
+            if self.state(obj) == "Paused":
+                patched = await self.patch(ns, name, self.resume_change())
+            return await self.until_active(ns, name, patched, follow)
 
     async def patch_seen(self, ns: str, function: str, session_id: str, states: tuple[str, ...], qualifier: str | None,
-                         change: dict[str, Any]) -> dict[str, Any] | None:
+                         change: dict[str, Any], following: contextlib.ExitStack,
+                         ) -> tuple[dict[str, Any] | None, Follow | None]:
         """``change`` written to the id's live session as the gateway's watch last saw it, when that was
-        in one of ``states`` (and of ``qualifier``), over the version seen: the object it is now. None when
-        the watch saw it otherwise or not at all, or it changed since (the API server's 409): then the
-        caller lists the id's records, as without a watch, and answers from what it finds. Saves the
-        list on the common path and changes nothing a list would not have let it change."""
+        in one of ``states`` (and of ``qualifier``), over the version seen: (the object it is now, its
+        watch events, followed in ``following`` from before the write, so that the operator's answer
+        cannot come in between the write's answer and the wait). (None, None) when the watch saw it
+        otherwise or not at all, or it changed since (the API server's 409): then the caller lists the
+        id's records, as without a watch, and answers from what it finds. Saves the list on the common
+        path and changes nothing a list would not have let it change."""
         seen = self.changes.seen(ns, function, session_id) if self.changes is not None else None
         if seen is None or seen.state not in states or (qualifier and seen.qualifier != qualifier):
-            return None
+            return None, None
         body = {**change, "metadata": {**change.get("metadata", {}), "resourceVersion": seen.version}}
-        try:
-            patched: dict[str, Any] = await objects.patch(self.clients, SESSION, ns, seen.name, body)
-        except ApiException as exc:
-            if exc.status in (404, 409):
-                return None
-            raise self.refused_by_api(exc) from None
-        return patched
+        with contextlib.ExitStack() as mine:
+            follow = mine.enter_context(self.following(ns, seen.name))
+            try:
+                patched: dict[str, Any] = await objects.patch(self.clients, SESSION, ns, seen.name, body)
+            except ApiException as exc:
+                if exc.status in (404, 409):
+                    return None, None
+                raise self.refused_by_api(exc) from None
+            following.enter_context(mine.pop_all())
+        return patched, follow
 
     async def create_or_resume(self, ns: str, function: str, qualifier: str | None,
                                body: Mapping[str, Any]) -> tuple[dict[str, Any], bool]:
@@ -347,11 +359,13 @@ class SessionAPI:
         if fspec.get("sessionAffinity") in ("HEADER_FIELD", "GENERATED_COOKIE") and "sessionId" in body:
             # the watch saw it Paused with enableAutoResume: resumed without the create's list first
             seen = self.changes.seen(ns, function, body["sessionId"]) if self.changes is not None else None
-            patched = None if seen is None or not seen.auto_resume else \
-                await self.patch_seen(ns, function, body["sessionId"], ("Paused",), None, self.resume_change())
-            if patched is not None:
-                active = await self.until_active(ns, patched["metadata"]["name"], patched)
-                return fc.session_json(active, fspec.get("sessionAffinityConfig")), True
+            if seen is not None and seen.auto_resume:
+                with contextlib.ExitStack() as following:
+                    patched, follow = await self.patch_seen(ns, function, body["sessionId"], ("Paused",), None,
+                                                            self.resume_change(), following)
+                    if patched is not None:
+                        active = await self.until_active(ns, patched["metadata"]["name"], patched, follow)
+                        return fc.session_json(active, fspec.get("sessionAffinityConfig")), True
         try:
             return await self.create(ns, function, qualifier, body), False
         except FCError as err:
@@ -390,12 +404,13 @@ class SessionAPI:
         return patched
 
     async def until(self, ns: str, name: str, done: Callable[[Mapping[str, Any]], bool], wait: float, what: str,
-                    first: dict[str, Any] | None = None) -> dict[str, Any]:
+                    first: dict[str, Any] | None = None, follow: Follow | None = None) -> dict[str, Any]:
         """The object once ``done`` holds for it (watch events, else reads), within ``wait`` seconds;
-        ``first``: the object as a write just returned it."""
+        ``first``: the object as a write just returned it; ``follow``: its events, followed since before
+        that write (else from now)."""
         deadline = time.monotonic() + wait
         seen: dict[str, Any] | None = first
-        with self.following(ns, name) as follow:
+        with contextlib.nullcontext(follow) if follow is not None else self.following(ns, name) as follow:
             while True:
                 obj = seen or await objects.get(self.clients, SESSION, ns, name)
                 if done(obj):
