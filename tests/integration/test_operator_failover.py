@@ -80,3 +80,42 @@ def test_leader_killed_during_a_burst_of_creates_the_standby_takes_over_and_noth
     assert set(per_pod) <= pods, f"sessions bound to pods that do not exist: {set(per_pod) - pods}"
     lease = client.CoordinationV1Api(api).read_namespaced_lease(LEASE, SYSTEM)
     assert lease.spec.holder_identity == new.metadata.name and lease.spec.lease_transitions >= 1
+
+
+def test_a_leader_stopped_cleanly_gives_the_lease_up_before_kopf_has_stopped(
+    api: client.ApiClient, core: client.CoreV1Api, two_replicas: None
+) -> None:
+    """``kubectl delete pod`` (SIGTERM, as a rolling update or a node drain does it): the leader gives the
+    Lease up in kopf's cleanup handler, before kopf's own stop (which takes seconds and, under load,
+    outlasted the pod's 10 s grace period: the standby then waited out the 15 s lease), and it stops
+    without the error exit of a leader that lost its Lease."""
+    import threading
+
+    old = leader_pod(api)
+    standby = next(p.metadata.name for p in core.list_namespaced_pod(SYSTEM, label_selector=SELECTOR).items
+                   if p.metadata.name != old.metadata.name and p.metadata.deletion_timestamp is None)
+    lines: list[str] = []
+    stream = core.read_namespaced_pod_log(old.metadata.name, SYSTEM, container="operator", follow=True,
+                                          since_seconds=1, _preload_content=False)
+
+    def read() -> None:
+        for raw in stream.stream():
+            lines.extend(raw.decode(errors="replace").splitlines())
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    time.sleep(1)
+    core.delete_namespaced_pod(old.metadata.name, SYSTEM)  # the default grace period
+    new = leader_pod(api)  # (waits for a holder; a pod being deleted is none)
+    # the standby, reading the Lease every 0.5 s, takes it, not the replacement pod still starting
+    assert new.metadata.name == standby, (new.metadata.name, standby)
+    reader.join(timeout=30)
+    text = "\n".join(lines)
+    released = text.find(f"{old.metadata.name} released Lease {SYSTEM}/{LEASE}")
+    cleaned = text.find("Activity 'cleanup' succeeded")
+    assert released >= 0 and cleaned >= 0, text[-3000:]
+    assert released < cleaned, f"the Lease was given up only after kopf's cleanup:\n{text[-3000:]}"
+    assert "exiting" not in text, text[-3000:]
+    print(f"\nleader {old.metadata.name} stopped; {new.metadata.name} took the Lease")
+    eventually("both operator replicas Ready again", lambda: (client.AppsV1Api(api).read_namespaced_deployment(
+        "fnsession-operator", SYSTEM).status.ready_replicas or 0) >= 2, timeout=90)

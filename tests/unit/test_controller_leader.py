@@ -431,3 +431,41 @@ async def test_a_standby_counts_the_lease_duration_from_when_its_read_returned()
     assert not await b.try_acquire_or_renew()
     clock.t = returned + 15.1
     assert await b.try_acquire_or_renew()
+
+
+async def test_a_clean_stop_gives_the_lease_up_in_kopfs_cleanup_before_kopf_has_stopped() -> None:
+    """SIGTERM: kopf's cleanup handler releases the Lease (and stops acting) at once, not after kopf's
+    own stop, which takes seconds and may outlast the pod's grace period (then the standby waited
+    out the whole lease)."""
+    import asyncio
+    from types import SimpleNamespace
+
+    import kopf
+
+    from fnsession.controller import handlers
+    from fnsession.controller.app import Health
+
+    api, clock = FakeLeases(), Clock()
+
+    async def tick(seconds: float) -> None:
+        clock.t += seconds
+        await asyncio.sleep(0)
+
+    a, b = elector(api, clock, "op-a", sleep=tick), elector(api, clock, "op-b")
+    await a.acquire()
+    keeper = asyncio.create_task(a.keep())  # as app.py runs it beside kopf
+    await asyncio.sleep(0)
+    order: list[str] = []
+
+    async def close() -> None:
+        order.append(f"clients closed, holder {api.lease['spec']['holderIdentity']}")  # type: ignore[index]
+
+    task = asyncio.create_task(asyncio.sleep(60))
+    memo = kopf.Memo(health=Health(a), tasks=[task], gc_timer=SimpleNamespace(uninstall=lambda: order.append("gc")),
+                     service=SimpleNamespace(clients=SimpleNamespace(close=close)))
+    await handlers.cleanup(memo=memo)
+    assert order == ["gc", "clients closed, holder None"] and task.cancelling()
+    assert not a.leading and not a.acting.is_set(), "the old leader may still act"
+    assert await b.try_acquire_or_renew(), "the standby could not take the released Lease at once"
+    await asyncio.wait_for(keeper, 1)  # it ends quietly: no renewal, no LostLease (which exits with 1)
+    assert keeper.exception() is None and api.lease["spec"]["holderIdentity"] == "op-b"  # type: ignore[index]

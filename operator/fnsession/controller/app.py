@@ -6,7 +6,8 @@ only the holder starts kopf, whose start-up handler rebuilds the state from the 
 stops acting (its handlers and writes wait) and keeps trying: when the Lease turns out untouched (an
 API server outage: nobody could write it) it acts again with no restart; when another replica wrote
 it, the holder exits at once (as controller-runtime does) and comes back as a standby. One stopped
-cleanly (SIGTERM) stops kopf first, then releases the Lease so that a standby takes over without
+cleanly (SIGTERM) stops acting and releases the Lease in kopf's cleanup handler, before kopf's own
+stop (seconds, and it may outlast the pod's grace period), so that a standby takes over without
 waiting for the lease duration.
 
 Health on ``:8080``: ``/healthz`` answers while the process is serving; ``/readyz`` answers 200 for a
@@ -98,7 +99,8 @@ async def main(identity: str, liveness: str | None, elect: bool) -> int:
                                                      stop_flag=stop, memo=kopf.Memo(health=health)))
         keeper = asyncio.create_task(elector.keep()) if elector is not None else None
         done, _ = await asyncio.wait([t for t in (operator, keeper) if t is not None], return_when=asyncio.FIRST_COMPLETED)
-        if keeper is not None and keeper in done:
+        if keeper is not None and keeper in done and (keeper.exception() is not None
+                                                        or not (elector is not None and elector.released)):
             exc = keeper.exception()
             # stop acting at once: whatever kopf is doing now may already race the next leader
             log.error("leader election: %s; exiting", exc if isinstance(exc, LostLease) else repr(exc))

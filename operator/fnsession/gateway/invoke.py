@@ -51,7 +51,10 @@ class Running(Protocol):
     def key(self) -> SessionName: ...
 
     def cut(self) -> None: ...
-FLUSH_CONCURRENCY = 8  # activity writes in flight at once
+# activity writes in flight at once, per process: a flush writes every session that had requests, and
+# 8 at once (as before) held the API server for ~100 ms every 2 s under 50 sessions' activity, which a
+# resume or create meeting it waited out (bench/README.md, "Pause and resume": held p99 62-140 ms)
+FLUSH_CONCURRENCY = 2
 API_TIMEOUT = 5.0  # seconds an activity write waits for the API server (then it is retried at the next flush)
 
 

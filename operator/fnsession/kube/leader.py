@@ -68,6 +68,7 @@ class LeaseConfig:
     renew_deadline: float = 10.0       # the holder stops acting if it could not renew for this long
     retry_period: float = 2.0          # between renewals, and between a candidate's attempts
     outage_retry: float = 0.5          # between a holder's attempts once a renewal failed (at most retry_period)
+    standby_poll: float = 0.5          # between a standby's reads of a held Lease: a release is seen this soon
 
     def __post_init__(self) -> None:
         if not self.identity:
@@ -77,6 +78,8 @@ class LeaseConfig:
                              f"{self.retry_period}, {self.renew_deadline}, {self.lease_duration}")
         if not self.outage_retry > 0:
             raise ValueError(f"leader election: need 0 < outage_retry, got {self.outage_retry}")
+        if not self.standby_poll > 0:
+            raise ValueError(f"leader election: need 0 < standby_poll, got {self.standby_poll}")
 
 
 class LostLease(Exception):
@@ -132,6 +135,7 @@ class LeaderElector:
         self.attempt_failed = False                   # the last attempt met an error (not a refusal)
         self.leading = False                          # we hold the Lease, as far as we know
         self.acting = asyncio.Event()                 # ... and renewed it within the renew deadline
+        self.released = False                         # given up on a clean stop (:meth:`release`)
 
     @property
     def paused(self) -> bool:
@@ -269,10 +273,11 @@ class LeaderElector:
         while not await self.try_acquire_or_renew():
             pause = self._pause()
             if self.holder and self.holder != self.config.identity and not self.attempt_failed:
-                # look again every retry period, and once more just as the lease runs out, not up to a
-                # retry period after it (the takeover comes that much sooner)
+                # look again every standby_poll (a holder stopped cleanly releases the Lease: taken
+                # within that, not up to a retry period later; one small read of a Lease each time),
+                # and once more just as the lease runs out
                 expires_in = self.observed_at + self.config.lease_duration - self.clock()
-                pause = min(pause, max(0.05, expires_in + 0.05))
+                pause = min(pause, self.config.standby_poll * (1 + 0.2 * random.random()), max(0.05, expires_in + 0.05))
             await self.sleep(pause)
         self.leading = True
         self.acting.set()
@@ -281,7 +286,7 @@ class LeaderElector:
     async def keep(self) -> None:
         """Renew every retry period (every ``outage_retry`` once a renewal failed). At the renew
         deadline without a renewal, stop acting until one succeeds; raise :class:`LostLease` once
-        another identity wrote the Lease. Returns only by cancellation."""
+        another identity wrote the Lease. Returns after :meth:`release`, else only by cancellation."""
         cfg = self.config
         renewed = True
         while True:
@@ -289,8 +294,12 @@ class LeaderElector:
             left = self._left()
             # wake at the deadline (at once when an attempt ran past it)
             await self.sleep(pause if left is None else max(0.0, min(pause, left)))
+            if self.released:
+                return  # given up on a clean stop: nothing to renew, and nobody to race
             self._check_deadline()
             renewed = await self.try_acquire_or_renew()
+            if self.released:
+                return
             if renewed:
                 if not self.acting.is_set():
                     log.warning("leader election: Lease %s/%s renewed: nobody took it meanwhile, acting again",
@@ -306,23 +315,29 @@ class LeaderElector:
 
     async def release(self) -> bool:
         """Give the Lease up on a clean stop (client-go's ReleaseOnCancel), so a standby takes over at
-        once instead of after the lease duration. Call it only once this process has stopped acting."""
+        once instead of after the lease duration. It stops acting first, and ends :meth:`keep`; a
+        renewal in flight meanwhile makes the write a 409, and it is tried once more."""
         cfg = self.config
         self.leading = False
+        self.released = True
         self.acting.clear()
-        try:
-            lease = await self.api.read_namespaced_lease(cfg.name, cfg.namespace, _request_timeout=2)
-            record = _record(lease)
-            if record.get("holderIdentity") != cfg.identity:
+        for attempt in (1, 2):
+            try:
+                lease = await self.api.read_namespaced_lease(cfg.name, cfg.namespace, _request_timeout=2)
+                record = _record(lease)
+                if record.get("holderIdentity") != cfg.identity:
+                    return False
+                wall = _stamp(self.wall())
+                released = {**record, "holderIdentity": None, "leaseDurationSeconds": 1, "renewTime": wall, "acquireTime": wall}
+                body = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+                        "metadata": {"name": cfg.name, "namespace": cfg.namespace,
+                                     "resourceVersion": _resource_version(lease)}, "spec": released}
+                await self.api.replace_namespaced_lease(cfg.name, cfg.namespace, body, _request_timeout=2)
+                break
+            except Exception as exc:  # noqa: BLE001 - the standby then waits for the lease duration instead
+                if attempt == 1 and getattr(exc, "status", None) == 409:
+                    continue
+                log.warning("leader election: releasing Lease %s/%s: %s", cfg.namespace, cfg.name, exc)
                 return False
-            wall = _stamp(self.wall())
-            released = {**record, "holderIdentity": None, "leaseDurationSeconds": 1, "renewTime": wall, "acquireTime": wall}
-            body = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
-                    "metadata": {"name": cfg.name, "namespace": cfg.namespace,
-                                 "resourceVersion": _resource_version(lease)}, "spec": released}
-            await self.api.replace_namespaced_lease(cfg.name, cfg.namespace, body, _request_timeout=2)
-        except Exception as exc:  # noqa: BLE001 - the standby then waits for the lease duration instead
-            log.warning("leader election: releasing Lease %s/%s: %s", cfg.namespace, cfg.name, exc)
-            return False
         log.info("leader election: %s released Lease %s/%s", cfg.identity, cfg.namespace, cfg.name)
         return True
