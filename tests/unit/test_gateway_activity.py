@@ -202,3 +202,46 @@ async def test_no_expire_time_for_a_session_that_never_expires_or_is_not_routed(
     assert [(n, set(b["status"]), b["metadata"]) for n, b in api.bodies] == [
         ("forever", {"lastActivityTime"}, {"resourceVersion": "20"}),
         ("gone", {"lastActivityTime"}, {"resourceVersion": "1"})], "not routed: read, then written over what was read"
+
+
+
+
+async def test_a_busy_session_is_written_once_a_tenth_of_its_idle_timeout_and_never_lets_it_expire_early() -> None:
+    invoker, _routes, api = world()  # "busy": idle timeout 600 s (its Function's): refreshed every 60 s
+    assert invoker.refresh(("ns", "busy")) == 60
+    start, last = T0.timestamp(), 0.0
+    for t in range(1, 301):  # a request every second for 5 minutes, a flush every 2 s
+        invoker.activity[("ns", "busy")] = last = start + t
+        if t % 2 == 0:
+            await invoker.flush_activity()
+            written = api.activity("busy")
+            assert written is not None, "the first activity is written at once"
+            # the operator expires it at written + idle: never before the last request + idle, less the lag allowed
+            assert written.timestamp() >= last - 60 - 2 * invoker.flush_interval
+    writes = len(api.bodies)
+    assert 5 <= writes <= 7, f"{writes} writes in 5 minutes (every flush would be 150)"
+    await invoker.flush_activity()  # no request since the last flush: the session went quiet
+    assert api.activity("busy") == datetime.fromtimestamp(last, UTC), "its last activity, exactly"
+    assert len(api.bodies) == writes + 1 and invoker.deferred == {} and invoker.activity == {}
+    await invoker.flush_activity()
+    assert len(api.bodies) == writes + 1, "nothing more to write"
+
+
+async def test_a_short_idle_timeout_is_written_every_flush_and_a_stopping_gateway_writes_what_it_deferred() -> None:
+    invoker, routes, api = world()
+    routes.sessions[("ns", "echo", "busy")].idle = 15  # a tenth is under a flush interval: no deferral
+    assert invoker.refresh(("ns", "busy")) == 0
+    start = T0.timestamp()
+    for t in (2, 4, 6):
+        invoker.activity[("ns", "busy")] = start + t
+        await invoker.flush_activity()
+    assert len(api.bodies) == 3
+
+    routes.sessions[("ns", "echo", "busy")].idle = 600
+    invoker.activity[("ns", "busy")] = start + 8  # 2 s newer than what the object says: deferred
+    await invoker.flush_activity()
+    assert len(api.bodies) == 3 and invoker.deferred == {("ns", "busy"): start + 8}
+    invoker.activity[("ns", "busy")] = start + 9
+    await invoker.flush_activity(final=True)  # SIGTERM: everything goes
+    assert len(api.bodies) == 4 and api.activity("busy") == datetime.fromtimestamp(start + 9, UTC)
+    assert invoker.deferred == {} and invoker.activity == {}

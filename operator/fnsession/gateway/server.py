@@ -318,10 +318,10 @@ async def serve(options: Options, worker: int = 0) -> None:
     finally:
         for task in background:
             task.cancel()
-        await invoker.flush_activity()
+        await invoker.flush_activity(final=True)
         if invoker.activity:  # the API server did not take it: once more, then it is lost with the process
             await asyncio.sleep(0.5)
-            await invoker.flush_activity()
+            await invoker.flush_activity(final=True)
         if auth.peers is not None:
             auth.peers.close()
         await clients.close()
