@@ -204,11 +204,14 @@ def read_token(path: str = TOKEN_FILE) -> str:
 class Link:
     """One kept-alive connection to a peer, requests pipelined and answered in order.
 
-    ``hello``: what proves this process to the peer, and learns the peer's name (pods only). A peer
-    that cannot be reached is not tried again for a while (:data:`DOWN_FIRST`, doubling up to
-    :data:`DOWN_MOST`): asks fail at once meanwhile. An ask that times out leaves the connection up
-    (its answer is dropped when it comes); one whose oldest unanswered ask is :data:`STALLED` old is
-    closed."""
+    ``hello``: what proves this process to the peer, and learns the peer's name (pods only). The
+    connection (and the hello) is made in the background, never inside an ask's time: an ask waits
+    for it at most its own :data:`ASK_TIMEOUT`, and the connection goes on being made after that. A
+    peer that cannot be reached, or does not answer in time (a connect, a hello or an ask that times
+    out), is not asked again for a while (:data:`DOWN_FIRST`, doubling up to :data:`DOWN_MOST`): asks
+    fail at once meanwhile. An ask that times out leaves the connection up (its answer is dropped when
+    it comes); one whose oldest unanswered ask is :data:`STALLED` old is closed. A link that is
+    :meth:`shut` (its pod left) is never connected again."""
 
     def __init__(self, open_connection: Callable[[], Awaitable[tuple[asyncio.StreamReader, asyncio.StreamWriter]]],
                  hello: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[str]] | None = None,
@@ -217,8 +220,9 @@ class Link:
         self.writer: asyncio.StreamWriter | None = None
         self.waiting: deque[tuple[float, asyncio.Future[bytes]]] = deque()
         self.reader_task: asyncio.Task[None] | None = None
-        self.opening: asyncio.Lock = asyncio.Lock()
+        self.opening: asyncio.Task[asyncio.StreamWriter | None] | None = None
         self.failures, self.down_until = 0, 0.0
+        self.closed = False  # for good (shut)
         self.peer: str | None = None  # the peer's pod name, from its hello
 
     async def ask(self, line: bytes) -> bytes | None:
@@ -226,6 +230,8 @@ class Link:
         now = self.clock()
         if self.waiting and now - self.waiting[0][0] > STALLED:
             self.close()
+        if now < self.down_until:
+            return None
         try:
             async with asyncio.timeout(ASK_TIMEOUT):
                 writer = await self._connected()
@@ -234,39 +240,59 @@ class Link:
                 answer: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
                 self.waiting.append((now, answer))
                 writer.write(line)
-                return await answer
+                got = await answer
+            self.failures = 0
+            return got
         except TimeoutError:
+            self._failed("no answer in time")
             return None
         except (OSError, ConnectionError, asyncio.IncompleteReadError):
             self.close()
             return None
 
+    def _failed(self, why: object) -> None:
+        """Count a failure: not tried again for a while (once for asks that time out together)."""
+        if self.clock() < self.down_until:
+            return
+        self.failures += 1
+        self.down_until = self.clock() + min(DOWN_MOST, DOWN_FIRST * 2 ** min(16, self.failures - 1))
+        if self.failures == 1:
+            log.info("nonce peers: cannot reach a peer: %r", why)
+
     async def _connected(self) -> asyncio.StreamWriter | None:
+        """The connection, made now (in the background: an asker that gives up does not stop it) unless it
+        is up, or the peer is down."""
         if self.writer is not None and not self.writer.is_closing():
             return self.writer
-        async with self.opening:
-            if self.writer is not None and not self.writer.is_closing():
-                return self.writer
-            if self.clock() < self.down_until:
-                return None
+        if self.closed or self.clock() < self.down_until:
+            return None
+        if self.opening is None or self.opening.done():
+            self.opening = asyncio.ensure_future(self._open())
+        return await asyncio.shield(self.opening)
+
+    async def _open(self) -> asyncio.StreamWriter | None:
+        try:
+            reader, writer = await asyncio.wait_for(self.open_connection(), CONNECT_TIMEOUT)
             try:
-                reader, writer = await asyncio.wait_for(self.open_connection(), CONNECT_TIMEOUT)
                 if self.hello is not None:
-                    try:
-                        self.peer = await asyncio.wait_for(self.hello(reader, writer), HELLO_TIMEOUT)
-                    except BaseException:
-                        writer.close()
-                        raise
-            except (OSError, TimeoutError, ConnectionError, ValueError, asyncio.IncompleteReadError) as exc:
-                self.failures += 1
-                self.down_until = self.clock() + min(DOWN_MOST, DOWN_FIRST * 2 ** min(16, self.failures - 1))
-                if self.failures == 1:
-                    log.info("nonce peers: cannot reach a peer: %r", exc)
-                return None
-            self.failures, self.writer = 0, writer
-            keep_alive(writer)
-            self.reader_task = asyncio.create_task(self._read(reader, writer), name="nonce-peer-reader")
-            return writer
+                    self.peer = await asyncio.wait_for(self.hello(reader, writer), HELLO_TIMEOUT)
+            except BaseException:
+                writer.close()
+                raise
+        except (OSError, TimeoutError, ConnectionError, ValueError, asyncio.IncompleteReadError) as exc:
+            self._failed(exc)
+            return None
+        except asyncio.CancelledError:
+            if not self.closed:
+                raise
+            return None  # (shut: the askers waiting for it are told None, not cancelled)
+        if self.closed:  # (shut while it was being made: nothing may keep it)
+            writer.close()
+            return None
+        self.failures, self.down_until, self.writer = 0, 0.0, writer
+        keep_alive(writer)
+        self.reader_task = asyncio.create_task(self._read(reader, writer), name="nonce-peer-reader")
+        return writer
 
     async def _read(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -292,6 +318,13 @@ class Link:
                 waiter.set_exception(ConnectionError("the peer closed the connection"))
         if writer is not None:
             writer.close()
+
+    def shut(self) -> None:
+        """Close for good, a connection being made too (its pod left, or this process stops)."""
+        self.closed = True
+        if self.opening is not None and not self.opening.done():
+            self.opening.cancel()
+        self.close()
 
 
 class Peers:
@@ -329,8 +362,8 @@ class Peers:
         if pods != self.pods or not self.pods_known:
             for gone in self.pods - pods:
                 link = self.links.pop(f"pod:{gone}", None)
-                if link is not None:
-                    link.close()
+                if link is not None:  # (a hello under way too: it keeps nothing)
+                    link.shut()
             self.pods, self.pods_known, self.changed = pods, True, self.clock()
             log.info("nonce peers: %d other gateway pod(s) %s", len(pods), sorted(pods))
             for ip in pods:  # connect (and learn who they are) now, not on the first signed request
@@ -641,7 +674,7 @@ class Peers:
         for server in self.servers:
             server.close()
         for link in self.links.values():
-            link.close()
+            link.shut()
         for task in list(self.tasks):
             task.cancel()
 

@@ -1,0 +1,121 @@
+"""Signature nonces among the gateway's processes (fnsession.gateway.peers), after a third review: peers
+that do not answer, connections not read, membership churn, copies and hand-offs of large tables, and
+clocks that differ. Real sockets on loopback, no cluster (helpers: tests/unit/test_gateway_peers.py)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from fnsession.gateway.peers import Link
+from tests.unit.test_gateway_peers import Clock, Cluster, cluster, k, peer  # noqa: F401 - a fixture
+
+
+async def test_a_peer_that_accepts_but_never_says_hello_is_backed_off() -> None:
+    """The ask's time does not cut the hello short (so that it is never counted): a timed-out ask or
+    hello marks the peer down, and the next asks do not wait for it."""
+    accepted = 0
+
+    async def wedged(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal accepted
+        accepted += 1
+        await asyncio.sleep(30)
+    server = await asyncio.start_server(wedged, "127.0.0.60", 39398)
+    clock = Clock()
+
+    async def hello(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> str:
+        writer.write(b"A token\n")
+        return (await reader.readline()).decode()
+    link = Link(lambda: asyncio.open_connection("127.0.0.60", 39398), hello, clock=clock)
+    try:
+        assert await link.ask(b"C x 1.0\n") is None
+        assert link.failures == 1 and link.down_until > clock.now
+        assert await link.ask(b"C y 1.0\n") is None  # down: not tried, not waited for
+        assert accepted == 1 and link.failures == 1
+    finally:
+        link.shut()
+        server.close()
+
+
+async def test_a_connect_that_never_ends_is_backed_off() -> None:
+    opened = 0
+
+    async def never() -> Any:
+        nonlocal opened
+        opened += 1
+        await asyncio.sleep(30)
+    clock = Clock()
+    link = Link(never, clock=clock)
+    assert await link.ask(b"L x 1.0\n") is None
+    assert link.failures == 1 and link.down_until > clock.now
+    assert await link.ask(b"L y 1.0\n") is None and opened == 1
+    link.shut()
+
+
+async def test_a_connected_peer_that_stops_answering_is_backed_off() -> None:
+    lines: list[bytes] = []
+
+    async def mute(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while line := await reader.readline():
+            lines.append(line)
+    server = await asyncio.start_server(mute, "127.0.0.61", 39398)
+    clock = Clock()
+    link = Link(lambda: asyncio.open_connection("127.0.0.61", 39398), clock=clock)
+    try:
+        assert await link.ask(b"L x 1.0\n") is None
+        assert link.failures == 1 and link.down_until > clock.now
+        assert await link.ask(b"L y 1.0\n") is None
+        await asyncio.sleep(0.05)
+        assert lines == [b"L x 1.0\n"]  # the second was not even sent
+    finally:
+        link.shut()
+        server.close()
+
+
+async def test_a_pod_that_flaps_out_and_back_during_the_hello_leaves_no_orphaned_connection(cluster: Cluster) -> None:
+    [b] = await cluster.pod("127.0.0.3")
+    a = peer("127.0.0.2", cluster.port, cluster.clock)
+    await a.serve()
+    try:
+        for _ in range(5):
+            a.set_pods(["127.0.0.3"])
+            await asyncio.sleep(0)  # (the hello is under way)
+            a.set_pods([])
+        a.set_pods(["127.0.0.3"])
+        await asyncio.sleep(0.3)  # (every hello done)
+        assert b.connections == 1, f"{b.connections} connections held at the other pod for 1 link"
+        assert a.link("pod:127.0.0.3").writer is not None
+    finally:
+        a.close()
+
+
+async def test_a_link_shut_during_its_hello_keeps_nothing() -> None:
+    release = asyncio.Event()
+
+    async def slow_hello(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readline()
+        await release.wait()
+        writer.write(b"A b\n")
+        await writer.drain()
+        await reader.read()
+    server = await asyncio.start_server(slow_hello, "127.0.0.62", 39398)
+
+    async def hello(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> str:
+        writer.write(b"A token\n")
+        line = await reader.readline()
+        if not line:
+            raise ConnectionError("closed")
+        return line.decode()
+    link = Link(lambda: asyncio.open_connection("127.0.0.62", 39398), hello, clock=Clock())
+    try:
+        asking = asyncio.create_task(link.ask(b"L x 1.0\n"))
+        await asyncio.sleep(0.1)
+        link.shut()
+        release.set()
+        assert await asking is None  # (told None, not cancelled)
+        await asyncio.sleep(0.05)
+        assert link.writer is None and link.reader_task is None
+        assert await link.ask(b"L y 1.0\n") is None
+    finally:
+        server.close()
+
