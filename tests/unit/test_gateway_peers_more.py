@@ -5,8 +5,12 @@ clocks that differ. Real sockets on loopback, no cluster (helpers: tests/unit/te
 from __future__ import annotations
 
 import asyncio
+import socket
 from typing import Any
 
+import pytest
+
+from fnsession.gateway import peers as peers_module
 from fnsession.gateway.peers import Link
 from tests.unit.test_gateway_peers import Clock, Cluster, cluster, k, peer  # noqa: F401 - a fixture
 
@@ -119,3 +123,43 @@ async def test_a_link_shut_during_its_hello_keeps_nothing() -> None:
     finally:
         server.close()
 
+
+
+async def eventually(condition: Any, within: float = 5.0) -> bool:
+    """Whether ``condition()`` comes true within ``within`` seconds (a bound for a stuck state, not a speed)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    while not condition():
+        if loop.time() > deadline:
+            return False
+        await asyncio.sleep(0.02)
+    return True
+
+
+async def test_a_peer_that_does_not_read_its_answers_does_not_hold_a_connection_slot(
+        cluster: Cluster, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The answers stall (the peer does not read them), the requests go on: the connection is dropped and
+    its slot freed, though the peer is still there (it used to wait for ever to queue one more answer)."""
+    monkeypatch.setattr(peers_module, "MAX_PENDING", 4)
+    monkeypatch.setattr(peers_module, "STALLED", 0.2)
+    [a] = await cluster.pod("127.0.0.2")
+    for s in a.servers[-1].sockets:  # (small buffers: less traffic fills them)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.2", cluster.port))
+    reader, writer = await asyncio.open_connection(sock=sock)
+    try:
+        writer.write(b"A peer:127.0.0.3\n")
+        assert await reader.readline() == b"A 127.0.0.2\n"
+        assert a.connections == 1
+        line = b"L " + k("x").encode() + b" 900.0\n"
+        for _ in range(600):  # (until the answers outgrow the buffers on the way: then they stall)
+            if a.connections == 0 or writer.is_closing():
+                break
+            writer.write(line * 1000)  # and never reads an answer
+            await asyncio.sleep(0.01)
+        assert await eventually(lambda: a.connections == 0), "the slot of a peer that reads no answer is held"
+    finally:
+        writer.transport.abort()

@@ -495,7 +495,7 @@ class Peers:
         answering = asyncio.create_task(self._answer(answers, writer), name="nonce-peer-answers")
         first = True
         try:
-            while True:
+            while not answering.done():  # (it gives up on a peer that does not read its answers)
                 async with asyncio.timeout(IDLE_TIMEOUT if who != "worker" else None):
                     line = await reader.readline()
                 if not line or len(line) > MAX_LINE or not line.endswith(b"\n"):
@@ -519,7 +519,14 @@ class Peers:
                 else:
                     answer = asyncio.get_running_loop().create_future()
                     answer.set_result(b"N\n" if new else b"S\n")
-                await answers.put(answer)  # (waits when MAX_PENDING are being worked on)
+                if answers.full():  # (waits when MAX_PENDING are being worked on, or the answers are not read)
+                    putting = asyncio.ensure_future(answers.put(answer))
+                    await asyncio.wait((putting, answering), return_when=asyncio.FIRST_COMPLETED)
+                    if not putting.done():  # the answers stopped: so does the reading
+                        putting.cancel()
+                        break
+                else:
+                    answers.put_nowait(answer)
         except (OSError, ConnectionError, ValueError, TimeoutError):  # ValueError: a line past the reader's limit
             pass
         finally:
@@ -540,7 +547,8 @@ class Peers:
         return b"U\n" if verdict is Verdict.UNSURE else b"N\n"
 
     async def _answer(self, answers: asyncio.Queue[asyncio.Future[bytes] | None], writer: asyncio.StreamWriter) -> None:
-        """Write the answers in the order of their requests (a peer that does not read them is let go)."""
+        """Write the answers in the order of their requests (a peer that does not read them is let go: its
+        connection is dropped, unsent answers and all, and its requests are no longer read)."""
         try:
             while (answer := await answers.get()) is not None:
                 writer.write(await answer)
@@ -548,7 +556,7 @@ class Peers:
                     async with asyncio.timeout(STALLED):
                         await writer.drain()
         except (OSError, ConnectionError, TimeoutError):
-            writer.close()
+            writer.transport.abort()  # (close() would wait for the peer to read what is unsent)
 
     async def _dump(self, writer: asyncio.StreamWriter) -> None:
         entries = self.guard.ttls()
