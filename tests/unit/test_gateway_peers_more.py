@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 
 from fnsession.gateway import peers as peers_module
-from fnsession.gateway.peers import Link
-from tests.unit.test_gateway_peers import Clock, Cluster, cluster, k, peer  # noqa: F401 - a fixture
+from fnsession.gateway.peers import Link, Verdict
+from tests.unit.test_gateway_peers import PORTS, Clock, Cluster, cluster, connect, k, peer  # noqa: F401 - a fixture
 
 
 async def test_a_peer_that_accepts_but_never_says_hello_is_backed_off() -> None:
@@ -163,3 +163,61 @@ async def test_a_peer_that_does_not_read_its_answers_does_not_hold_a_connection_
         assert await eventually(lambda: a.connections == 0), "the slot of a peer that reads no answer is held"
     finally:
         writer.transport.abort()
+
+
+async def test_pods_whose_clocks_differ_keep_a_nonce_until_the_same_instant() -> None:
+    """A nonce is told with the Unix time it must be kept until (its date plus the window), not with
+    seconds from the teller's clock: a pod whose clock is behind keeps it until its own date check
+    refuses the request, so a replay to it in between is refused too; so do copies and hand-offs."""
+    port = next(PORTS)
+    fast, slow = Clock(), Clock()
+    fast.now += 30.0  # the teller's clock is 30 s ahead
+    a = peer("127.0.0.2", port, fast)
+    b = peer("127.0.0.3", port, slow)
+    procs = [a, b]
+    try:
+        for p in procs:
+            await p.serve()
+        a.set_pods(["127.0.0.3"])
+        b.set_pods(["127.0.0.2"])
+        for c in (fast, slow):
+            c.now += 6.0  # (settled)
+        until = slow.now + a.guard.window  # a request dated now (by the true time, b's)
+        assert a.guard.mark(k("n"), until) and await a.claim(k("n"), until) is Verdict.NEW
+        c = peer("127.0.0.4", port, slow)
+        procs.append(c)
+        await c.serve()
+        c.set_pods(["127.0.0.2"])
+        assert await c.copy_from_peers() == (1, 1)
+        d = peer("127.0.0.5", port, slow)
+        procs.append(d)
+        await d.serve()
+        a.set_pods(["127.0.0.3", "127.0.0.5"])
+        await asyncio.sleep(0.1)  # (the hello)
+        assert await a.hand_off() == 2
+        for c_ in (fast, slow):
+            c_.now = until - 5 + (30.0 if c_ is fast else 0.0)  # b's date check still takes the request
+        for p in (b, c, d):
+            assert k("n") in p.guard, p.name  # (kept 30 s short with seconds from a's clock)
+        assert not b.guard.mark(k("n"))
+    finally:
+        for p in procs:
+            p.close()
+
+
+async def test_an_expiry_on_the_wire_is_clamped_and_must_be_a_plain_number(cluster: Cluster) -> None:
+    [a] = await cluster.pod("127.0.0.2")
+    reader, writer = await connect("127.0.0.2", cluster.port, b"peer:127.0.0.3")
+    far, past = cluster.clock.now + 10 * a.guard.window, cluster.clock.now - 100
+    writer.write(b"C %s %.1f\nC %s %.1f\n" % (k("far").encode(), far, k("past").encode(), past))
+    assert await reader.readline() == b"N\n" and await reader.readline() == b"N\n"
+    assert k("far") in a.guard and k("past") in a.guard  # (kept at least to the end of this slot)
+    cluster.clock.now += 2 * a.guard.window + 2 * a.guard.BUCKET
+    assert k("far") not in a.guard  # at most twice the window
+    for garbage in (b"1e9", b"1234567890123.0", b"+5", b"5.", b"5.1234", b"0x10"):
+        writer.write(b"C " + k("x").encode() + b" " + garbage + b"\n")
+        assert await reader.read() == b"", garbage
+        writer.close()
+        reader, writer = await connect("127.0.0.2", cluster.port, b"peer:127.0.0.3")
+    writer.close()
+    assert k("x") not in a.guard

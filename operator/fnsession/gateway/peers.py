@@ -39,12 +39,15 @@ it runs as the gateway's ServiceAccount: its first line is a token projected for
 :data:`HELLO_TIMEOUT` seconds to prove it). Nothing else is read from a connection before that.
 
 The wire, one line each, after ``A <token>`` (answered ``A <pod name>``) on the peer port:
-``C <key> <ttl>`` (mark, and ask this pod's other workers), ``L <key> <ttl>`` (mark here only),
+``C <key> <until>`` (mark, and ask this pod's other workers), ``L <key> <until>`` (mark here only),
 answered in order ``N`` (was new), ``S`` (held) or ``U`` (a worker did not answer); requests on one
 connection are worked on at once, up to :data:`MAX_PENDING`. Or, alone on a connection, ``D``
-(answered with every key held, ``<key> <ttl>`` a line, then ``.``) or ``P <key> <ttl>`` lines ended
+(answered with every key held, ``<key> <until>`` a line, then ``.``) or ``P <key> <until>`` lines ended
 by ``.`` (a hand-off, answered ``.``). Keys are digests of the access key id and the nonce, never
-the nonce itself; ``<ttl>`` is how many seconds more the key must be kept.
+the nonce itself; ``<until>`` is the Unix time the key must be kept until (for a nonce, its request's
+``x-acs-date`` plus the window: the same instant to every process, whatever its clock says), kept by
+the one told until its own clock passes it (at most twice the window ahead, as
+:meth:`~fnsession.gateway.signing.ReplayGuard.mark` clamps it; a time already past is not kept).
 """
 
 from __future__ import annotations
@@ -55,6 +58,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import math
 import os
 import re
 import socket
@@ -89,7 +93,7 @@ REVIEW_CACHE_SECONDS = 60.0
 AUDIENCE = "fnsession-gateway-peers"
 TOKEN_FILE = "/var/run/secrets/fnsession/peers/token"
 KEY = re.compile(rb"[0-9a-f]{32}")  # signing.ReplayGuard.key: nothing else is marked for a peer
-TTL = re.compile(rb"[0-9]{1,6}(\.[0-9]{1,3})?")
+UNTIL = re.compile(rb"[0-9]{1,12}(\.[0-9]{1,3})?")  # a Unix time
 
 
 class Verdict(Enum):
@@ -110,15 +114,16 @@ def this_pod() -> str:
 
 
 def parse(line: bytes) -> tuple[bytes, str, float] | None:
-    """``<verb> <key> <ttl>`` from a peer, or None when it is not that."""
+    """``<verb> <key> <until>`` from a peer, or None when it is not that."""
     parts = line.rstrip(b"\n").split(b" ")
-    if len(parts) != 3 or not KEY.fullmatch(parts[1]) or not TTL.fullmatch(parts[2]):
+    if len(parts) != 3 or not KEY.fullmatch(parts[1]) or not UNTIL.fullmatch(parts[2]):
         return None
     return parts[0], parts[1].decode("ascii"), float(parts[2])
 
 
-def entry(verb: bytes, key: str, ttl: float) -> bytes:
-    return b"%s %s %.1f\n" % (verb, key.encode("ascii"), max(0.0, ttl))
+def entry(verb: bytes, key: str, until: float) -> bytes:
+    """``<verb> <key> <until>`` (``until`` rounded up to a tenth of a second: never kept shorter)."""
+    return b"%s %s %.1f\n" % (verb, key.encode("ascii"), max(0.0, math.ceil(until * 10) / 10))
 
 
 # --- who may ask on the peer port
@@ -420,17 +425,18 @@ class Peers:
     async def claim(self, key: str, until: float | None = None) -> Verdict:
         """Whether ``key`` (already marked in this process's guard) is new to every other process
         (``until``: the time it must be kept until, on the guard's clock)."""
-        ttl = (until - self.guard.clock()) if until is not None else self.guard.window  # type: ignore[operator]
-        verdict = await self._ask_all(key, ttl, self.targets())
+        if until is None:
+            until = self.guard.clock() + self.guard.window  # type: ignore[operator]
+        verdict = await self._ask_all(key, until, self.targets())
         if verdict is Verdict.NEW and not self.settled():
             verdict = Verdict.UNSURE
         self.claims[verdict] += 1
         return verdict
 
-    async def _ask_all(self, key: str, ttl: float, targets: list[tuple[str, bytes]]) -> Verdict:
+    async def _ask_all(self, key: str, until: float, targets: list[tuple[str, bytes]]) -> Verdict:
         if not targets:
             return Verdict.NEW
-        answers = await asyncio.gather(*(self.link(name).ask(entry(verb, key, ttl)) for name, verb in targets))
+        answers = await asyncio.gather(*(self.link(name).ask(entry(verb, key, until)) for name, verb in targets))
         if any(a == b"S" for a in answers):
             return Verdict.SEEN
         if any(a != b"N" for a in answers):
@@ -510,12 +516,11 @@ class Peers:
                 request = parse(line)
                 if request is None or request[0] not in (b"C", b"L"):
                     break
-                verb, key, ttl = request
-                until = self.guard.clock() + ttl  # type: ignore[operator]
-                new = self.guard.mark(key, until)
+                verb, key, until = request
+                new = self.guard.mark(key, until)  # (clamped to between now and twice the window ahead)
                 answer: asyncio.Future[bytes]
                 if verb == b"C" and self.workers > 1:  # from another pod: this pod's other workers mark it too
-                    answer = asyncio.ensure_future(self._relay(key, ttl, new))
+                    answer = asyncio.ensure_future(self._relay(key, until, new))
                 else:
                     answer = asyncio.get_running_loop().create_future()
                     answer.set_result(b"N\n" if new else b"S\n")
@@ -539,9 +544,9 @@ class Peers:
                 answering.cancel()
             writer.close()
 
-    async def _relay(self, key: str, ttl: float, new: bool) -> bytes:
+    async def _relay(self, key: str, until: float, new: bool) -> bytes:
         others = [(f"worker:{i}", b"L") for i in range(self.workers) if i != self.index]
-        verdict = await self._ask_all(key, ttl, others)
+        verdict = await self._ask_all(key, until, others)
         if verdict is Verdict.SEEN or not new:
             return b"S\n"
         return b"U\n" if verdict is Verdict.UNSURE else b"N\n"
@@ -558,11 +563,16 @@ class Peers:
         except (OSError, ConnectionError, TimeoutError):
             writer.transport.abort()  # (close() would wait for the peer to read what is unsent)
 
+    def expiries(self) -> list[tuple[str, float]]:
+        """Every key held and the Unix time it is kept until (a snapshot, for another process)."""
+        now = self.guard.clock()  # type: ignore[operator]
+        return [(key, now + ttl) for key, ttl in self.guard.ttls()]
+
     async def _dump(self, writer: asyncio.StreamWriter) -> None:
-        entries = self.guard.ttls()
+        entries = self.expiries()
         async with asyncio.timeout(COPY_TIMEOUT):
             for start in range(0, len(entries), 1000):
-                writer.write(b"".join(entry(b"", key, ttl)[1:] for key, ttl in entries[start:start + 1000]))
+                writer.write(b"".join(entry(b"", key, until)[1:] for key, until in entries[start:start + 1000]))
                 await writer.drain()
                 await asyncio.sleep(0)  # (a large table does not hold the loop)
             writer.write(b".\n")
@@ -578,7 +588,7 @@ class Peers:
                 request = parse(line)
                 if request is None or request[0] != b"P":
                     return
-                self.guard.merge(request[1], self.guard.clock() + request[2])  # type: ignore[operator]
+                self.guard.merge(request[1], request[2])
                 taken.append((request[1], request[2]))
                 if len(taken) % 1000 == 0:
                     await asyncio.sleep(0)
@@ -624,14 +634,13 @@ class Peers:
             return False
         try:
             writer.write(b"D\n")
-            now = self.guard.clock()  # type: ignore[operator]
             while line := await reader.readline():
                 if line == b".\n":
                     return True
                 request = parse(b"K " + line)
                 if request is None:
                     return False
-                self.guard.merge(request[1], now + request[2])
+                self.guard.merge(request[1], request[2])
             return False  # cut short: what came is kept, but it is not a whole copy
         except (OSError, ConnectionError, ValueError):
             return False
@@ -643,7 +652,7 @@ class Peers:
         pods = [name for name, verb in self.targets() if verb == b"C"]
         if not pods or not len(self.guard):
             return 0
-        entries = self.guard.ttls()
+        entries = self.expiries()
         try:
             async with asyncio.timeout(HAND_OFF_TIMEOUT):
                 took = await asyncio.gather(*(self._hand_to(name, entries) for name in pods))
@@ -659,7 +668,7 @@ class Peers:
             return False
         try:
             for start in range(0, len(entries), 1000):
-                writer.write(b"".join(entry(b"P", key, ttl) for key, ttl in entries[start:start + 1000]))
+                writer.write(b"".join(entry(b"P", key, until) for key, until in entries[start:start + 1000]))
                 await writer.drain()
             writer.write(b".\n")
             return await reader.readline() == b".\n"
