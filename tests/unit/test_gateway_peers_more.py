@@ -221,3 +221,60 @@ async def test_an_expiry_on_the_wire_is_clamped_and_must_be_a_plain_number(clust
         reader, writer = await connect("127.0.0.2", cluster.port, b"peer:127.0.0.3")
     writer.close()
     assert k("x") not in a.guard
+
+
+async def test_a_process_whose_copy_was_not_whole_stays_unsure_until_a_whole_copy_or_twice_the_window(
+        cluster: Cluster, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(peers_module, "COPY_AGAIN", 0.05, raising=False)
+    [b] = await cluster.pod("127.0.0.3")
+    cluster.settle()
+    assert await cluster.take(b, k("used")) is Verdict.NEW
+    [a] = await cluster.pod("127.0.0.2")
+    a.set_pods(["127.0.0.3", "127.0.0.9"])  # 127.0.0.9 cannot be reached: its copy fails
+    assert await a.copy_from_peers() == (1, 2)
+    cluster.settle()
+    assert not a.settled()
+    assert await cluster.take(a, k("fresh")) is Verdict.UNSURE  # (claimed in the API server too)
+    cluster.clock.now += 2 * a.guard.window
+    assert a.settled()  # what it could have missed has expired
+    # or a later copy that is whole
+    [c] = await cluster.pod("127.0.0.4")
+    c.set_pods(["127.0.0.3", "127.0.0.9"])
+    assert await c.copy_from_peers() == (1, 2)
+    cluster.settle()
+    assert not c.settled()
+    c.set_pods(["127.0.0.3"])  # (the pod that could not be reached is gone)
+    cluster.settle()
+    assert await eventually(c.settled)
+    assert await cluster.take(c, k("fresh-2")) is Verdict.NEW
+
+
+@pytest.fixture
+def short_times(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The base times too short for the tables here: each nonce adds to them."""
+    monkeypatch.setattr(peers_module, "COPY_TIMEOUT", 0.1)
+    monkeypatch.setattr(peers_module, "HAND_OFF_TIMEOUT", 0.1)
+    monkeypatch.setattr(peers_module, "PER_ENTRY", 100e-6, raising=False)
+
+
+@pytest.mark.usefixtures("short_times")
+async def test_a_large_table_is_copied_in_a_time_that_grows_with_it(cluster: Cluster) -> None:
+    [a] = await cluster.pod("127.0.0.2")
+    for n in range(100_000):
+        a.guard.mark(k(f"old-{n}"))
+    b = await cluster.pod("127.0.0.3", workers=2)
+    for p in b:
+        assert await p.copy_from_peers() == (2, 2)
+    assert len(b[0].guard) == len(b[1].guard) == 100_000
+
+
+@pytest.mark.usefixtures("short_times")
+async def test_a_large_table_is_handed_off_in_a_time_that_grows_with_it(cluster: Cluster) -> None:
+    [a] = await cluster.pod("127.0.0.2")
+    b = await cluster.pod("127.0.0.3", workers=2)
+    [c] = await cluster.pod("127.0.0.4")
+    await asyncio.sleep(0.1)  # (the hellos)
+    for n in range(100_000):
+        c.guard.mark(k(f"c-{n}"))
+    assert await c.hand_off() == 2
+    assert all(k("c-0") in p.guard and k("c-99999") in p.guard for p in [a, *b])

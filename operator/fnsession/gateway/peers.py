@@ -12,9 +12,9 @@ other process of each nonce it takes, and takes it only when none of them held i
 3. the nonce is **new** when every process answered that it had not held it, **seen** (a replay:
    FC's 401) when any had, and **unsure** when a process did not answer (or a pod could not vouch
    for one of its workers) or this process does not know its peers for certain: in the
-   :attr:`Peers.settle` seconds after any membership change, and while its watch of the
-   EndpointSlices is broken. An unsure nonce is claimed in the API server as well (a Lease,
-   created once; ``auth.SharedNonces``).
+   :attr:`Peers.settle` seconds after any membership change, while its watch of the
+   EndpointSlices is broken, and after a copy at start that was not whole (below). An unsure
+   nonce is claimed in the API server as well (a Lease, created once; ``auth.SharedNonces``).
 
 Why two copies of one request are never both taken: each process marks before it asks, so of two
 processes that take the same nonce, the one that asks the other finds the other's mark, or leaves
@@ -26,10 +26,13 @@ Lease. What this rests on: a process's watch shows it a new pod within :data:`SE
 
 The nonces live only in the processes. A process that starts copies every other process's table
 (every sibling worker and every other pod, all of them, each copy counted only when it arrived
-whole); a pod that is shut down (SIGTERM) hands its table to every other pod first. So rolling
-updates and rescheduling lose nothing; what is lost is what only a pod killed without notice knew
-(nonces it took in its first seconds, before the others knew of it), and everything, if every
-replica is lost at once. ``--peer-port 0`` with several replicas keeps every nonce in the API
+whole, in a time that grows with the table); unless every copy came whole, it is unsure, as while
+it settles, until a later copy (tried again in the background) is whole, or for twice the window
+(by then whatever it missed has expired). A pod that is shut down (SIGTERM) hands its table to
+every other pod first (each of its workers its whole table, in a time that grows with it). So
+rolling updates and rescheduling lose nothing; what is lost is what only a pod killed without
+notice knew (nonces it took in its first seconds, before the others knew of it), and everything,
+if every replica is lost at once. ``--peer-port 0`` with several replicas keeps every nonce in the API
 server instead.
 
 Who may ask: this pod's workers (the abstract unix sockets live in the pod's network namespace, and
@@ -80,8 +83,10 @@ STALLED = 2.0  # a link whose oldest unanswered ask is this old is closed (its p
 SETTLE_SECONDS = 10.0  # after a membership change, nonces are unsure (see the module's docstring)
 CONNECT_TIMEOUT = 0.5
 HELLO_TIMEOUT = 3.0  # seconds from a connection to the peer port to its proven identity
-COPY_TIMEOUT = 5.0  # seconds the copy of the other processes' nonces may take at start (all at once)
-HAND_OFF_TIMEOUT = 5.0  # seconds the hand-off of this process's nonces may take at shut-down
+COPY_TIMEOUT = 5.0  # seconds the copy of another process's nonces may take at start, plus PER_ENTRY a nonce
+HAND_OFF_TIMEOUT = 5.0  # seconds the hand-off of this process's nonces to a pod may take, plus PER_ENTRY a nonce
+PER_ENTRY = 20e-6  # seconds a nonce adds to a copy or hand-off (about 3 us measured on loopback)
+COPY_AGAIN = 5.0  # seconds after a copy that was not whole before the next (doubling, up to 12 times this)
 DOWN_FIRST, DOWN_MOST = 0.5, 5.0  # a peer that could not be reached is not tried again for this long (doubling)
 MAX_LINE = 256  # a request line, after the hello
 MAX_HELLO = 8192  # the hello line (a token)
@@ -354,6 +359,7 @@ class Peers:
         self.watching = True  # the watch of the pods is up (follow_peers says when not)
         self.listed = asyncio.Event()  # the first list of the pods came
         self.changed = clock()  # the last membership change (this process's start counts)
+        self.unsure_until = 0.0  # a copy at start was not whole: unsure until then (or a whole copy)
         self.links: dict[str, Link] = {}
         self.servers: list[asyncio.AbstractServer] = []
         self.connections = 0  # open on the peer port
@@ -386,7 +392,8 @@ class Peers:
         self.watching = True
 
     def settled(self) -> bool:
-        return self.pods_known and self.watching and self.clock() - self.changed >= self.settle
+        now = self.clock()
+        return self.pods_known and self.watching and now - self.changed >= self.settle and now >= self.unsure_until
 
     def targets(self) -> list[tuple[str, bytes]]:
         """(link name, request verb) for every other process: this pod's workers, then the other pods
@@ -570,7 +577,7 @@ class Peers:
 
     async def _dump(self, writer: asyncio.StreamWriter) -> None:
         entries = self.expiries()
-        async with asyncio.timeout(COPY_TIMEOUT):
+        async with asyncio.timeout(COPY_TIMEOUT + PER_ENTRY * len(entries)):
             for start in range(0, len(entries), 1000):
                 writer.write(b"".join(entry(b"", key, until)[1:] for key, until in entries[start:start + 1000]))
                 await writer.drain()
@@ -581,7 +588,8 @@ class Peers:
     async def _take_hand_off(self, line: bytes, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                              who: str) -> None:
         taken: list[tuple[str, float]] = []
-        async with asyncio.timeout(HAND_OFF_TIMEOUT):
+        started = asyncio.get_running_loop().time()
+        async with asyncio.timeout(HAND_OFF_TIMEOUT) as deadline:
             while line and line != b".\n":
                 if len(line) > MAX_LINE:
                     return
@@ -590,9 +598,11 @@ class Peers:
                     return
                 self.guard.merge(request[1], request[2])
                 taken.append((request[1], request[2]))
-                if len(taken) % 1000 == 0:
+                if len(taken) % 1000 == 0:  # (the time it may take grows with what has come)
+                    deadline.reschedule(started + HAND_OFF_TIMEOUT + PER_ENTRY * (len(taken) + 1000))
                     await asyncio.sleep(0)
                 line = await reader.readline()
+            deadline.reschedule(None)  # (the hand-offs to the workers have their own time)
             if who != "worker":  # (the pod's port reached one of its workers: the others take them too)
                 await asyncio.gather(*(self._hand_to(f"worker:{i}", taken)
                                        for i in range(self.workers) if i != self.index))
@@ -602,20 +612,40 @@ class Peers:
 
     # --- start and end
     async def copy_from_peers(self) -> tuple[int, int]:
-        """Copy every nonce every other process holds (at start, all at once, :data:`COPY_TIMEOUT` in
-        all); (whole copies, processes asked)."""
+        """Copy every nonce every other process holds (at start, all at once; each copy may take
+        :data:`COPY_TIMEOUT` plus :data:`PER_ENTRY` a nonce); (whole copies, processes asked). Unless
+        every copy came whole, this process stays unsure (:meth:`settled`) until a later copy is whole
+        (tried again in the background) or twice the window has passed (what it missed has expired)."""
+        whole, asked = await self._copy_all()
+        if whole < asked:
+            self.unsure_until = self.clock() + 2 * self.guard.window
+            log.warning("nonce peers: not every other process's nonces were copied: nonces are claimed in the API "
+                        "server too until a whole copy, or for %.0f s", 2 * self.guard.window)
+            self._spawn(self._copy_again())
+        return whole, asked
+
+    async def _copy_all(self) -> tuple[int, int]:
         targets = self.targets()
         if not targets:
             return 0, 0
-        try:
-            async with asyncio.timeout(COPY_TIMEOUT):
-                done = await asyncio.gather(*(self._copy(name) for name, _verb in targets))
-        except TimeoutError:
-            done = []
+        done = await asyncio.gather(*(self._copy(name) for name, _verb in targets))
         whole = sum(1 for d in done if d)
         log.info("nonce peers: copied the nonces of %d of %d other process(es); %d held", whole, len(targets),
                  len(self.guard))
         return whole, len(targets)
+
+    async def _copy_again(self) -> None:
+        """After a copy that was not whole: copy again (every :data:`COPY_AGAIN` seconds, doubling) until
+        every other process's copy comes whole, then this process may be sure again."""
+        pause = COPY_AGAIN
+        while self.clock() < self.unsure_until:
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 12 * COPY_AGAIN)
+            whole, asked = await self._copy_all()
+            if whole == asked:
+                self.unsure_until = 0.0
+                log.info("nonce peers: every other process's nonces are copied now")
+                return
 
     async def _open(self, name: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         kind, _, where = name.partition(":")
@@ -633,46 +663,54 @@ class Peers:
             log.info("nonce peers: could not copy the nonces of %s: %r", name, exc)
             return False
         try:
-            writer.write(b"D\n")
-            while line := await reader.readline():
-                if line == b".\n":
-                    return True
-                request = parse(b"K " + line)
-                if request is None:
-                    return False
-                self.guard.merge(request[1], request[2])
+            loop = asyncio.get_running_loop()
+            started, count = loop.time(), 0
+            async with asyncio.timeout(COPY_TIMEOUT) as deadline:
+                writer.write(b"D\n")
+                while line := await reader.readline():
+                    if line == b".\n":
+                        return True
+                    request = parse(b"K " + line)
+                    if request is None:
+                        return False
+                    self.guard.merge(request[1], request[2])
+                    count += 1
+                    if count % 1000 == 0:  # (the time a copy may take grows with what has come)
+                        deadline.reschedule(started + COPY_TIMEOUT + PER_ENTRY * (count + 1000))
             return False  # cut short: what came is kept, but it is not a whole copy
-        except (OSError, ConnectionError, ValueError):
+        except (OSError, ConnectionError, ValueError, TimeoutError) as exc:
+            log.info("nonce peers: the copy of the nonces of %s was cut short: %r", name, exc)
             return False
         finally:
             writer.close()
 
     async def hand_off(self) -> int:
-        """Give every nonce this process holds to every other pod (at shut-down); the pods that took them."""
+        """Give every nonce this process holds to every other pod (at shut-down; each hand-off may take
+        :data:`HAND_OFF_TIMEOUT` plus :data:`PER_ENTRY` a nonce for each of the pod's workers); the pods
+        that took them."""
         pods = [name for name, verb in self.targets() if verb == b"C"]
         if not pods or not len(self.guard):
             return 0
         entries = self.expiries()
-        try:
-            async with asyncio.timeout(HAND_OFF_TIMEOUT):
-                took = await asyncio.gather(*(self._hand_to(name, entries) for name in pods))
-        except TimeoutError:
-            took = []
+        took = await asyncio.gather(*(self._hand_to(name, entries, self.workers) for name in pods))
         log.info("nonce peers: handed %d nonce(s) to %d of %d other pod(s)", len(entries), sum(took), len(pods))
         return sum(took)
 
-    async def _hand_to(self, name: str, entries: list[tuple[str, float]]) -> bool:
+    async def _hand_to(self, name: str, entries: list[tuple[str, float]], workers: int = 1) -> bool:
+        """``workers``: how many processes take them there (a pod hands them on to its other workers
+        before it answers)."""
         try:
             reader, writer = await self._open(name)
         except (OSError, TimeoutError, ConnectionError, ValueError, asyncio.IncompleteReadError):
             return False
         try:
-            for start in range(0, len(entries), 1000):
-                writer.write(b"".join(entry(b"P", key, until) for key, until in entries[start:start + 1000]))
-                await writer.drain()
-            writer.write(b".\n")
-            return await reader.readline() == b".\n"
-        except (OSError, ConnectionError, ValueError):
+            async with asyncio.timeout(HAND_OFF_TIMEOUT + PER_ENTRY * len(entries) * workers):
+                for start in range(0, len(entries), 1000):
+                    writer.write(b"".join(entry(b"P", key, until) for key, until in entries[start:start + 1000]))
+                    await writer.drain()
+                writer.write(b".\n")
+                return await reader.readline() == b".\n"
+        except (OSError, ConnectionError, ValueError, TimeoutError):
             return False
         finally:
             writer.close()
