@@ -27,10 +27,11 @@ async def test_a_peer_that_accepts_but_never_says_hello_is_backed_off() -> None:
     server = await asyncio.start_server(wedged, "127.0.0.60", 39398)
     clock = Clock()
 
-    async def hello(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> str:
+    async def hello() -> tuple[asyncio.StreamReader, asyncio.StreamWriter, str]:
+        reader, writer = await asyncio.open_connection("127.0.0.60", 39398)
         writer.write(b"A token\n")
-        return (await reader.readline()).decode()
-    link = Link(lambda: asyncio.open_connection("127.0.0.60", 39398), hello, clock=clock)
+        return reader, writer, (await reader.readline()).decode()
+    link = Link(hello, clock=clock)
     try:
         assert await link.ask(b"C x 1.0\n") is None
         assert link.failures == 1 and link.down_until > clock.now
@@ -38,6 +39,26 @@ async def test_a_peer_that_accepts_but_never_says_hello_is_backed_off() -> None:
         assert accepted == 1 and link.failures == 1
     finally:
         link.shut()
+        server.close()
+
+
+async def test_a_pod_that_accepts_but_never_says_hello_is_not_waited_for_on_every_claim(cluster: Cluster) -> None:
+    accepted = 0
+
+    async def wedged(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal accepted
+        accepted += 1
+        await asyncio.sleep(30)
+    server = await asyncio.start_server(wedged, "127.0.0.63", cluster.port)
+    try:
+        [a] = await cluster.pod("127.0.0.2")
+        a.set_pods(["127.0.0.63"])
+        cluster.settle()
+        assert await a.claim(k("x")) is Verdict.UNSURE
+        link = a.link("pod:127.0.0.63")
+        assert link.failures == 1 and link.down_until > cluster.clock.now
+        assert await a.claim(k("y")) is Verdict.UNSURE and accepted == 1  # not tried while it is down
+    finally:
         server.close()
 
 
@@ -104,13 +125,14 @@ async def test_a_link_shut_during_its_hello_keeps_nothing() -> None:
         await reader.read()
     server = await asyncio.start_server(slow_hello, "127.0.0.62", 39398)
 
-    async def hello(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> str:
+    async def hello() -> tuple[asyncio.StreamReader, asyncio.StreamWriter, str]:
+        reader, writer = await asyncio.open_connection("127.0.0.62", 39398)
         writer.write(b"A token\n")
         line = await reader.readline()
         if not line:
             raise ConnectionError("closed")
-        return line.decode()
-    link = Link(lambda: asyncio.open_connection("127.0.0.62", 39398), hello, clock=Clock())
+        return reader, writer, line.decode()
+    link = Link(hello, clock=Clock())
     try:
         asking = asyncio.create_task(link.ask(b"L x 1.0\n"))
         await asyncio.sleep(0.1)

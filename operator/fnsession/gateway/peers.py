@@ -58,6 +58,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import functools
 import hashlib
 import json
 import logging
@@ -211,22 +212,27 @@ def read_token(path: str = TOKEN_FILE) -> str:
 
 # --- asking
 
+# a connection made: its reader, its writer and, when it says, the peer's pod name (from its hello)
+Opened = tuple[asyncio.StreamReader, asyncio.StreamWriter, str | None] | tuple[asyncio.StreamReader, asyncio.StreamWriter]
+
+
 class Link:
     """One kept-alive connection to a peer, requests pipelined and answered in order.
 
-    ``hello``: what proves this process to the peer, and learns the peer's name (pods only). The
-    connection (and the hello) is made in the background, never inside an ask's time: an ask waits
-    for it at most its own :data:`ASK_TIMEOUT`, and the connection goes on being made after that. A
+    ``open_connection``: connects and, to a pod, proves this process to it (its hello): the
+    reader, the writer and the peer's name (None for a worker), at most :data:`CONNECT_TIMEOUT` plus
+    :data:`HELLO_TIMEOUT` in all (:meth:`Peers._open`). The connection (and the hello) is made in
+    the background, never inside an ask's time: an ask waits for it at most its own
+    :data:`ASK_TIMEOUT`, and the connection goes on being made after that. A
     peer that cannot be reached, or does not answer in time (a connect, a hello or an ask that times
     out), is not asked again for a while (:data:`DOWN_FIRST`, doubling up to :data:`DOWN_MOST`): asks
     fail at once meanwhile. An ask that times out leaves the connection up (its answer is dropped when
     it comes); one whose oldest unanswered ask is :data:`STALLED` old is closed. A link that is
     :meth:`shut` (its pod left) is never connected again."""
 
-    def __init__(self, open_connection: Callable[[], Awaitable[tuple[asyncio.StreamReader, asyncio.StreamWriter]]],
-                 hello: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[str]] | None = None,
+    def __init__(self, open_connection: Callable[[], Awaitable[Opened]],
                  clock: Callable[[], float] = time.monotonic) -> None:
-        self.open_connection, self.hello, self.clock = open_connection, hello, clock
+        self.open_connection, self.clock = open_connection, clock
         self.writer: asyncio.StreamWriter | None = None
         self.waiting: deque[tuple[float, asyncio.Future[bytes]]] = deque()
         self.reader_task: asyncio.Task[None] | None = None
@@ -282,13 +288,7 @@ class Link:
 
     async def _open(self) -> asyncio.StreamWriter | None:
         try:
-            reader, writer = await asyncio.wait_for(self.open_connection(), CONNECT_TIMEOUT)
-            try:
-                if self.hello is not None:
-                    self.peer = await asyncio.wait_for(self.hello(reader, writer), HELLO_TIMEOUT)
-            except BaseException:
-                writer.close()
-                raise
+            opened = await asyncio.wait_for(self.open_connection(), CONNECT_TIMEOUT + HELLO_TIMEOUT)
         except (OSError, TimeoutError, ConnectionError, ValueError, asyncio.IncompleteReadError) as exc:
             self._failed(exc)
             return None
@@ -296,9 +296,11 @@ class Link:
             if not self.closed:
                 raise
             return None  # (shut: the askers waiting for it are told None, not cancelled)
+        reader, writer = opened[0], opened[1]
         if self.closed:  # (shut while it was being made: nothing may keep it)
             writer.close()
             return None
+        self.peer = opened[2] if len(opened) > 2 else None
         self.failures, self.down_until, self.writer = 0, 0.0, writer
         keep_alive(writer)
         self.reader_task = asyncio.create_task(self._read(reader, writer), name="nonce-peer-reader")
@@ -412,13 +414,7 @@ class Peers:
     def link(self, name: str) -> Link:
         link = self.links.get(name)
         if link is None:
-            kind, _, where = name.partition(":")
-            if kind == "worker":
-                path = sibling_address(self.peer_port, int(where), self.scope)
-                link = Link(lambda: asyncio.open_unix_connection(path), clock=self.clock)
-            else:
-                link = Link(lambda: asyncio.open_connection(where, self.peer_port), self._hello, clock=self.clock)
-            self.links[name] = link
+            link = self.links[name] = Link(functools.partial(self._open, name), clock=self.clock)
         return link
 
     async def _hello(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> str:
@@ -647,18 +643,25 @@ class Peers:
                 log.info("nonce peers: every other process's nonces are copied now")
                 return
 
-    async def _open(self, name: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    async def _open(self, name: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, str | None]:
+        """A connection to ``name`` (``worker:<index>`` or ``pod:<address>``), this process proven to a pod
+        (its hello); the pod's name, from its answer."""
         kind, _, where = name.partition(":")
         if kind == "worker":
-            return await asyncio.wait_for(asyncio.open_unix_connection(
+            reader, writer = await asyncio.wait_for(asyncio.open_unix_connection(
                 sibling_address(self.peer_port, int(where), self.scope)), CONNECT_TIMEOUT)
+            return reader, writer, None
         reader, writer = await asyncio.wait_for(asyncio.open_connection(where, self.peer_port), CONNECT_TIMEOUT)
-        await asyncio.wait_for(self._hello(reader, writer), HELLO_TIMEOUT)
-        return reader, writer
+        try:
+            peer = await asyncio.wait_for(self._hello(reader, writer), HELLO_TIMEOUT)
+        except BaseException:
+            writer.close()
+            raise
+        return reader, writer, peer
 
     async def _copy(self, name: str) -> bool:
         try:
-            reader, writer = await self._open(name)
+            reader, writer, _peer = await self._open(name)
         except (OSError, TimeoutError, ConnectionError, ValueError, asyncio.IncompleteReadError) as exc:
             log.info("nonce peers: could not copy the nonces of %s: %r", name, exc)
             return False
@@ -700,7 +703,7 @@ class Peers:
         """``workers``: how many processes take them there (a pod hands them on to its other workers
         before it answers)."""
         try:
-            reader, writer = await self._open(name)
+            reader, writer, _peer = await self._open(name)
         except (OSError, TimeoutError, ConnectionError, ValueError, asyncio.IncompleteReadError):
             return False
         try:
