@@ -265,7 +265,7 @@ async def test_a_copy_cut_short_is_kept_but_not_counted_whole(cluster: Cluster) 
         await reader.readline()
         writer.write(b"A 127.0.0.2\n")
         await reader.readline()
-        writer.write(f"{k('other')} 800.0\n".encode())  # one line, then the pod is gone
+        writer.write(f"{k('other')} {cluster.clock.now + 800:.1f}\n".encode())  # one line, then the pod is gone
         await writer.drain()
         writer.close()
     server = await asyncio.start_server(dying, "127.0.0.2", cluster.port)

@@ -12,9 +12,9 @@ other process of each nonce it takes, and takes it only when none of them held i
 3. the nonce is **new** when every process answered that it had not held it, **seen** (a replay:
    FC's 401) when any had, and **unsure** when a process did not answer (or a pod could not vouch
    for one of its workers) or this process does not know its peers for certain: in the
-   :attr:`Peers.settle` seconds after any membership change, and while its watch of the
-   EndpointSlices is broken. An unsure nonce is claimed in the API server as well (a Lease,
-   created once; ``auth.SharedNonces``).
+   :attr:`Peers.settle` seconds after any membership change, while its watch of the
+   EndpointSlices is broken, and after a copy at start that was not whole (below). An unsure
+   nonce is claimed in the API server as well (a Lease, created once; ``auth.SharedNonces``).
 
 Why two copies of one request are never both taken: each process marks before it asks, so of two
 processes that take the same nonce, the one that asks the other finds the other's mark, or leaves
@@ -26,10 +26,13 @@ Lease. What this rests on: a process's watch shows it a new pod within :data:`SE
 
 The nonces live only in the processes. A process that starts copies every other process's table
 (every sibling worker and every other pod, all of them, each copy counted only when it arrived
-whole); a pod that is shut down (SIGTERM) hands its table to every other pod first. So rolling
-updates and rescheduling lose nothing; what is lost is what only a pod killed without notice knew
-(nonces it took in its first seconds, before the others knew of it), and everything, if every
-replica is lost at once. ``--peer-port 0`` with several replicas keeps every nonce in the API
+whole, in a time that grows with the table); unless every copy came whole, it is unsure, as while
+it settles, until a later copy (tried again in the background) is whole, or for twice the window
+(by then whatever it missed has expired). A pod that is shut down (SIGTERM) hands its table to
+every other pod first (each of its workers its whole table, in a time that grows with it). So
+rolling updates and rescheduling lose nothing; what is lost is what only a pod killed without
+notice knew (nonces it took in its first seconds, before the others knew of it), and everything,
+if every replica is lost at once. ``--peer-port 0`` with several replicas keeps every nonce in the API
 server instead.
 
 Who may ask: this pod's workers (the abstract unix sockets live in the pod's network namespace, and
@@ -39,12 +42,15 @@ it runs as the gateway's ServiceAccount: its first line is a token projected for
 :data:`HELLO_TIMEOUT` seconds to prove it). Nothing else is read from a connection before that.
 
 The wire, one line each, after ``A <token>`` (answered ``A <pod name>``) on the peer port:
-``C <key> <ttl>`` (mark, and ask this pod's other workers), ``L <key> <ttl>`` (mark here only),
+``C <key> <until>`` (mark, and ask this pod's other workers), ``L <key> <until>`` (mark here only),
 answered in order ``N`` (was new), ``S`` (held) or ``U`` (a worker did not answer); requests on one
 connection are worked on at once, up to :data:`MAX_PENDING`. Or, alone on a connection, ``D``
-(answered with every key held, ``<key> <ttl>`` a line, then ``.``) or ``P <key> <ttl>`` lines ended
+(answered with every key held, ``<key> <until>`` a line, then ``.``) or ``P <key> <until>`` lines ended
 by ``.`` (a hand-off, answered ``.``). Keys are digests of the access key id and the nonce, never
-the nonce itself; ``<ttl>`` is how many seconds more the key must be kept.
+the nonce itself; ``<until>`` is the Unix time the key must be kept until (for a nonce, its request's
+``x-acs-date`` plus the window: the same instant to every process, whatever its clock says), kept by
+the one told until its own clock passes it (at most twice the window ahead, as
+:meth:`~fnsession.gateway.signing.ReplayGuard.mark` clamps it; a time already past is not kept).
 """
 
 from __future__ import annotations
@@ -52,9 +58,11 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import functools
 import hashlib
 import json
 import logging
+import math
 import os
 import re
 import socket
@@ -76,8 +84,10 @@ STALLED = 2.0  # a link whose oldest unanswered ask is this old is closed (its p
 SETTLE_SECONDS = 10.0  # after a membership change, nonces are unsure (see the module's docstring)
 CONNECT_TIMEOUT = 0.5
 HELLO_TIMEOUT = 3.0  # seconds from a connection to the peer port to its proven identity
-COPY_TIMEOUT = 5.0  # seconds the copy of the other processes' nonces may take at start (all at once)
-HAND_OFF_TIMEOUT = 5.0  # seconds the hand-off of this process's nonces may take at shut-down
+COPY_TIMEOUT = 5.0  # seconds the copy of another process's nonces may take at start, plus PER_ENTRY a nonce
+HAND_OFF_TIMEOUT = 5.0  # seconds the hand-off of this process's nonces to a pod may take, plus PER_ENTRY a nonce
+PER_ENTRY = 20e-6  # seconds a nonce adds to a copy or hand-off (about 3 us measured on loopback)
+COPY_AGAIN = 5.0  # seconds after a copy that was not whole before the next (doubling, up to 12 times this)
 DOWN_FIRST, DOWN_MOST = 0.5, 5.0  # a peer that could not be reached is not tried again for this long (doubling)
 MAX_LINE = 256  # a request line, after the hello
 MAX_HELLO = 8192  # the hello line (a token)
@@ -89,7 +99,7 @@ REVIEW_CACHE_SECONDS = 60.0
 AUDIENCE = "fnsession-gateway-peers"
 TOKEN_FILE = "/var/run/secrets/fnsession/peers/token"
 KEY = re.compile(rb"[0-9a-f]{32}")  # signing.ReplayGuard.key: nothing else is marked for a peer
-TTL = re.compile(rb"[0-9]{1,6}(\.[0-9]{1,3})?")
+UNTIL = re.compile(rb"[0-9]{1,12}(\.[0-9]{1,3})?")  # a Unix time
 
 
 class Verdict(Enum):
@@ -110,15 +120,16 @@ def this_pod() -> str:
 
 
 def parse(line: bytes) -> tuple[bytes, str, float] | None:
-    """``<verb> <key> <ttl>`` from a peer, or None when it is not that."""
+    """``<verb> <key> <until>`` from a peer, or None when it is not that."""
     parts = line.rstrip(b"\n").split(b" ")
-    if len(parts) != 3 or not KEY.fullmatch(parts[1]) or not TTL.fullmatch(parts[2]):
+    if len(parts) != 3 or not KEY.fullmatch(parts[1]) or not UNTIL.fullmatch(parts[2]):
         return None
     return parts[0], parts[1].decode("ascii"), float(parts[2])
 
 
-def entry(verb: bytes, key: str, ttl: float) -> bytes:
-    return b"%s %s %.1f\n" % (verb, key.encode("ascii"), max(0.0, ttl))
+def entry(verb: bytes, key: str, until: float) -> bytes:
+    """``<verb> <key> <until>`` (``until`` rounded up to a tenth of a second: never kept shorter)."""
+    return b"%s %s %.1f\n" % (verb, key.encode("ascii"), max(0.0, math.ceil(until * 10) / 10))
 
 
 # --- who may ask on the peer port
@@ -201,24 +212,33 @@ def read_token(path: str = TOKEN_FILE) -> str:
 
 # --- asking
 
+# a connection made: its reader, its writer and, when it says, the peer's pod name (from its hello)
+Opened = tuple[asyncio.StreamReader, asyncio.StreamWriter, str | None] | tuple[asyncio.StreamReader, asyncio.StreamWriter]
+
+
 class Link:
     """One kept-alive connection to a peer, requests pipelined and answered in order.
 
-    ``hello``: what proves this process to the peer, and learns the peer's name (pods only). A peer
-    that cannot be reached is not tried again for a while (:data:`DOWN_FIRST`, doubling up to
-    :data:`DOWN_MOST`): asks fail at once meanwhile. An ask that times out leaves the connection up
-    (its answer is dropped when it comes); one whose oldest unanswered ask is :data:`STALLED` old is
-    closed."""
+    ``open_connection``: connects and, to a pod, proves this process to it (its hello): the
+    reader, the writer and the peer's name (None for a worker), at most :data:`CONNECT_TIMEOUT` plus
+    :data:`HELLO_TIMEOUT` in all (:meth:`Peers._open`). The connection (and the hello) is made in
+    the background, never inside an ask's time: an ask waits for it at most its own
+    :data:`ASK_TIMEOUT`, and the connection goes on being made after that. A
+    peer that cannot be reached, or does not answer in time (a connect, a hello or an ask that times
+    out), is not asked again for a while (:data:`DOWN_FIRST`, doubling up to :data:`DOWN_MOST`): asks
+    fail at once meanwhile. An ask that times out leaves the connection up (its answer is dropped when
+    it comes); one whose oldest unanswered ask is :data:`STALLED` old is closed. A link that is
+    :meth:`shut` (its pod left) is never connected again."""
 
-    def __init__(self, open_connection: Callable[[], Awaitable[tuple[asyncio.StreamReader, asyncio.StreamWriter]]],
-                 hello: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[str]] | None = None,
+    def __init__(self, open_connection: Callable[[], Awaitable[Opened]],
                  clock: Callable[[], float] = time.monotonic) -> None:
-        self.open_connection, self.hello, self.clock = open_connection, hello, clock
+        self.open_connection, self.clock = open_connection, clock
         self.writer: asyncio.StreamWriter | None = None
         self.waiting: deque[tuple[float, asyncio.Future[bytes]]] = deque()
         self.reader_task: asyncio.Task[None] | None = None
-        self.opening: asyncio.Lock = asyncio.Lock()
+        self.opening: asyncio.Task[asyncio.StreamWriter | None] | None = None
         self.failures, self.down_until = 0, 0.0
+        self.closed = False  # for good (shut)
         self.peer: str | None = None  # the peer's pod name, from its hello
 
     async def ask(self, line: bytes) -> bytes | None:
@@ -226,6 +246,8 @@ class Link:
         now = self.clock()
         if self.waiting and now - self.waiting[0][0] > STALLED:
             self.close()
+        if now < self.down_until:
+            return None
         try:
             async with asyncio.timeout(ASK_TIMEOUT):
                 writer = await self._connected()
@@ -234,39 +256,55 @@ class Link:
                 answer: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
                 self.waiting.append((now, answer))
                 writer.write(line)
-                return await answer
+                got = await answer
+            self.failures = 0
+            return got
         except TimeoutError:
+            self._failed("no answer in time")
             return None
         except (OSError, ConnectionError, asyncio.IncompleteReadError):
             self.close()
             return None
 
+    def _failed(self, why: object) -> None:
+        """Count a failure: not tried again for a while (once for asks that time out together)."""
+        if self.clock() < self.down_until:
+            return
+        self.failures += 1
+        self.down_until = self.clock() + min(DOWN_MOST, DOWN_FIRST * 2 ** min(16, self.failures - 1))
+        if self.failures == 1:
+            log.info("nonce peers: cannot reach a peer: %r", why)
+
     async def _connected(self) -> asyncio.StreamWriter | None:
+        """The connection, made now (in the background: an asker that gives up does not stop it) unless it
+        is up, or the peer is down."""
         if self.writer is not None and not self.writer.is_closing():
             return self.writer
-        async with self.opening:
-            if self.writer is not None and not self.writer.is_closing():
-                return self.writer
-            if self.clock() < self.down_until:
-                return None
-            try:
-                reader, writer = await asyncio.wait_for(self.open_connection(), CONNECT_TIMEOUT)
-                if self.hello is not None:
-                    try:
-                        self.peer = await asyncio.wait_for(self.hello(reader, writer), HELLO_TIMEOUT)
-                    except BaseException:
-                        writer.close()
-                        raise
-            except (OSError, TimeoutError, ConnectionError, ValueError, asyncio.IncompleteReadError) as exc:
-                self.failures += 1
-                self.down_until = self.clock() + min(DOWN_MOST, DOWN_FIRST * 2 ** min(16, self.failures - 1))
-                if self.failures == 1:
-                    log.info("nonce peers: cannot reach a peer: %r", exc)
-                return None
-            self.failures, self.writer = 0, writer
-            keep_alive(writer)
-            self.reader_task = asyncio.create_task(self._read(reader, writer), name="nonce-peer-reader")
-            return writer
+        if self.closed or self.clock() < self.down_until:
+            return None
+        if self.opening is None or self.opening.done():
+            self.opening = asyncio.ensure_future(self._open())
+        return await asyncio.shield(self.opening)
+
+    async def _open(self) -> asyncio.StreamWriter | None:
+        try:
+            opened = await asyncio.wait_for(self.open_connection(), CONNECT_TIMEOUT + HELLO_TIMEOUT)
+        except (OSError, TimeoutError, ConnectionError, ValueError, asyncio.IncompleteReadError) as exc:
+            self._failed(exc)
+            return None
+        except asyncio.CancelledError:
+            if not self.closed:
+                raise
+            return None  # (shut: the askers waiting for it are told None, not cancelled)
+        reader, writer = opened[0], opened[1]
+        if self.closed:  # (shut while it was being made: nothing may keep it)
+            writer.close()
+            return None
+        self.peer = opened[2] if len(opened) > 2 else None
+        self.failures, self.down_until, self.writer = 0, 0.0, writer
+        keep_alive(writer)
+        self.reader_task = asyncio.create_task(self._read(reader, writer), name="nonce-peer-reader")
+        return writer
 
     async def _read(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -293,6 +331,13 @@ class Link:
         if writer is not None:
             writer.close()
 
+    def shut(self) -> None:
+        """Close for good, a connection being made too (its pod left, or this process stops)."""
+        self.closed = True
+        if self.opening is not None and not self.opening.done():
+            self.opening.cancel()
+        self.close()
+
 
 class Peers:
     """This process's part in claiming nonces among the gateway's processes (module docstring).
@@ -316,6 +361,7 @@ class Peers:
         self.watching = True  # the watch of the pods is up (follow_peers says when not)
         self.listed = asyncio.Event()  # the first list of the pods came
         self.changed = clock()  # the last membership change (this process's start counts)
+        self.unsure_until = 0.0  # a copy at start was not whole: unsure until then (or a whole copy)
         self.links: dict[str, Link] = {}
         self.servers: list[asyncio.AbstractServer] = []
         self.connections = 0  # open on the peer port
@@ -329,8 +375,8 @@ class Peers:
         if pods != self.pods or not self.pods_known:
             for gone in self.pods - pods:
                 link = self.links.pop(f"pod:{gone}", None)
-                if link is not None:
-                    link.close()
+                if link is not None:  # (a hello under way too: it keeps nothing)
+                    link.shut()
             self.pods, self.pods_known, self.changed = pods, True, self.clock()
             log.info("nonce peers: %d other gateway pod(s) %s", len(pods), sorted(pods))
             for ip in pods:  # connect (and learn who they are) now, not on the first signed request
@@ -348,7 +394,8 @@ class Peers:
         self.watching = True
 
     def settled(self) -> bool:
-        return self.pods_known and self.watching and self.clock() - self.changed >= self.settle
+        now = self.clock()
+        return self.pods_known and self.watching and now - self.changed >= self.settle and now >= self.unsure_until
 
     def targets(self) -> list[tuple[str, bytes]]:
         """(link name, request verb) for every other process: this pod's workers, then the other pods
@@ -367,13 +414,7 @@ class Peers:
     def link(self, name: str) -> Link:
         link = self.links.get(name)
         if link is None:
-            kind, _, where = name.partition(":")
-            if kind == "worker":
-                path = sibling_address(self.peer_port, int(where), self.scope)
-                link = Link(lambda: asyncio.open_unix_connection(path), clock=self.clock)
-            else:
-                link = Link(lambda: asyncio.open_connection(where, self.peer_port), self._hello, clock=self.clock)
-            self.links[name] = link
+            link = self.links[name] = Link(functools.partial(self._open, name), clock=self.clock)
         return link
 
     async def _hello(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> str:
@@ -387,17 +428,18 @@ class Peers:
     async def claim(self, key: str, until: float | None = None) -> Verdict:
         """Whether ``key`` (already marked in this process's guard) is new to every other process
         (``until``: the time it must be kept until, on the guard's clock)."""
-        ttl = (until - self.guard.clock()) if until is not None else self.guard.window  # type: ignore[operator]
-        verdict = await self._ask_all(key, ttl, self.targets())
+        if until is None:
+            until = self.guard.clock() + self.guard.window  # type: ignore[operator]
+        verdict = await self._ask_all(key, until, self.targets())
         if verdict is Verdict.NEW and not self.settled():
             verdict = Verdict.UNSURE
         self.claims[verdict] += 1
         return verdict
 
-    async def _ask_all(self, key: str, ttl: float, targets: list[tuple[str, bytes]]) -> Verdict:
+    async def _ask_all(self, key: str, until: float, targets: list[tuple[str, bytes]]) -> Verdict:
         if not targets:
             return Verdict.NEW
-        answers = await asyncio.gather(*(self.link(name).ask(entry(verb, key, ttl)) for name, verb in targets))
+        answers = await asyncio.gather(*(self.link(name).ask(entry(verb, key, until)) for name, verb in targets))
         if any(a == b"S" for a in answers):
             return Verdict.SEEN
         if any(a != b"N" for a in answers):
@@ -462,7 +504,7 @@ class Peers:
         answering = asyncio.create_task(self._answer(answers, writer), name="nonce-peer-answers")
         first = True
         try:
-            while True:
+            while not answering.done():  # (it gives up on a peer that does not read its answers)
                 async with asyncio.timeout(IDLE_TIMEOUT if who != "worker" else None):
                     line = await reader.readline()
                 if not line or len(line) > MAX_LINE or not line.endswith(b"\n"):
@@ -477,16 +519,22 @@ class Peers:
                 request = parse(line)
                 if request is None or request[0] not in (b"C", b"L"):
                     break
-                verb, key, ttl = request
-                until = self.guard.clock() + ttl  # type: ignore[operator]
-                new = self.guard.mark(key, until)
+                verb, key, until = request
+                new = self.guard.mark(key, until)  # (clamped to between now and twice the window ahead)
                 answer: asyncio.Future[bytes]
                 if verb == b"C" and self.workers > 1:  # from another pod: this pod's other workers mark it too
-                    answer = asyncio.ensure_future(self._relay(key, ttl, new))
+                    answer = asyncio.ensure_future(self._relay(key, until, new))
                 else:
                     answer = asyncio.get_running_loop().create_future()
                     answer.set_result(b"N\n" if new else b"S\n")
-                await answers.put(answer)  # (waits when MAX_PENDING are being worked on)
+                if answers.full():  # (waits when MAX_PENDING are being worked on, or the answers are not read)
+                    putting = asyncio.ensure_future(answers.put(answer))
+                    await asyncio.wait((putting, answering), return_when=asyncio.FIRST_COMPLETED)
+                    if not putting.done():  # the answers stopped: so does the reading
+                        putting.cancel()
+                        break
+                else:
+                    answers.put_nowait(answer)
         except (OSError, ConnectionError, ValueError, TimeoutError):  # ValueError: a line past the reader's limit
             pass
         finally:
@@ -499,15 +547,16 @@ class Peers:
                 answering.cancel()
             writer.close()
 
-    async def _relay(self, key: str, ttl: float, new: bool) -> bytes:
+    async def _relay(self, key: str, until: float, new: bool) -> bytes:
         others = [(f"worker:{i}", b"L") for i in range(self.workers) if i != self.index]
-        verdict = await self._ask_all(key, ttl, others)
+        verdict = await self._ask_all(key, until, others)
         if verdict is Verdict.SEEN or not new:
             return b"S\n"
         return b"U\n" if verdict is Verdict.UNSURE else b"N\n"
 
     async def _answer(self, answers: asyncio.Queue[asyncio.Future[bytes] | None], writer: asyncio.StreamWriter) -> None:
-        """Write the answers in the order of their requests (a peer that does not read them is let go)."""
+        """Write the answers in the order of their requests (a peer that does not read them is let go: its
+        connection is dropped, unsent answers and all, and its requests are no longer read)."""
         try:
             while (answer := await answers.get()) is not None:
                 writer.write(await answer)
@@ -515,13 +564,18 @@ class Peers:
                     async with asyncio.timeout(STALLED):
                         await writer.drain()
         except (OSError, ConnectionError, TimeoutError):
-            writer.close()
+            writer.transport.abort()  # (close() would wait for the peer to read what is unsent)
+
+    def expiries(self) -> list[tuple[str, float]]:
+        """Every key held and the Unix time it is kept until (a snapshot, for another process)."""
+        now = self.guard.clock()  # type: ignore[operator]
+        return [(key, now + ttl) for key, ttl in self.guard.ttls()]
 
     async def _dump(self, writer: asyncio.StreamWriter) -> None:
-        entries = self.guard.ttls()
-        async with asyncio.timeout(COPY_TIMEOUT):
+        entries = self.expiries()
+        async with asyncio.timeout(COPY_TIMEOUT + PER_ENTRY * len(entries)):
             for start in range(0, len(entries), 1000):
-                writer.write(b"".join(entry(b"", key, ttl)[1:] for key, ttl in entries[start:start + 1000]))
+                writer.write(b"".join(entry(b"", key, until)[1:] for key, until in entries[start:start + 1000]))
                 await writer.drain()
                 await asyncio.sleep(0)  # (a large table does not hold the loop)
             writer.write(b".\n")
@@ -530,18 +584,21 @@ class Peers:
     async def _take_hand_off(self, line: bytes, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                              who: str) -> None:
         taken: list[tuple[str, float]] = []
-        async with asyncio.timeout(HAND_OFF_TIMEOUT):
+        started = asyncio.get_running_loop().time()
+        async with asyncio.timeout(HAND_OFF_TIMEOUT) as deadline:
             while line and line != b".\n":
                 if len(line) > MAX_LINE:
                     return
                 request = parse(line)
                 if request is None or request[0] != b"P":
                     return
-                self.guard.merge(request[1], self.guard.clock() + request[2])  # type: ignore[operator]
+                self.guard.merge(request[1], request[2])
                 taken.append((request[1], request[2]))
-                if len(taken) % 1000 == 0:
+                if len(taken) % 1000 == 0:  # (the time it may take grows with what has come)
+                    deadline.reschedule(started + HAND_OFF_TIMEOUT + PER_ENTRY * (len(taken) + 1000))
                     await asyncio.sleep(0)
                 line = await reader.readline()
+            deadline.reschedule(None)  # (the hand-offs to the workers have their own time)
             if who != "worker":  # (the pod's port reached one of its workers: the others take them too)
                 await asyncio.gather(*(self._hand_to(f"worker:{i}", taken)
                                        for i in range(self.workers) if i != self.index))
@@ -551,78 +608,112 @@ class Peers:
 
     # --- start and end
     async def copy_from_peers(self) -> tuple[int, int]:
-        """Copy every nonce every other process holds (at start, all at once, :data:`COPY_TIMEOUT` in
-        all); (whole copies, processes asked)."""
+        """Copy every nonce every other process holds (at start, all at once; each copy may take
+        :data:`COPY_TIMEOUT` plus :data:`PER_ENTRY` a nonce); (whole copies, processes asked). Unless
+        every copy came whole, this process stays unsure (:meth:`settled`) until a later copy is whole
+        (tried again in the background) or twice the window has passed (what it missed has expired)."""
+        whole, asked = await self._copy_all()
+        if whole < asked:
+            self.unsure_until = self.clock() + 2 * self.guard.window
+            log.warning("nonce peers: not every other process's nonces were copied: nonces are claimed in the API "
+                        "server too until a whole copy, or for %.0f s", 2 * self.guard.window)
+            self._spawn(self._copy_again())
+        return whole, asked
+
+    async def _copy_all(self) -> tuple[int, int]:
         targets = self.targets()
         if not targets:
             return 0, 0
-        try:
-            async with asyncio.timeout(COPY_TIMEOUT):
-                done = await asyncio.gather(*(self._copy(name) for name, _verb in targets))
-        except TimeoutError:
-            done = []
+        done = await asyncio.gather(*(self._copy(name) for name, _verb in targets))
         whole = sum(1 for d in done if d)
         log.info("nonce peers: copied the nonces of %d of %d other process(es); %d held", whole, len(targets),
                  len(self.guard))
         return whole, len(targets)
 
-    async def _open(self, name: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    async def _copy_again(self) -> None:
+        """After a copy that was not whole: copy again (every :data:`COPY_AGAIN` seconds, doubling) until
+        every other process's copy comes whole, then this process may be sure again."""
+        pause = COPY_AGAIN
+        while self.clock() < self.unsure_until:
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 12 * COPY_AGAIN)
+            whole, asked = await self._copy_all()
+            if whole == asked:
+                self.unsure_until = 0.0
+                log.info("nonce peers: every other process's nonces are copied now")
+                return
+
+    async def _open(self, name: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, str | None]:
+        """A connection to ``name`` (``worker:<index>`` or ``pod:<address>``), this process proven to a pod
+        (its hello); the pod's name, from its answer."""
         kind, _, where = name.partition(":")
         if kind == "worker":
-            return await asyncio.wait_for(asyncio.open_unix_connection(
+            reader, writer = await asyncio.wait_for(asyncio.open_unix_connection(
                 sibling_address(self.peer_port, int(where), self.scope)), CONNECT_TIMEOUT)
+            return reader, writer, None
         reader, writer = await asyncio.wait_for(asyncio.open_connection(where, self.peer_port), CONNECT_TIMEOUT)
-        await asyncio.wait_for(self._hello(reader, writer), HELLO_TIMEOUT)
-        return reader, writer
+        try:
+            peer = await asyncio.wait_for(self._hello(reader, writer), HELLO_TIMEOUT)
+        except BaseException:
+            writer.close()
+            raise
+        return reader, writer, peer
 
     async def _copy(self, name: str) -> bool:
         try:
-            reader, writer = await self._open(name)
+            reader, writer, _peer = await self._open(name)
         except (OSError, TimeoutError, ConnectionError, ValueError, asyncio.IncompleteReadError) as exc:
             log.info("nonce peers: could not copy the nonces of %s: %r", name, exc)
             return False
         try:
-            writer.write(b"D\n")
-            now = self.guard.clock()  # type: ignore[operator]
-            while line := await reader.readline():
-                if line == b".\n":
-                    return True
-                request = parse(b"K " + line)
-                if request is None:
-                    return False
-                self.guard.merge(request[1], now + request[2])
+            loop = asyncio.get_running_loop()
+            started, count = loop.time(), 0
+            async with asyncio.timeout(COPY_TIMEOUT) as deadline:
+                writer.write(b"D\n")
+                while line := await reader.readline():
+                    if line == b".\n":
+                        return True
+                    request = parse(b"K " + line)
+                    if request is None:
+                        return False
+                    self.guard.merge(request[1], request[2])
+                    count += 1
+                    if count % 1000 == 0:  # (the time a copy may take grows with what has come)
+                        deadline.reschedule(started + COPY_TIMEOUT + PER_ENTRY * (count + 1000))
             return False  # cut short: what came is kept, but it is not a whole copy
-        except (OSError, ConnectionError, ValueError):
+        except (OSError, ConnectionError, ValueError, TimeoutError) as exc:
+            log.info("nonce peers: the copy of the nonces of %s was cut short: %r", name, exc)
             return False
         finally:
             writer.close()
 
     async def hand_off(self) -> int:
-        """Give every nonce this process holds to every other pod (at shut-down); the pods that took them."""
+        """Give every nonce this process holds to every other pod (at shut-down; each hand-off may take
+        :data:`HAND_OFF_TIMEOUT` plus :data:`PER_ENTRY` a nonce for each of the pod's workers); the pods
+        that took them."""
         pods = [name for name, verb in self.targets() if verb == b"C"]
         if not pods or not len(self.guard):
             return 0
-        entries = self.guard.ttls()
-        try:
-            async with asyncio.timeout(HAND_OFF_TIMEOUT):
-                took = await asyncio.gather(*(self._hand_to(name, entries) for name in pods))
-        except TimeoutError:
-            took = []
+        entries = self.expiries()
+        took = await asyncio.gather(*(self._hand_to(name, entries, self.workers) for name in pods))
         log.info("nonce peers: handed %d nonce(s) to %d of %d other pod(s)", len(entries), sum(took), len(pods))
         return sum(took)
 
-    async def _hand_to(self, name: str, entries: list[tuple[str, float]]) -> bool:
+    async def _hand_to(self, name: str, entries: list[tuple[str, float]], workers: int = 1) -> bool:
+        """``workers``: how many processes take them there (a pod hands them on to its other workers
+        before it answers)."""
         try:
-            reader, writer = await self._open(name)
+            reader, writer, _peer = await self._open(name)
         except (OSError, TimeoutError, ConnectionError, ValueError, asyncio.IncompleteReadError):
             return False
         try:
-            for start in range(0, len(entries), 1000):
-                writer.write(b"".join(entry(b"P", key, ttl) for key, ttl in entries[start:start + 1000]))
-                await writer.drain()
-            writer.write(b".\n")
-            return await reader.readline() == b".\n"
-        except (OSError, ConnectionError, ValueError):
+            async with asyncio.timeout(HAND_OFF_TIMEOUT + PER_ENTRY * len(entries) * workers):
+                for start in range(0, len(entries), 1000):
+                    writer.write(b"".join(entry(b"P", key, until) for key, until in entries[start:start + 1000]))
+                    await writer.drain()
+                writer.write(b".\n")
+                return await reader.readline() == b".\n"
+        except (OSError, ConnectionError, ValueError, TimeoutError):
             return False
         finally:
             writer.close()
@@ -641,7 +732,7 @@ class Peers:
         for server in self.servers:
             server.close()
         for link in self.links.values():
-            link.close()
+            link.shut()
         for task in list(self.tasks):
             task.cancel()
 
