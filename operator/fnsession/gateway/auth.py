@@ -387,10 +387,9 @@ class Authenticator:
         key = await self.access_key(auth.access_key_id)
         signing.verify(method=method, raw_target=raw_target, headers=headers, body=body, secret=key["secret"],
                        authorization=auth)
-        self.replays.check(headers, auth)
+        until = self.replays.check(headers, auth)
         if self.peers is not None:  # and for every other gateway process
-            verdict = await self.peers.claim(self.replays.key(auth.access_key_id, signing.nonce_of(headers)),
-                                             self.replays.until(headers))
+            verdict = await self.peers.claim(self.replays.key(auth.access_key_id, signing.nonce_of(headers)), until)
             if verdict is Verdict.SEEN:
                 raise errors.unauthenticated("x-acs-signature-nonce was already used: a replayed request")
             sure = verdict is Verdict.NEW
