@@ -280,9 +280,9 @@ def test_without_a_watch_that_can_tell_the_records_are_listed_first(routes: Rout
 
 
 def test_the_sessions_watch_says_when_it_is_down_and_up_again() -> None:
-    from fnsession.gateway.routes import _Told
+    from fnsession.kube.watching import Told
     told: list[bool] = []
-    reach = _Told(told.append, None)
+    reach = Told(told.append, None)
     reach.failed()
     reach.answered()
     assert told == [False, True]

@@ -102,7 +102,10 @@ def test_workers_share_the_port_and_sigterm_reaches_every_one_before_the_supervi
 def test_a_worker_that_dies_at_its_start_stops_them_all(tmp_path: Path) -> None:
     proc, _ = supervisor(tmp_path, crash=True)
     assert proc.wait(timeout=15) == 1
-    assert len(marks(tmp_path / "marks")) == 2, "not started again and again"
+    started = [name.split("-")[0] for name in marks(tmp_path / "marks")]
+    # each worker at most once (not started again and again); under load the supervisor may stop the
+    # second before it got as far as its mark, once the first has died
+    assert started and len(started) == len(set(started)) <= 2, started
 
 
 def test_a_worker_that_dies_later_is_started_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -76,7 +76,7 @@ from typing import Any
 from fnsession.gateway.signing import ReplayGuard
 from fnsession.kube import reviews
 from fnsession.kube.client import Clients
-from fnsession.kube.watching import Backoff, Reach, Resource, list_watch
+from fnsession.kube.watching import Backoff, Reach, Resource, Told, list_watch
 
 log = logging.getLogger(__name__)
 ASK_TIMEOUT = 0.5  # seconds a peer's answer may take before the nonce is unsure (claimed in the API server)
@@ -387,6 +387,13 @@ class Peers:
         if self.watching:
             log.warning("nonce peers: the watch of the gateway's pods is broken: nonces are claimed in the API server too")
         self.watching = False
+
+    def watch_up(self, up: bool) -> None:
+        """What the watch of the pods says: down (every nonce unsure) or up again."""
+        if up:
+            self.watch_answered()
+        else:
+            self.watch_broken()
 
     def watch_answered(self) -> None:
         if not self.watching:
@@ -756,23 +763,6 @@ def endpoint_addresses(slices: Iterable[dict[str, Any]], myself: str | None = No
     return {min(addresses, key=lambda a: (":" in a, a)) for addresses in by_pod.values()}  # (IPv4 first)
 
 
-class _WatchReach:
-    """Tells ``peers`` whether its watch is up, and passes on to the gateway's own :class:`Reach`."""
-
-    def __init__(self, peers: Peers, reach: Reach | None) -> None:
-        self.peers, self.reach = peers, reach
-
-    def failed(self) -> None:
-        self.peers.watch_broken()
-        if self.reach is not None:
-            self.reach.failed()
-
-    def answered(self) -> None:
-        self.peers.watch_answered()
-        if self.reach is not None:
-            self.reach.answered()
-
-
 async def follow_peers(peers: Peers, clients: Clients, namespace: str, service: str, reach: Reach | None = None) -> None:
     """Keep ``peers.pods`` to the other pods behind the gateway's Service (its EndpointSlices), for ever."""
     slices: dict[str, dict[str, Any]] = {}
@@ -793,5 +783,5 @@ async def follow_peers(peers: Peers, clients: Clients, namespace: str, service: 
 
     await list_watch(clients, Resource("discovery.k8s.io", "v1", "endpointslices", namespace,
                                        f"kubernetes.io/service-name={service}"),
-                     listed=listed, changed=changed, reach=_WatchReach(peers, reach),
+                     listed=listed, changed=changed, reach=Told(peers.watch_up, reach),
                      backoff=Backoff(first=0.5, most=5.0), refused=peers.watch_broken)

@@ -21,7 +21,7 @@ from fnsession.core.deadlines import timeouts_in_force
 from fnsession.core.status import parse_time
 from fnsession.gateway.fc import session_json
 from fnsession.kube.client import Clients
-from fnsession.kube.watching import Backoff, Reach, list_watch
+from fnsession.kube.watching import Backoff, Reach, Told, list_watch
 
 log = logging.getLogger(__name__)
 SessionKey = tuple[str, str, str]  # (namespace, function, session id)
@@ -300,23 +300,6 @@ class Routes:
             self.carried.clear()
             ready.set()
 
-        reach: Reach | None = self.reach if watched is None else _Told(watched, self.reach)
+        reach: Reach | None = self.reach if watched is None else Told(watched, self.reach)
         await list_watch(self.clients, kind, listed=listed, changed=apply, reach=reach, before_list=before_list,
                          backoff=Backoff(first=RETRY_SECONDS, most=RETRY_SECONDS))
-
-
-class _Told:
-    """Tells ``watched`` whether a list+watch is up, and passes on to ``reach``."""
-
-    def __init__(self, watched: Callable[[bool], None], reach: Reach | None) -> None:
-        self.watched, self.reach = watched, reach
-
-    def failed(self) -> None:
-        self.watched(False)
-        if self.reach is not None:
-            self.reach.failed()
-
-    def answered(self) -> None:
-        self.watched(True)
-        if self.reach is not None:
-            self.reach.answered()

@@ -39,6 +39,24 @@ class Reach(Protocol):
     def answered(self) -> None: ...
 
 
+class Told:
+    """A :class:`Reach` that tells ``up`` whether this list+watch is up (False when it failed, True when
+    it answered again), and passes the news on to ``reach`` (the process's own, if any)."""
+
+    def __init__(self, up: Callable[[bool], None], reach: Reach | None = None) -> None:
+        self.up, self.reach = up, reach
+
+    def failed(self) -> None:
+        self.up(False)
+        if self.reach is not None:
+            self.reach.failed()
+
+    def answered(self) -> None:
+        self.up(True)
+        if self.reach is not None:
+            self.reach.answered()
+
+
 @dataclass(frozen=True)
 class Backoff:
     """Seconds to wait before the n-th try in a row that could not reach the API server: ``first``,
