@@ -340,15 +340,13 @@ class SessionAPI:
         if seen is None or seen.state not in states or (qualifier and seen.qualifier != qualifier):
             return None, None
         body = {**change, "metadata": {**change.get("metadata", {}), "resourceVersion": seen.version}}
-        with contextlib.ExitStack() as mine:
-            follow = mine.enter_context(self.following(ns, seen.name))
-            try:
-                patched: dict[str, Any] = await objects.patch(self.clients, SESSION, ns, seen.name, body)
-            except ApiException as exc:
-                if exc.status in (404, 409):
-                    return None, None
-                raise self.refused_by_api(exc) from None
-            following.enter_context(mine.pop_all())
+        follow = following.enter_context(self.following(ns, seen.name))
+        try:
+            patched: dict[str, Any] = await objects.patch(self.clients, SESSION, ns, seen.name, body)
+        except ApiException as exc:
+            if exc.status in (404, 409):
+                return None, None  # (the events followed meanwhile are left unread until ``following`` ends)
+            raise self.refused_by_api(exc) from None
         return patched, follow
 
     async def create_or_resume(self, ns: str, function: str, qualifier: str | None,
