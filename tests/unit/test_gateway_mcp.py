@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from fnsession.gateway import fc, mcp
 from fnsession.gateway.errors import FCError
-from fnsession.gateway.routes import Route
+from fnsession.gateway.routes import Route, Routes
 
 STREAMABLE: dict[str, Any] = {"sessionAffinity": "MCP_STREAMABLE", "sessionAffinityConfig": {}}
 SSE: dict[str, Any] = {"sessionAffinity": "MCP_SSE", "sessionAffinityConfig": {"sseEndpointPath": "/mcp/sse"}}
@@ -120,6 +120,8 @@ class _Routes:
         self.sessions: dict[tuple[str, str, str], Route] = {}
         self.keys: dict[tuple[str, str], tuple[str, str, str]] = {}
         self.functions: dict[tuple[str, str], dict[str, Any]] = {}
+
+    by_name = Routes.by_name  # (the real lookup, over the two tables above)
 
 
 class _Invoker:

@@ -234,8 +234,7 @@ class Invoker:
         activity plus the idle timeout, so a busy session's written activity may lag by up to this
         (plus two flush intervals) without ever letting it expire early; the last activity of a
         session that has gone quiet is written at the next flush whatever its age."""
-        route_key = self.routes.keys.get(key)
-        route = self.routes.sessions.get(route_key) if route_key is not None else None
+        route = self.routes.by_name(key)
         if route is None:
             return 0.0
         refresh = min(ACTIVITY_REFRESH_MAX, route.idle / 10)  # (an idle of inf: the maximum)

@@ -231,8 +231,7 @@ class Mcp:
         alias = self.aliases.get((ns, function, session_id))
         if alias is not None:
             opened, at = alias
-            key = routes.keys.get((ns, opened.name))
-            route = routes.sessions.get(key) if key is not None else None
+            route = routes.by_name((ns, opened.name))
             if route is None:
                 if time.monotonic() - at < ALIAS_LAG:
                     route = opened  # the watch has not brought the session yet: routed as it was opened

@@ -194,12 +194,16 @@ class Routes:
         found = self.sessions.get((ns, function, session_id))
         return found if found is not None and found.live(time.time()) else None
 
+    def by_name(self, name: tuple[str, str]) -> Route | None:
+        """The route of the FunctionSession ``name`` (namespace, object name); None: not routed."""
+        key = self.keys.get(name)
+        return self.sessions.get(key) if key is not None else None
+
     def expiry(self, name: tuple[str, str], last: float) -> tuple[float | None, str | None]:
         """When the routed session ``name`` (namespace, object name) expires if its last request was at
         ``last`` (Unix time): the TTL's end or the idle timeout after it, whichever comes first (None:
         not routed, or never); and the resourceVersion its route was made from."""
-        key = self.keys.get(name)
-        route = self.sessions.get(key) if key is not None else None
+        route = self.by_name(name)
         origin = self.origins.get(name)
         if route is None or origin is None:
             return None, None
