@@ -164,6 +164,12 @@ async def test_a_process_that_starts_copies_the_nonces_used_before(cluster: Clus
     assert b.guard.mark(k("old-0"))
 
 
+async def opened(ip: str, port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, None]:
+    """A plain connection, as a :class:`Link` opens one (no hello, so no peer name)."""
+    reader, writer = await asyncio.open_connection(ip, port)
+    return reader, writer, None
+
+
 async def connect(ip: str, port: int, hello: bytes | None = None) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     reader, writer = await asyncio.open_connection(ip, port)
     if hello is not None:
@@ -363,7 +369,7 @@ async def test_one_late_answer_does_not_fail_the_asks_behind_it() -> None:
         await writer.drain()
         await asyncio.sleep(1)
     server = await asyncio.start_server(late, "127.0.0.7", 39399)
-    link = Link(lambda: asyncio.open_connection("127.0.0.7", 39399))
+    link = Link(lambda: opened("127.0.0.7", 39399))
     first = asyncio.create_task(link.ask(b"L x\n"))
     await asyncio.sleep(0.4)
     assert await link.ask(b"L y\n") == b"N"

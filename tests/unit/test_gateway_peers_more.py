@@ -12,7 +12,7 @@ import pytest
 
 from fnsession.gateway import peers as peers_module
 from fnsession.gateway.peers import Link, Verdict
-from tests.unit.test_gateway_peers import PORTS, Clock, Cluster, cluster, connect, k, peer  # noqa: F401 - a fixture
+from tests.unit.test_gateway_peers import PORTS, Clock, Cluster, cluster, connect, k, opened, peer  # noqa: F401 - a fixture
 
 
 async def test_a_peer_that_accepts_but_never_says_hello_is_backed_off() -> None:
@@ -85,7 +85,7 @@ async def test_a_connected_peer_that_stops_answering_is_backed_off() -> None:
             lines.append(line)
     server = await asyncio.start_server(mute, "127.0.0.61", 39398)
     clock = Clock()
-    link = Link(lambda: asyncio.open_connection("127.0.0.61", 39398), clock=clock)
+    link = Link(lambda: opened("127.0.0.61", 39398), clock=clock)
     try:
         assert await link.ask(b"L x 1.0\n") is None
         assert link.failures == 1 and link.down_until > clock.now

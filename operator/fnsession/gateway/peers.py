@@ -213,7 +213,7 @@ def read_token(path: str = TOKEN_FILE) -> str:
 # --- asking
 
 # a connection made: its reader, its writer and, when it says, the peer's pod name (from its hello)
-Opened = tuple[asyncio.StreamReader, asyncio.StreamWriter, str | None] | tuple[asyncio.StreamReader, asyncio.StreamWriter]
+Opened = tuple[asyncio.StreamReader, asyncio.StreamWriter, str | None]
 
 
 class Link:
@@ -296,11 +296,11 @@ class Link:
             if not self.closed:
                 raise
             return None  # (shut: the askers waiting for it are told None, not cancelled)
-        reader, writer = opened[0], opened[1]
+        reader, writer, peer = opened
         if self.closed:  # (shut while it was being made: nothing may keep it)
             writer.close()
             return None
-        self.peer = opened[2] if len(opened) > 2 else None
+        self.peer = peer
         self.failures, self.down_until, self.writer = 0, 0.0, writer
         keep_alive(writer)
         self.reader_task = asyncio.create_task(self._read(reader, writer), name="nonce-peer-reader")
