@@ -23,8 +23,9 @@ import time
 import uuid
 from datetime import datetime
 
-from create_to_routable import PLURAL, bearer_token, function, gateway_url, wait_warm_pod  # type: ignore[import-not-found]
-from kubernetes import client, config, watch
+from create_to_active import session_events, wait_default_service_account  # type: ignore[import-not-found]
+from create_to_routable import bearer_token, function, gateway_url, wait_warm_pod  # type: ignore[import-not-found]
+from kubernetes import client, config
 from pause_resume import FN, GROUP, VERSION, Gateway  # type: ignore[import-not-found]
 
 
@@ -45,11 +46,7 @@ class Writes(threading.Thread):
         self.ready = threading.Event()
 
     def run(self) -> None:
-        rv = self.objects.list_namespaced_custom_object(GROUP, VERSION, self.ns, PLURAL)["metadata"]["resourceVersion"]
-        self.ready.set()
-        for event in watch.Watch().stream(self.objects.list_namespaced_custom_object, GROUP, VERSION, self.ns, PLURAL,
-                                          resource_version=rv, timeout_seconds=3600):
-            obj = event["object"]
+        for obj in session_events(self.objects, self.ns, self.ready):
             sid = obj["spec"].get("sessionId", "")
             at = parse((obj.get("status") or {}).get("lastActivityTime"))
             if at > self.activity.get(sid, 0.0):
@@ -77,6 +74,7 @@ def main() -> None:
     print(f"namespace {ns}, gateway {base}", file=sys.stderr, flush=True)
     try:
         token = bearer_token(api, ns)
+        wait_default_service_account(core, ns)
         objects.create_namespaced_custom_object(GROUP, VERSION, ns, "functions", function())
         print(f"warm instance {wait_warm_pod(core, ns)} Ready", file=sys.stderr, flush=True)
         gw = Gateway(base, token)

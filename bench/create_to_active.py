@@ -16,6 +16,7 @@ import statistics
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 from kubernetes import client, config, watch
@@ -36,6 +37,21 @@ def function(name: str, isolation: str, warm: int) -> dict[str, Any]:
                                                                  "periodSeconds": 1}}]}}}}
 
 
+def session_events(objects: client.CustomObjectsApi, ns: str, ready: threading.Event) -> Iterator[dict[str, Any]]:
+    """Every FunctionSession of ``ns`` as each watch event brings it, from now (``ready`` set once listed)."""
+    rv = objects.list_namespaced_custom_object(GROUP, VERSION, ns, PLURAL)["metadata"]["resourceVersion"]
+    ready.set()
+    for event in watch.Watch().stream(objects.list_namespaced_custom_object, GROUP, VERSION, ns, PLURAL,
+                                      resource_version=rv, timeout_seconds=3600):
+        yield event["object"]
+
+
+def wait_default_service_account(core: client.CoreV1Api, ns: str) -> None:
+    """Until the new namespace has its ``default`` ServiceAccount (the operator's pods need it)."""
+    while not any(sa.metadata.name == "default" for sa in core.list_namespaced_service_account(ns).items):
+        time.sleep(0.1)
+
+
 class Watcher(threading.Thread):
     def __init__(self, objects: client.CustomObjectsApi, ns: str) -> None:
         super().__init__(daemon=True)
@@ -45,11 +61,7 @@ class Watcher(threading.Thread):
         self.ready = threading.Event()
 
     def run(self) -> None:
-        rv = self.objects.list_namespaced_custom_object(GROUP, VERSION, self.ns, PLURAL)["metadata"]["resourceVersion"]
-        self.ready.set()
-        for event in watch.Watch().stream(self.objects.list_namespaced_custom_object, GROUP, VERSION, self.ns, PLURAL,
-                                          resource_version=rv, timeout_seconds=3600):
-            obj = event["object"]
+        for obj in session_events(self.objects, self.ns, self.ready):
             if (obj.get("status") or {}).get("sessionStatus") == "Active":
                 with self.cond:
                     self.active.setdefault(obj["metadata"]["name"], time.perf_counter())
@@ -94,8 +106,7 @@ def main() -> None:
     ns = f"fns-bench-{uuid.uuid4().hex[:6]}"
     core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=ns)))
     try:
-        while not core.list_namespaced_service_account(ns).items:
-            time.sleep(0.1)
+        wait_default_service_account(core, ns)
         objects.create_namespaced_custom_object(GROUP, VERSION, ns, "functions", function("warm", "SHARED", 1))
         objects.create_namespaced_custom_object(GROUP, VERSION, ns, "functions", function("fresh", "SESSION_EXCLUSIVE", 0))
         while (objects.get_namespaced_custom_object(GROUP, VERSION, ns, "functions", "warm").get("status") or {}).get("readyInstances") != 1:

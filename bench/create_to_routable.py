@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from create_to_active import wait_default_service_account  # type: ignore[import-not-found]
 from kubernetes import client, config
 
 from fnsession.core.pods import LABEL_FUNCTION
@@ -113,8 +114,7 @@ def main() -> None:
     print(f"namespace {ns}, gateway {gateway}", file=sys.stderr, flush=True)
     try:
         token = bearer_token(api, ns)
-        while not any(sa.metadata.name == "default" for sa in core.list_namespaced_service_account(ns).items):
-            time.sleep(0.1)  # the operator's pods need the namespace's default ServiceAccount
+        wait_default_service_account(core, ns)  # the operator's pods need it
         objects.create_namespaced_custom_object(GROUP, VERSION, ns, "functions", function())
         print(f"warm instance {wait_warm_pod(core, ns)} Ready", file=sys.stderr, flush=True)
         conn = http.client.HTTPConnection(url.hostname or "", url.port or 80, timeout=60)

@@ -31,6 +31,7 @@ import uuid
 from typing import Any
 from urllib.parse import urlsplit
 
+from create_to_active import wait_default_service_account  # type: ignore[import-not-found]
 from create_to_routable import HEADER, PLURAL, bearer_token, function, gateway_url, summary, wait_warm_pod  # type: ignore[import-not-found]
 from kubernetes import client, config, watch
 
@@ -115,8 +116,7 @@ def main() -> None:
         token = bearer_token(api, ns)
         rbac.patch_namespaced_role("bench", ns, {"rules": [{"apiGroups": [GROUP], "resources": [PLURAL],
                                                             "verbs": ["get", "list", "create", "update"]}]})
-        while not any(sa.metadata.name == "default" for sa in core.list_namespaced_service_account(ns).items):
-            time.sleep(0.1)
+        wait_default_service_account(core, ns)  # the operator's pods need it
         objects.create_namespaced_custom_object(GROUP, VERSION, ns, "functions", function())
         objects.create_namespaced_custom_object(GROUP, VERSION, ns, "functions", exclusive_function())
         print(f"warm instance {wait_warm_pod(core, ns)} Ready", file=sys.stderr, flush=True)
